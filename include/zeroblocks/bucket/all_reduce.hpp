@@ -1,0 +1,42 @@
+/**
+ * @file all_reduce.hpp
+ * @brief `bucket::all_reduce`: stage 0, plain data parallelism — the reference every
+ * other stage is tested against. Full gradients, all-reduced (averaged) per unit at
+ * the accumulation boundary; every rank then holds the whole averaged gradient and
+ * updates all parameters itself.
+ */
+#pragma once
+
+#include "bucket.hpp"
+#include "detail_full_grads.hpp"
+
+ZB_NAMESPACE_BEGIN
+namespace bucket {
+
+/// @brief Stage 0 gradient reduction.
+struct all_reduce {
+  using bucketer_concept = bucketer_tag;
+  static constexpr bool shards_grads = false;
+  static constexpr bool shards_master = false;
+  static constexpr const char* name = "all_reduce";
+
+  template <class Ctx>
+  class impl : public detail::full_grads<Ctx> {
+    using base = detail::full_grads<Ctx>;
+
+  public:
+    using base::base;
+    static void declare(const layout& lay, const engine_config&, int, memory_report& r,
+                        std::size_t elem_bytes) {
+      base::declare(lay, r, elem_bytes);
+    }
+    void reduce_for_step() {
+      const float avg = 1.0f / static_cast<float>(this->ctx_.world());
+      for (std::size_t u = 0; u < this->ctx_.lay.unit_count(); ++u)
+        this->ctx_.comm.all_reduce(this->unit_base(u), this->ctx_.lay.unit(u).padded_numel, avg);
+    }
+  };
+};
+
+}  // namespace bucket
+ZB_NAMESPACE_END

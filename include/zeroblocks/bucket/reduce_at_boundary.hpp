@@ -1,0 +1,56 @@
+/**
+ * @file reduce_at_boundary.hpp
+ * @brief `bucket::reduce_at_boundary`: stage 1. Full local gradients accumulate over
+ * micro-steps (2Ψ bytes); at the boundary each unit is reduce-scattered in place, so
+ * rank r's averaged slice lands where its own slice was — no extra shard buffer. All
+ * units' reductions are in flight together.
+ */
+#pragma once
+
+#include "bucket.hpp"
+#include "detail_full_grads.hpp"
+
+#include <vector>
+
+ZB_NAMESPACE_BEGIN
+namespace bucket {
+
+/// @brief Stage 1 gradient reduction.
+struct reduce_at_boundary {
+  using bucketer_concept = bucketer_tag;
+  static constexpr bool shards_grads = false;
+  static constexpr bool shards_master = true;
+  static constexpr const char* name = "reduce_at_boundary";
+
+  template <class Ctx>
+  class impl : public detail::full_grads<Ctx> {
+    using base = detail::full_grads<Ctx>;
+
+  public:
+    using base::base;
+    static void declare(const layout& lay, const engine_config&, int, memory_report& r,
+                        std::size_t elem_bytes) {
+      base::declare(lay, r, elem_bytes);
+    }
+    void reduce_for_step() {
+      auto& ctx = this->ctx_;
+      const float avg = 1.0f / static_cast<float>(ctx.world());
+      std::vector<typename Ctx::comm_type::request> pending;
+      pending.reserve(ctx.lay.unit_count());
+      for (std::size_t u = 0; u < ctx.lay.unit_count(); ++u) {
+        const auto& up = ctx.lay.unit(u);
+        T* base_ptr = this->unit_base(u);
+        pending.push_back(ctx.comm.ireduce_scatter(
+            base_ptr, base_ptr + static_cast<std::size_t>(ctx.rank()) * up.slice_numel,
+            up.slice_numel, avg));
+      }
+      for (auto& p : pending) p.wait();
+    }
+
+  private:
+    using T = typename Ctx::param_type;
+  };
+};
+
+}  // namespace bucket
+ZB_NAMESPACE_END

@@ -1,0 +1,233 @@
+/**
+ * @file reduce_scatter.hpp
+ * @brief `bucket::reduce_scatter`: stages 2 and 3. Full gradients are transient.
+ *
+ * Buckets are fixed at construction: consecutive units, taken from the last unit
+ * backwards (the order backward produces them) until a bucket reaches `bucket_numel`
+ * (a unit larger than that gets a bucket of its own). Inside a bucket buffer the
+ * gradients are packed rank-major — rank r's slices of the bucket's units, one after
+ * another — so a single reduce-scatter hands each rank exactly the contiguous piece of
+ * its gradient shard that those units occupy.
+ *
+ * During backward, `grad_ready` scatters each gradient into its bucket's buffer; when a
+ * bucket has all its parameters it is reduce-scattered without waiting, and backward
+ * continues while it is in flight. Buckets are *issued in bucket order only* — a bucket
+ * completed early waits for its predecessors — so every rank issues the same sequence
+ * of collectives whatever order its backward reported gradients in (DeepSpeed and DDP
+ * match buckets by arrival and hang or mix gradients when ranks differ). Completed
+ * reductions are accumulated into the shard and their buffers reused. At most
+ * `bucket_count` buffers are normally live; if backward's order is so far from the
+ * expected one that every buffer is held by an unfinished bucket, one more is
+ * allocated (it shows in the `buckets` peak) rather than deadlocking.
+ *
+ * Parameters never reported in a micro-step contribute zeros (an unused layer).
+ */
+#pragma once
+
+#include "../engine/context.hpp"
+#include "../kernel/host.hpp"
+#include "../space/host_space.hpp"
+#include "bucket.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <deque>
+#include <optional>
+#include <vector>
+
+ZB_NAMESPACE_BEGIN
+namespace bucket {
+
+/// @brief Stage 2/3 gradient reduction: overlapped reduce-scatter per bucket.
+struct reduce_scatter {
+  using bucketer_concept = bucketer_tag;
+  static constexpr bool shards_grads = true;
+  static constexpr bool shards_master = true;
+  static constexpr const char* name = "reduce_scatter";
+
+  /// @brief A fixed group of consecutive units reduced together.
+  struct bucket_plan {
+    std::size_t first_unit = 0, last_unit = 0;  ///< inclusive, ascending
+    std::size_t block_numel = 0;                ///< one rank's part (sum of slices)
+    std::size_t raw_numel = 0;                  ///< parameter elements expected
+  };
+
+  /// @brief Buckets for a layout, in issue order (last units first).
+  static std::vector<bucket_plan> plan(const layout& lay, std::size_t bucket_numel) {
+    std::vector<bucket_plan> out;
+    std::size_t u = lay.unit_count();
+    while (u > 0) {
+      bucket_plan b;
+      b.last_unit = u - 1;
+      std::size_t numel = 0;
+      do {
+        --u;
+        numel += lay.unit(u).padded_numel;
+        b.block_numel += lay.unit(u).slice_numel;
+        b.raw_numel += lay.unit(u).raw_numel;
+      } while (u > 0 && numel + lay.unit(u - 1).padded_numel <= bucket_numel);
+      b.first_unit = u;
+      out.push_back(b);
+    }
+    return out;
+  }
+  static std::size_t max_bucket_numel(const layout& lay, std::size_t bucket_numel) {
+    std::size_t m = 0;
+    for (auto& b : plan(lay, bucket_numel)) m = std::max(m, b.block_numel * lay.world());
+    return m;
+  }
+
+  template <class Ctx>
+  class impl {
+    using T = typename Ctx::param_type;
+    using buf_t = buffer<T, typename Ctx::space>;
+    using request = typename Ctx::comm_type::request;
+
+  public:
+    explicit impl(Ctx& ctx)
+        : ctx_(ctx),
+          shard_(ctx.lay.shard_numel(), mem_category::grads16, &ctx.tracker),
+          plans_(plan(ctx.lay, ctx.cfg.bucket_numel)),
+          bucket_of_unit_(ctx.lay.unit_count()),
+          state_(plans_.size()) {
+      shard_.zero();
+      buffer_numel_ = max_bucket_numel(ctx.lay, ctx.cfg.bucket_numel);
+      for (std::size_t b = 0; b < plans_.size(); ++b)
+        for (std::size_t u = plans_[b].first_unit; u <= plans_[b].last_unit; ++u) bucket_of_unit_[u] = b;
+      for (int i = 0; i < ctx.cfg.bucket_count && buffer_numel_ > 0; ++i)
+        free_.push_back(buf_t(buffer_numel_, mem_category::buckets, &ctx.tracker));
+    }
+    static void declare(const layout& lay, const engine_config& cfg, int, memory_report& r,
+                        std::size_t elem_bytes) {
+      r.current[static_cast<std::size_t>(mem_category::grads16)] += lay.shard_numel() * elem_bytes;
+      const std::size_t b = max_bucket_numel(lay, cfg.bucket_numel);
+      if (b > 0)
+        r.current[static_cast<std::size_t>(mem_category::buckets)] +=
+            static_cast<std::size_t>(cfg.bucket_count) * b * elem_bytes;
+    }
+
+    void begin_micro_step() {
+      for (auto& s : state_) s = {};
+      next_issue_ = 0;
+      issue_ready();  // buckets with nothing to wait for (zero-size parameters only)
+    }
+
+    void grad_ready(std::size_t p, const T* g) {
+      const auto& pp = ctx_.lay.param(p);
+      if (pp.numel == 0) return;  // nothing to carry (its bucket may be done already)
+      const std::size_t b = bucket_of_unit_[pp.unit];
+      auto& st = state_[b];
+      if (!st.buf) st.buf = take_buffer(b);
+      scatter(b, pp, g, st.buf->data());
+      st.filled += pp.numel;
+      if (st.filled == plans_[b].raw_numel) issue_ready();
+      poll();
+    }
+
+    /// @brief Issue what is left (missing gradients count as zero), wait, accumulate.
+    void end_micro_step() {
+      for (std::size_t b = 0; b < plans_.size(); ++b) state_[b].filled = plans_[b].raw_numel;
+      while (next_issue_ < plans_.size()) {
+        auto& st = state_[next_issue_];
+        if (!st.buf && plans_[next_issue_].block_numel > 0) st.buf = take_buffer(next_issue_);
+        issue_ready();
+      }
+      while (!in_flight_.empty()) complete_oldest();
+    }
+    void reduce_for_step() {}
+    const T* grad_slice(std::size_t u, int) { return shard_.data() + ctx_.lay.unit(u).shard_offset; }
+    void zero() { shard_.zero(); }
+    const std::vector<bucket_plan>& plans() const { return plans_; }
+
+  private:
+    struct bucket_state {
+      std::optional<buf_t> buf;
+      std::size_t filled = 0;
+      bool issued = false;
+    };
+    struct flight {
+      std::size_t bucket;
+      request req;
+    };
+
+    /// Copy a parameter's gradient into rank-major position inside the bucket buffer.
+    void scatter(std::size_t b, const param_place& pp, const T* g, T* buf) {
+      const auto& plan = plans_[b];
+      std::size_t unit_block_off = 0;  // offset of this unit's slice inside a rank's block
+      for (std::size_t u = plan.first_unit; u < pp.unit; ++u) unit_block_off += ctx_.lay.unit(u).slice_numel;
+      const std::size_t slice = ctx_.lay.unit(pp.unit).slice_numel;
+      std::size_t done = 0;
+      while (done < pp.numel) {
+        const std::size_t pos = pp.offset_in_unit + done;
+        const std::size_t r = pos / slice, in_slice = pos % slice;
+        const std::size_t n = std::min(pp.numel - done, slice - in_slice);
+        std::memcpy(buf + r * plan.block_numel + unit_block_off + in_slice, g + done, n * sizeof(T));
+        done += n;
+      }
+    }
+
+    buf_t take_buffer(std::size_t) {
+      while (free_.empty() && !in_flight_.empty()) complete_oldest();
+      buf_t b;
+      if (!free_.empty()) {
+        b = std::move(free_.back());
+        free_.pop_back();
+      } else {
+        // Every buffer is held by a bucket still filling: backward's order is far from
+        // the layout's reverse. Grow rather than deadlock; the peak shows it.
+        b = buf_t(buffer_numel_, mem_category::buckets, &ctx_.tracker);
+      }
+      b.zero();  // padding and unreported parameters reduce as zeros
+      return b;
+    }
+
+    void issue_ready() {
+      const float avg = 1.0f / static_cast<float>(ctx_.world());
+      while (next_issue_ < plans_.size() && state_[next_issue_].filled == plans_[next_issue_].raw_numel) {
+        const std::size_t b = next_issue_++;
+        auto& st = state_[b];
+        st.issued = true;
+        if (plans_[b].block_numel == 0) continue;
+        if (!st.buf) st.buf = take_buffer(b);  // all its parameters are zero-size
+        T* base = st.buf->data();
+        const std::size_t blk = plans_[b].block_numel;
+        in_flight_.push_back({b, ctx_.comm.ireduce_scatter(
+                                     base, base + static_cast<std::size_t>(ctx_.rank()) * blk, blk, avg)});
+      }
+    }
+
+    void poll() {
+      while (!in_flight_.empty() && in_flight_.front().req.test()) finish(in_flight_.front().bucket), in_flight_.pop_front();
+    }
+    void complete_oldest() {
+      in_flight_.front().req.wait();
+      finish(in_flight_.front().bucket);
+      in_flight_.pop_front();
+    }
+    /// Accumulate the reduced block into the shard and recycle the buffer.
+    void finish(std::size_t b) {
+      auto& st = state_[b];
+      const std::size_t blk = plans_[b].block_numel;
+      const T* mine = st.buf->data() + static_cast<std::size_t>(ctx_.rank()) * blk;
+      kernel::accumulate(shard_.data() + ctx_.lay.unit(plans_[b].first_unit).shard_offset, mine, blk,
+                         ctx_.cfg.threads);
+      free_.push_back(std::move(*st.buf));
+      st.buf.reset();
+      // Keep at most bucket_count buffers; extra ones grown under pressure are freed.
+      if (free_.size() > static_cast<std::size_t>(ctx_.cfg.bucket_count)) free_.pop_back();
+    }
+
+    Ctx& ctx_;
+    buf_t shard_;
+    std::vector<bucket_plan> plans_;
+    std::vector<std::size_t> bucket_of_unit_;
+    std::vector<bucket_state> state_;
+    std::vector<buf_t> free_;
+    std::deque<flight> in_flight_;
+    std::size_t next_issue_ = 0;
+    std::size_t buffer_numel_ = 0;
+  };
+};
+
+}  // namespace bucket
+ZB_NAMESPACE_END

@@ -1,0 +1,100 @@
+/**
+ * @file comm.hpp
+ * @brief The communicator role: how ranks exchange bytes.
+ *
+ * Policies: `comm::self` (one rank, `self.hpp`) and `comm::mpi` (host buffers over MPI,
+ * `mpi.hpp`). A communicator is an object (it owns a communicator handle and counters)
+ * whose type carries `using communicator_concept = communicator_tag;`.
+ *
+ * Collectives, for element types float, half and bfloat16:
+ *  - `all_gather(send, recv, count)`: recv holds `count * size()` elements, block r from
+ *    rank r. In place when `send == recv + rank() * count`.
+ *  - `reduce_scatter(buf, recv, count, scale)`: `buf` holds `count * size()` elements;
+ *    rank r receives `scale * sum_j buf_j[r]`. Sums of 16-bit values accumulate in fp32,
+ *    in rank order 0..N-1, and are rounded once — so the result is deterministic and the
+ *    same whichever collective produced it. `buf` is used as scratch (clobbered).
+ *  - `all_reduce(buf, count, scale)`: in place, reduce-scatter then all-gather with the
+ *    same summation, so stage 0 (all-reduce) and stages 1–3 (reduce-scatter) produce
+ *    bit-identical gradients.
+ *  - `broadcast(buf, count, root)`, `barrier()`.
+ *  - `i`-prefixed variants return a `request` to `wait()` on.
+ *  - control helpers used by the engine for small agreements (`all_gather_values`,
+ *    `agree`): these are counted separately (`control`), not as payload.
+ *
+ * Counting convention (elements, per rank): all-gather counts its output
+ * (`count * size()`), reduce-scatter its input (`count * size()`), all-reduce twice its
+ * buffer, broadcast its buffer. With it a stage 0–2 step moves 2Ψ and stage 3 3Ψ.
+ */
+#pragma once
+
+#include "../core/config.hpp"
+#include "../core/error.hpp"
+
+#include <array>
+#include <concepts>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+ZB_NAMESPACE_BEGIN
+
+/// @brief Tag that marks a type as a communicator policy.
+struct communicator_tag {};
+
+/// @brief The kinds of collectives a communicator counts.
+enum class collective : int { all_gather = 0, reduce_scatter, all_reduce, broadcast, count_ };
+
+inline constexpr std::size_t collective_count = static_cast<std::size_t>(collective::count_);
+
+constexpr std::string_view collective_name(collective c) {
+  constexpr std::array<std::string_view, collective_count> names = {
+      "all_gather", "reduce_scatter", "all_reduce", "broadcast"};
+  return names[static_cast<std::size_t>(c)];
+}
+
+/// @brief Elements and calls per collective kind, plus control traffic.
+struct comm_counters {
+  std::array<std::uint64_t, collective_count> elements{};
+  std::array<std::uint64_t, collective_count> calls{};
+  std::uint64_t control_elements = 0;  ///< flags, norms, hashes: not model payload
+  std::uint64_t control_calls = 0;
+
+  std::uint64_t operator[](collective c) const { return elements[static_cast<std::size_t>(c)]; }
+  /// @brief Payload elements over all collective kinds.
+  std::uint64_t payload() const {
+    std::uint64_t s = 0;
+    for (auto e : elements) s += e;
+    return s;
+  }
+  void count(collective c, std::uint64_t n) {
+    elements[static_cast<std::size_t>(c)] += n;
+    calls[static_cast<std::size_t>(c)] += 1;
+  }
+  friend comm_counters operator-(comm_counters a, const comm_counters& b) {
+    for (std::size_t i = 0; i < collective_count; ++i) {
+      a.elements[i] -= b.elements[i];
+      a.calls[i] -= b.calls[i];
+    }
+    a.control_elements -= b.control_elements;
+    a.control_calls -= b.control_calls;
+    return a;
+  }
+};
+
+/// @brief A communicator policy.
+template <class C>
+concept communicator_policy =
+    std::same_as<typename C::communicator_concept, communicator_tag> &&
+    requires(C& c, const C& cc, float* f, std::size_t n) {
+      { cc.rank() } -> std::convertible_to<int>;
+      { cc.size() } -> std::convertible_to<int>;
+      c.all_gather(f, f, n);
+      c.reduce_scatter(f, f, n, 1.0f);
+      c.all_reduce(f, n, 1.0f);
+      c.broadcast(f, n, 0);
+      c.barrier();
+      { cc.counters() } -> std::same_as<const comm_counters&>;
+      typename C::request;
+    };
+
+ZB_NAMESPACE_END

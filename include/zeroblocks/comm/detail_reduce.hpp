@@ -1,0 +1,41 @@
+/**
+ * @file detail_reduce.hpp
+ * @brief The one reduction every communicator uses: sum N blocks in fp32, in block
+ * order, scale, round once.
+ *
+ * Because all communicators and all collectives reduce through this function, the
+ * result of a reduction does not depend on which collective carried it (all-reduce in
+ * stage 0, reduce-scatter in stages 1–3) or on the world size's algorithm choice in MPI.
+ */
+#pragma once
+
+#include "../core/config.hpp"
+#include "../kernel/host.hpp"
+
+#include <algorithm>
+#include <cstddef>
+
+ZB_NAMESPACE_BEGIN
+namespace detail {
+
+/// @brief out[i] = T(scale * sum_{j<nblocks} T2F(base[j*stride + i])) for i < count.
+/// `out` may alias block `j` of `base`.
+template <class T>
+void reduce_blocks(const T* base, std::size_t stride, int nblocks, std::size_t count, float scale,
+                   T* out) {
+  constexpr std::size_t chunk = 2048;
+  alignas(64) float acc[chunk];
+  alignas(64) float tmp[chunk];
+  for (std::size_t c0 = 0; c0 < count; c0 += chunk) {
+    const std::size_t n = std::min(chunk, count - c0);
+    kernel::upcast(acc, base + c0, n, 1.0f, 1);
+    for (int j = 1; j < nblocks; ++j) {
+      kernel::upcast(tmp, base + static_cast<std::size_t>(j) * stride + c0, n, 1.0f, 1);
+      for (std::size_t i = 0; i < n; ++i) acc[i] += tmp[i];
+    }
+    kernel::downcast(out + c0, acc, n, scale, 1);
+  }
+}
+
+}  // namespace detail
+ZB_NAMESPACE_END

@@ -1,0 +1,373 @@
+/**
+ * @file mpi.hpp
+ * @brief `comm::mpi`: collectives over MPI for host buffers.
+ *
+ * Reductions are built from an in-place `MPI_Ialltoall` (each rank receives every
+ * rank's copy of its block) followed by `detail::reduce_blocks` (fp32 sum in rank order,
+ * scaled, rounded once). So 16-bit payloads travel as 16 bits — no fp32 on the wire —
+ * yet accumulate in fp32, and the result is bit-identical whichever collective carried
+ * it, on any world size. This is what lets every ZeRO stage reproduce stage 0 exactly.
+ *
+ * Failure: a rank that hits an error calls `abort_peers(message)`, which sends the
+ * message on a private duplicate communicator to every other rank. Every wait in this
+ * communicator polls that channel, so a rank blocked in a collective the failed rank will
+ * never join raises `zeroblocks::error("rank k failed: ...")` instead of hanging. After
+ * that the communicator refuses further collectives.
+ *
+ * The caller owns MPI initialisation (`MPI_Init_thread`, `MPI_Finalize`); `comm::mpi`
+ * duplicates the communicator it is given and frees its duplicates on destruction.
+ * Progress of non-blocking collectives happens inside MPI calls (`request::test()`,
+ * `wait()`, and the bucketer's polling); a progress thread is the coordinator's concern.
+ */
+#pragma once
+
+#include "comm.hpp"
+#include "detail_reduce.hpp"
+
+// We use MPI's C API only; keep the deprecated C++ bindings (and their warnings) out.
+#ifndef OMPI_SKIP_MPICXX
+#define OMPI_SKIP_MPICXX 1
+#endif
+#ifndef MPICH_SKIP_MPICXX
+#define MPICH_SKIP_MPICXX 1
+#endif
+#include <mpi.h>
+#include <sched.h>
+
+#include <climits>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+ZB_NAMESPACE_BEGIN
+namespace comm {
+
+/// @brief Collectives over an MPI communicator (duplicated at construction).
+class mpi {
+public:
+  using communicator_concept = communicator_tag;
+  static constexpr const char* name = "mpi";
+
+  /// @brief A pending non-blocking collective; `wait()` completes it (and any local
+  /// reduction that follows the transfer). Dropping a pending request abandons it.
+  class request {
+  public:
+    request() = default;
+    request(const request&) = delete;
+    request& operator=(const request&) = delete;
+    request(request&& o) noexcept { *this = std::move(o); }
+    request& operator=(request&& o) noexcept {
+      std::swap(comm_, o.comm_);
+      std::swap(req_, o.req_);
+      std::swap(finish_, o.finish_);
+      return *this;
+    }
+    /// @brief Block until complete; throws if a peer aborted meanwhile.
+    void wait() {
+      if (!comm_) return;
+      comm_->wait_request(req_);
+      complete();
+    }
+    /// @brief Drive progress; true (and completed) when the transfer is done.
+    bool test() {
+      if (!comm_) return true;
+      if (!comm_->test_request(req_)) return false;
+      complete();
+      return true;
+    }
+    bool pending() const { return comm_ != nullptr; }
+
+  private:
+    friend class mpi;
+    request(mpi* c, MPI_Request r, std::function<void()> f) : comm_(c), req_(r), finish_(std::move(f)) {}
+    void complete() {
+      comm_ = nullptr;
+      auto f = std::move(finish_);
+      finish_ = nullptr;
+      if (f) f();
+    }
+    mpi* comm_ = nullptr;
+    MPI_Request req_ = MPI_REQUEST_NULL;
+    std::function<void()> finish_;
+  };
+
+  /// @brief Duplicate `parent` for payload and for the abort channel.
+  explicit mpi(MPI_Comm parent = MPI_COMM_WORLD) {
+    int init = 0;
+    MPI_Initialized(&init);
+    ZB_REQUIRE(init, "comm::mpi: MPI is not initialised; call MPI_Init_thread first");
+    check(MPI_Comm_dup(parent, &comm_), "MPI_Comm_dup");
+    check(MPI_Comm_dup(parent, &abort_comm_), "MPI_Comm_dup");
+    MPI_Comm_rank(comm_, &rank_);
+    MPI_Comm_size(comm_, &size_);
+    post_abort_receive();
+  }
+  mpi(const mpi&) = delete;
+  mpi& operator=(const mpi&) = delete;
+  mpi(mpi&& o) noexcept { swap(o); }
+  mpi& operator=(mpi&& o) noexcept {
+    swap(o);
+    return *this;
+  }
+  ~mpi() {
+    int fin = 0;
+    MPI_Finalized(&fin);
+    if (fin || comm_ == MPI_COMM_NULL) return;
+    if (abort_req_ != MPI_REQUEST_NULL) {
+      MPI_Cancel(&abort_req_);
+      MPI_Wait(&abort_req_, MPI_STATUS_IGNORE);
+    }
+    MPI_Comm_free(&abort_comm_);
+    MPI_Comm_free(&comm_);
+  }
+
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  MPI_Comm handle() const { return comm_; }
+  const comm_counters& counters() const { return counters_; }
+  /// @brief True once a peer aborted (or this rank did); collectives then throw.
+  bool failed() const { return failed_; }
+
+  // ---- payload collectives ------------------------------------------------------
+
+  template <class T>
+  request iall_gather(const T* send, T* recv, std::size_t count) {
+    ensure_usable();
+    counters_.count(collective::all_gather, count * size_);
+    if (count == 0) return {};
+    const int n = checked_count(count);
+    MPI_Request r;
+    const bool in_place = send == recv + static_cast<std::size_t>(rank_) * count;
+    check(MPI_Iallgather(in_place ? MPI_IN_PLACE : send, n, datatype<T>(), recv, n, datatype<T>(),
+                         comm_, &r),
+          "MPI_Iallgather");
+    return request(this, r, nullptr);
+  }
+  template <class T>
+  void all_gather(const T* send, T* recv, std::size_t count) {
+    iall_gather(send, recv, count).wait();
+  }
+
+  /// @brief Non-blocking reduce-scatter; `buf` (count*size elements) is clobbered.
+  template <class T>
+  request ireduce_scatter(T* buf, T* recv, std::size_t count, float scale) {
+    ensure_usable();
+    counters_.count(collective::reduce_scatter, count * size_);
+    if (count == 0) return {};
+    const int n = checked_count(count);
+    MPI_Request r;
+    check(MPI_Ialltoall(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, n, datatype<T>(), comm_, &r),
+          "MPI_Ialltoall");
+    const int nb = size_;
+    return request(this, r, [buf, recv, count, scale, nb] {
+      detail::reduce_blocks(buf, count, nb, count, scale, recv);
+    });
+  }
+  template <class T>
+  void reduce_scatter(T* buf, T* recv, std::size_t count, float scale) {
+    ireduce_scatter(buf, recv, count, scale).wait();
+  }
+
+  /// @brief In-place all-reduce (reduce-scatter + all-gather); `count % size() == 0`.
+  template <class T>
+  void all_reduce(T* buf, std::size_t count, float scale) {
+    ensure_usable();
+    ZB_REQUIRE(count % size_ == 0, "comm::mpi::all_reduce: count ", count,
+               " is not a multiple of the world size ", size_, " (pad the buffer)");
+    const std::size_t block = count / size_;
+    T* mine = buf + static_cast<std::size_t>(rank_) * block;
+    ireduce_scatter(buf, mine, block, scale).wait();
+    iall_gather(mine, buf, block).wait();
+    // Count the pair as one all-reduce of 2*count elements, not as its parts.
+    counters_.elements[static_cast<std::size_t>(collective::reduce_scatter)] -= count;
+    counters_.elements[static_cast<std::size_t>(collective::all_gather)] -= count;
+    counters_.calls[static_cast<std::size_t>(collective::reduce_scatter)] -= 1;
+    counters_.calls[static_cast<std::size_t>(collective::all_gather)] -= 1;
+    counters_.count(collective::all_reduce, 2 * count);
+  }
+
+  template <class T>
+  void broadcast(T* buf, std::size_t count, int root) {
+    ensure_usable();
+    ZB_REQUIRE(root >= 0 && root < size_, "comm::mpi::broadcast: root ", root, " out of range");
+    counters_.count(collective::broadcast, count);
+    if (count == 0) return;
+    MPI_Request r;
+    check(MPI_Ibcast(buf, checked_count(count), datatype<T>(), root, comm_, &r), "MPI_Ibcast");
+    wait_request(r);
+  }
+
+  void barrier() {
+    ensure_usable();
+    MPI_Request r;
+    check(MPI_Ibarrier(comm_, &r), "MPI_Ibarrier");
+    wait_request(r);
+  }
+
+  // ---- control (counted separately) ---------------------------------------------
+
+  /// @brief Every rank's values (same count on each rank), concatenated in rank order.
+  std::vector<double> all_gather_values(const std::vector<double>& mine) {
+    ensure_usable();
+    std::vector<double> all(mine.size() * size_);
+    counters_.control_elements += all.size();
+    counters_.control_calls += 1;
+    MPI_Request r;
+    check(MPI_Iallgather(mine.data(), checked_count(mine.size()), MPI_DOUBLE, all.data(),
+                         checked_count(mine.size()), MPI_DOUBLE, comm_, &r),
+          "MPI_Iallgather");
+    wait_request(r);
+    return all;
+  }
+
+  /// @brief Every rank's string, in rank order.
+  std::vector<std::string> all_gather_strings(const std::string& mine) {
+    ensure_usable();
+    std::vector<double> lens = all_gather_values({static_cast<double>(mine.size())});
+    std::vector<int> counts(size_), displs(size_);
+    int total = 0;
+    for (int i = 0; i < size_; ++i) {
+      counts[i] = static_cast<int>(lens[i]);
+      displs[i] = total;
+      total += counts[i];
+    }
+    std::vector<char> all(total);
+    MPI_Request r;
+    check(MPI_Iallgatherv(mine.data(), static_cast<int>(mine.size()), MPI_CHAR, all.data(),
+                          counts.data(), displs.data(), MPI_CHAR, comm_, &r),
+          "MPI_Iallgatherv");
+    wait_request(r);
+    counters_.control_calls += 1;
+    std::vector<std::string> out(size_);
+    for (int i = 0; i < size_; ++i) out[i].assign(all.data() + displs[i], counts[i]);
+    return out;
+  }
+
+  /// @brief Collective check. If any rank passes `ok == false`, every rank throws the
+  /// message of the lowest such rank (prefixed with its number).
+  void agree(bool ok, const std::string& message) {
+    ensure_usable();
+    int first_bad = ok ? size_ : rank_;
+    int result = size_;
+    MPI_Request r;
+    check(MPI_Iallreduce(&first_bad, &result, 1, MPI_INT, MPI_MIN, comm_, &r), "MPI_Iallreduce");
+    wait_request(r);
+    counters_.control_elements += 1;
+    counters_.control_calls += 1;
+    if (result == size_) return;
+    char text[message_capacity] = {};
+    if (rank_ == result) std::strncpy(text, message.c_str(), message_capacity - 1);
+    check(MPI_Ibcast(text, message_capacity, MPI_CHAR, result, comm_, &r), "MPI_Ibcast");
+    wait_request(r);
+    ZB_FAIL("rank ", result, ": ", text);
+  }
+
+  /// @brief Tell every other rank this rank failed, so their waits raise instead of
+  /// hanging. Idempotent; never blocks.
+  void abort_peers(const std::string& message) {
+    if (sent_abort_ || comm_ == MPI_COMM_NULL) return;
+    sent_abort_ = true;
+    failed_ = true;
+    std::memset(abort_out_.get(), 0, message_capacity);
+    std::strncpy(abort_out_.get(), message.c_str(), message_capacity - 1);
+    for (int r = 0; r < size_; ++r) {
+      if (r == rank_) continue;
+      MPI_Request q;
+      if (MPI_Isend(abort_out_.get(), message_capacity, MPI_CHAR, r, abort_tag, abort_comm_, &q) ==
+          MPI_SUCCESS)
+        MPI_Request_free(&q);
+    }
+  }
+
+private:
+  static constexpr int message_capacity = 1024;
+  static constexpr int abort_tag = 0x2b0;
+
+  template <class T>
+  static MPI_Datatype datatype() {
+    if constexpr (std::is_same_v<T, float>) return MPI_FLOAT;
+    else if constexpr (std::is_same_v<T, double>) return MPI_DOUBLE;
+    else {
+      static_assert(sizeof(T) == 2, "comm::mpi: element type must be float, half or bfloat16");
+      return MPI_UINT16_T;  // 16-bit floats travel as bits; we do the arithmetic
+    }
+  }
+  static int checked_count(std::size_t n) {
+    ZB_REQUIRE(n <= static_cast<std::size_t>(INT_MAX), "comm::mpi: ", n,
+               " elements in one call exceed MPI's int count; split the unit");
+    return static_cast<int>(n);
+  }
+  static void check(int rc, const char* what) {
+    if (rc == MPI_SUCCESS) return;
+    char text[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    MPI_Error_string(rc, text, &len);
+    ZB_FAIL("comm::mpi: ", what, " failed: ", std::string(text, len));
+  }
+  void ensure_usable() {
+    if (failed_) ZB_FAIL("comm::mpi: communicator unusable after a failure: ", abort_reason_);
+    poll_abort();
+  }
+  void post_abort_receive() {
+    check(MPI_Irecv(abort_in_.get(), message_capacity, MPI_CHAR, MPI_ANY_SOURCE, abort_tag, abort_comm_,
+                    &abort_req_),
+          "MPI_Irecv");
+  }
+  void poll_abort() {
+    if (abort_req_ == MPI_REQUEST_NULL) return;
+    int flag = 0;
+    MPI_Status st;
+    MPI_Test(&abort_req_, &flag, &st);
+    if (!flag) return;
+    abort_req_ = MPI_REQUEST_NULL;
+    failed_ = true;
+    abort_reason_ = detail::concat("rank ", st.MPI_SOURCE, " failed: ", abort_in_.get());
+    ZB_FAIL(abort_reason_);
+  }
+  bool test_request(MPI_Request& r) {
+    int flag = 0;
+    check(MPI_Test(&r, &flag, MPI_STATUS_IGNORE), "MPI_Test");
+    if (!flag) poll_abort();
+    return flag != 0;
+  }
+  void wait_request(MPI_Request& r) {
+    // Poll rather than MPI_Wait so a peer's abort message can interrupt us; yield
+    // after a short spin so oversubscribed ranks (more ranks than cores) progress.
+    for (unsigned spins = 0; !test_request(r); ++spins)
+      if (spins > 64) sched_yield();
+  }
+  void swap(mpi& o) noexcept {
+    std::swap(comm_, o.comm_);
+    std::swap(abort_comm_, o.abort_comm_);
+    std::swap(rank_, o.rank_);
+    std::swap(size_, o.size_);
+    std::swap(counters_, o.counters_);
+    std::swap(abort_req_, o.abort_req_);
+    std::swap(failed_, o.failed_);
+    std::swap(sent_abort_, o.sent_abort_);
+    std::swap(abort_reason_, o.abort_reason_);
+    std::swap(abort_in_, o.abort_in_);  // heap buffers: a posted receive survives the move
+    std::swap(abort_out_, o.abort_out_);
+  }
+
+  MPI_Comm comm_ = MPI_COMM_NULL;
+  MPI_Comm abort_comm_ = MPI_COMM_NULL;
+  int rank_ = 0;
+  int size_ = 1;
+  comm_counters counters_;
+  MPI_Request abort_req_ = MPI_REQUEST_NULL;
+  bool failed_ = false;
+  bool sent_abort_ = false;
+  std::string abort_reason_;
+  std::unique_ptr<char[]> abort_in_ = std::make_unique<char[]>(message_capacity);
+  std::unique_ptr<char[]> abort_out_ = std::make_unique<char[]>(message_capacity);
+};
+
+static_assert(communicator_policy<mpi>);
+
+}  // namespace comm
+ZB_NAMESPACE_END

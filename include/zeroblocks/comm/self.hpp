@@ -1,0 +1,92 @@
+/**
+ * @file self.hpp
+ * @brief `comm::self`: the communicator of a single rank.
+ *
+ * Every collective is a local copy (or a scaled rounding, for reductions) and is
+ * counted exactly like `comm::mpi` counts, so a one-rank run reports the same
+ * elements-communicated figures as a one-rank MPI run.
+ */
+#pragma once
+
+#include "comm.hpp"
+#include "detail_reduce.hpp"
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+ZB_NAMESPACE_BEGIN
+namespace comm {
+
+/// @brief One rank; collectives are local.
+class self {
+public:
+  using communicator_concept = communicator_tag;
+  static constexpr const char* name = "self";
+
+  /// @brief Already complete.
+  struct request {
+    void wait() {}
+    bool test() { return true; }
+  };
+
+  int rank() const { return 0; }
+  int size() const { return 1; }
+  const comm_counters& counters() const { return counters_; }
+
+  template <class T>
+  void all_gather(const T* send, T* recv, std::size_t count) {
+    if (send != recv && count) std::memcpy(recv, send, count * sizeof(T));
+    counters_.count(collective::all_gather, count);
+  }
+  template <class T>
+  request iall_gather(const T* send, T* recv, std::size_t count) {
+    all_gather(send, recv, count);
+    return {};
+  }
+  template <class T>
+  void reduce_scatter(T* buf, T* recv, std::size_t count, float scale) {
+    detail::reduce_blocks(buf, count, 1, count, scale, recv);
+    counters_.count(collective::reduce_scatter, count);
+  }
+  template <class T>
+  request ireduce_scatter(T* buf, T* recv, std::size_t count, float scale) {
+    reduce_scatter(buf, recv, count, scale);
+    return {};
+  }
+  template <class T>
+  void all_reduce(T* buf, std::size_t count, float scale) {
+    detail::reduce_blocks(buf, count, 1, count, scale, buf);
+    counters_.count(collective::all_reduce, 2 * count);
+  }
+  template <class T>
+  void broadcast(T*, std::size_t count, int root) {
+    ZB_REQUIRE(root == 0, "comm::self: broadcast root ", root, " out of range");
+    counters_.count(collective::broadcast, count);
+  }
+  void barrier() {}
+
+  /// @brief Every rank's value, in rank order (control traffic).
+  std::vector<double> all_gather_values(const std::vector<double>& mine) {
+    counters_.control_elements += mine.size();
+    counters_.control_calls += 1;
+    return mine;
+  }
+  /// @brief Every rank's string, in rank order (control traffic).
+  std::vector<std::string> all_gather_strings(const std::string& mine) { return {mine}; }
+  /// @brief Collective check: throws the same error on every rank if any rank's `ok` is false.
+  void agree(bool ok, const std::string& message) {
+    counters_.control_calls += 1;
+    if (!ok) ZB_FAIL("rank 0: ", message);
+  }
+  /// @brief Tell the other ranks that this rank failed (nothing to do with one rank).
+  void abort_peers(const std::string&) {}
+
+private:
+  comm_counters counters_;
+};
+
+static_assert(communicator_policy<self>);
+
+}  // namespace comm
+ZB_NAMESPACE_END

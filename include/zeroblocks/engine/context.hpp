@@ -1,0 +1,66 @@
+/**
+ * @file context.hpp
+ * @brief What an engine hands its policies: the layout, the communicator, the memory
+ * tracker and the configuration — and `engine_config`, every runtime knob in one
+ * aggregate.
+ *
+ * Policies are tag types with a nested `template <class Ctx> class impl` that the
+ * engine instantiates with its `engine_context<T, Space, Comm>`; the tag alone is what a
+ * user names when composing an engine (CUTLASS-style: the policy picks the algorithm,
+ * the engine supplies the types).
+ */
+#pragma once
+
+#include "../core/config.hpp"
+#include "../core/error.hpp"
+#include "../layout/layout.hpp"
+#include "../optim/adamw.hpp"
+#include "../scale/scale.hpp"
+#include "../space/memory.hpp"
+
+#include <cstddef>
+#include <string>
+
+ZB_NAMESPACE_BEGIN
+
+/// @brief Every runtime knob, with defaults. Validated once, collectively, at engine
+/// construction. DeepSpeed's name for each knob is given in brackets.
+struct engine_config {
+  adamw_config optim{};            ///< learning rate, betas, eps, weight decay
+  scale_config scale{};            ///< loss scaler knobs (used by the chosen scaler)
+  float max_grad_norm = 0.0f;      ///< global-norm clipping, 0 = off [gradient_clipping]
+  std::size_t bucket_numel = std::size_t{1} << 25;  ///< gradient bucket [reduce_bucket_size]
+  int bucket_count = 2;            ///< bucket buffers in flight (2 = double buffering) [overlap_comm]
+  std::size_t align_numel = 32;    ///< parameter alignment in elements (64 B of 16-bit)
+  int threads = 0;                 ///< host kernel threads per rank, 0 = all OpenMP gives
+};
+
+/// @brief The engine's state as its policies see it.
+template <class T, class Space, class Comm>
+struct engine_context {
+  using param_type = T;
+  using space = Space;
+  using comm_type = Comm;
+
+  const layout& lay;
+  Comm& comm;
+  memory_tracker& tracker;
+  const engine_config& cfg;
+
+  int rank() const { return comm.rank(); }
+  int world() const { return comm.size(); }
+
+  /// @brief A failure detected on this rank only: tell the peers (so nobody hangs in a
+  /// collective this rank will not join), then throw.
+  [[noreturn]] void fail_local(const std::string& message, const std::string& where) const {
+    comm.abort_peers(message);
+    throw error(message, where);
+  }
+};
+
+/// @brief Raise a local failure through the context: peers are told, then it throws.
+#define ZB_LOCAL_FAIL(ctx, ...)                                                         \
+  (ctx).fail_local(::zeroblocks::detail::concat(__VA_ARGS__),                           \
+                   ::zeroblocks::detail::location_string(std::source_location::current()))
+
+ZB_NAMESPACE_END

@@ -1,0 +1,558 @@
+/**
+ * @file engine.hpp
+ * @brief `zeroblocks::engine`: one class template composed from the policies.
+ *
+ * ```
+ * engine<T, Space, Comm, Partitioner, Coordinator, Bucketer, Master, Scaler, Optim>
+ * ```
+ * T is the parameter/gradient type (half, bfloat16 or float). The stage follows from
+ * the policies: `bucket::all_reduce` → stage 0; `reduce_at_boundary` → 1;
+ * `reduce_scatter` with `coordinate::resident` → 2; with `coordinate::on_demand` → 3.
+ * `presets.hpp` names the usual combinations.
+ *
+ * A training step, from the trainer's side:
+ * ```
+ * for (int micro = 0; micro < accumulation; ++micro) {
+ *   eng.begin_micro_step();
+ *   // forward:  auto u = eng.acquire(unit); use u.param(p) ...; u.release() (or scope end)
+ *   // backward: acquire again; eng.grad_ready(p, grad) for each parameter
+ *   eng.end_micro_step();
+ * }
+ * auto r = eng.step();   // norm + overflow pass, loss scaler, fused AdamW, param gather
+ * ```
+ * The trainer multiplies its loss by `eng.loss_scale()`. Gradients are averaged over
+ * ranks and micro-steps by the engine.
+ *
+ * Failure behaviour: configuration and parameter registration are checked collectively
+ * at construction (every rank throws the same message). Misuse detected on one rank (a
+ * release without acquire, a gradient reported twice) tells the other ranks through the
+ * communicator's abort channel before throwing, so they raise an error instead of
+ * hanging in a collective.
+ */
+#pragma once
+
+#include "../bucket/all_reduce.hpp"
+#include "../bucket/bucket.hpp"
+#include "../bucket/reduce_at_boundary.hpp"
+#include "../bucket/reduce_scatter.hpp"
+#include "../comm/comm.hpp"
+#include "../coordinate/coordinate.hpp"
+#include "../coordinate/on_demand.hpp"
+#include "../coordinate/resident.hpp"
+#include "../core/numeric.hpp"
+#include "../kernel/host.hpp"
+#include "../layout/layout.hpp"
+#include "../master/master.hpp"
+#include "../master/resident.hpp"
+#include "../optim/adamw.hpp"
+#include "../partition/even.hpp"
+#include "../scale/scale.hpp"
+#include "../space/host_space.hpp"
+#include "context.hpp"
+
+#include <cmath>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+ZB_NAMESPACE_BEGIN
+
+/// @brief The loss scaler a parameter type needs by default: dynamic for fp16 only.
+template <class T>
+using default_scaler_t = std::conditional_t<std::is_same_v<T, half>, scale::dynamic, scale::none>;
+
+/// @brief What `engine::step()` did.
+struct step_result {
+  bool applied = false;     ///< false: overflow, step skipped on every rank
+  double grad_norm = 0.0;   ///< global L2 norm of the averaged, unscaled gradient (before clipping)
+  float clip_factor = 1.0f; ///< multiplier applied to the gradient (1 = no clipping)
+  float loss_scale = 1.0f;  ///< scale the gradients carried
+  long step = 0;            ///< optimizer steps applied so far
+};
+
+/// @brief The ZeRO model-state formula, bytes per rank, for `psi` elements.
+/// Stage 0 (p+g+12)Ψ, 1 (p+g)Ψ + 12Ψ/N, 2 pΨ + (g+12)Ψ/N, 3 (p+g+12)Ψ/N with p = g =
+/// bytes of T (2 for 16-bit: the paper's 16Ψ, 4Ψ+12Ψ/N, 2Ψ+14Ψ/N, 16Ψ/N).
+inline std::size_t zero_formula_bytes(int stage, std::size_t psi, int world, std::size_t elem_bytes) {
+  const std::size_t n = static_cast<std::size_t>(world), k = 12, p = elem_bytes, g = elem_bytes;
+  switch (stage) {
+    case 0: return (p + g + k) * psi;
+    case 1: return (p + g) * psi + k * psi / n;
+    case 2: return p * psi + (g + k) * psi / n;
+    case 3: return (p + g + k) * psi / n;
+  }
+  ZB_FAIL("zero_formula_bytes: stage ", stage, " is not 0..3");
+}
+
+template <class T, class Space, class Comm, class Partitioner = partition::even,
+          class Coordinator = coordinate::resident, class Bucketer = bucket::all_reduce,
+          class Master = master::resident<Space>, class Scaler = default_scaler_t<T>,
+          class Optim = optim::adamw>
+class engine {
+  static_assert(is_param_type_v<T>,
+                "zeroblocks::engine: T (parameter type) must be float, half or bfloat16 "
+                "(see zeroblocks/core/numeric.hpp)");
+  static_assert(space_policy<Space>,
+                "zeroblocks::engine: Space is not a space policy (see zeroblocks/space/host_space.hpp)");
+  static_assert(communicator_policy<Comm>,
+                "zeroblocks::engine: Comm is not a communicator policy (see zeroblocks/comm/comm.hpp)");
+  static_assert(partitioner_policy<Partitioner>,
+                "zeroblocks::engine: Partitioner is not a partitioner policy (see zeroblocks/partition/even.hpp)");
+  static_assert(coordinator_policy<Coordinator>,
+                "zeroblocks::engine: Coordinator is not a coordinator policy (see zeroblocks/coordinate/coordinate.hpp)");
+  static_assert(bucketer_policy<Bucketer>,
+                "zeroblocks::engine: Bucketer is not a bucketer policy (see zeroblocks/bucket/bucket.hpp)");
+  static_assert(master_policy<Master>,
+                "zeroblocks::engine: Master is not a master-state policy (see zeroblocks/master/master.hpp)");
+  static_assert(scaler_policy<Scaler>,
+                "zeroblocks::engine: Scaler is not a loss-scaler policy (see zeroblocks/scale/scale.hpp)");
+  static_assert(optimizer_policy<Optim>,
+                "zeroblocks::engine: Optim is not an optimizer policy (see zeroblocks/optim/adamw.hpp)");
+  static_assert(!Coordinator::shards_params || Bucketer::shards_grads,
+                "zeroblocks::engine: the Coordinator shards parameters (stage 3), so the Bucketer must "
+                "shard gradients too: use bucket::reduce_scatter (zeroblocks/bucket/reduce_scatter.hpp)");
+
+public:
+  using param_type = T;
+  using space = Space;
+  using comm_type = Comm;
+  using context = engine_context<T, Space, Comm>;
+
+  /// @brief Optimizer state is sharded (stages 1–3) or replicated (stage 0).
+  static constexpr bool sharded_master = Bucketer::shards_master;
+  /// @brief The ZeRO stage these policies make.
+  static constexpr int stage = Coordinator::shards_params ? 3
+                               : Bucketer::shards_grads   ? 2
+                               : Bucketer::shards_master  ? 1
+                                                          : 0;
+
+  /// @brief Build the layout, check configuration and registration across ranks,
+  /// allocate every buffer. Collective.
+  engine(const param_registry& reg, Comm comm, engine_config cfg = {})
+      : comm_(std::move(comm)),
+        cfg_(cfg),
+        layout_(checked_layout(reg)),
+        ctx_{layout_, comm_, tracker_, cfg_},
+        coord_(ctx_),
+        bucketer_(ctx_),
+        master_(ctx_, owned_numel()),
+        scaler_(cfg_.scale),
+        holds_(layout_.unit_count(), 0),
+        bases_(layout_.unit_count(), nullptr),
+        reported_(layout_.param_count(), 0) {
+    for (std::size_t u = 0; u < layout_.unit_count(); ++u) {
+      const auto& up = layout_.unit(u);
+      for (int r = 0; r < comm_.size(); ++r) {
+        if (sharded_master && r != comm_.rank()) continue;
+        const std::size_t moff = sharded_master ? up.shard_offset : up.offset + r * up.slice_numel;
+        owned_.push_back({u, r, moff, up.slice_numel});
+      }
+    }
+  }
+
+  engine(const engine&) = delete;
+  engine& operator=(const engine&) = delete;
+
+  // ---- model --------------------------------------------------------------------
+
+  const layout& model_layout() const { return layout_; }
+  Comm& communicator() { return comm_; }
+  const engine_config& config() const { return cfg_; }
+  int rank() const { return comm_.rank(); }
+  int world() const { return comm_.size(); }
+
+  /// @brief Set a parameter's initial value (fp32; every rank passes the same values).
+  void set_param(param_id p, std::span<const float> values) {
+    check_param(p, "set_param");
+    const auto& pp = layout_.param(p.index);
+    if (values.size() != pp.numel)
+      ZB_LOCAL_FAIL(ctx_, "set_param: parameter ", describe(p), " has ", pp.numel, " elements, got ",
+                    values.size());
+    const auto& up = layout_.unit(pp.unit);
+    for (int r = 0; r < comm_.size(); ++r) {
+      // The part of the parameter that falls in slice r of its unit.
+      const std::size_t s0 = r * up.slice_numel, s1 = s0 + up.slice_numel;
+      const std::size_t a = std::max(s0, pp.offset_in_unit), b = std::min(s1, pp.offset_in_unit + pp.numel);
+      if (a >= b) continue;
+      const float* src = values.data() + (a - pp.offset_in_unit);
+      if (!Coordinator::shards_params || r == comm_.rank()) {
+        T* dst = coord_.owned_slice(pp.unit, r) + (a - s0);
+        for (std::size_t i = 0; i < b - a; ++i) dst[i] = from_float<T>(src[i]);
+      }
+      if (!sharded_master || r == comm_.rank()) {
+        const std::size_t moff = sharded_master ? up.shard_offset : up.offset + s0;
+        master_.set(moff + (a - s0), src, b - a);
+      }
+    }
+  }
+
+  // ---- parameters: acquire / release ---------------------------------------------
+
+  /// @brief RAII hold on a unit's full parameters.
+  class unit_guard {
+  public:
+    unit_guard() = default;
+    unit_guard(const unit_guard&) = delete;
+    unit_guard& operator=(const unit_guard&) = delete;
+    unit_guard(unit_guard&& o) noexcept : eng_(std::exchange(o.eng_, nullptr)), unit_(o.unit_), base_(o.base_) {}
+    unit_guard& operator=(unit_guard&& o) noexcept {
+      if (this != &o) {
+        reset_quietly();
+        eng_ = std::exchange(o.eng_, nullptr);
+        unit_ = o.unit_;
+        base_ = o.base_;
+      }
+      return *this;
+    }
+    ~unit_guard() { reset_quietly(); }
+
+    /// @brief Full view of a parameter of this unit.
+    std::span<const T> param(param_id p) const {
+      ZB_REQUIRE(eng_ != nullptr, "unit_guard::param: the guard holds no unit (released or moved from)");
+      const auto& pp = eng_->layout_.param(p.index);
+      if (pp.unit != unit_.index)
+        ZB_LOCAL_FAIL(eng_->ctx_, "unit_guard::param: parameter ", eng_->describe(p), " is not in unit '",
+                      eng_->layout_.unit_name(unit_.index), "'");
+      return {base_ + pp.offset_in_unit, pp.numel};
+    }
+    unit_id unit() const { return unit_; }
+    /// @brief Release now. Releasing a second time is an error (through the engine).
+    void release() {
+      engine* e = eng_ ? eng_ : last_;
+      ZB_REQUIRE(e != nullptr, "unit_guard::release: the guard was never bound to an engine");
+      eng_ = nullptr;
+      base_ = nullptr;
+      e->release(unit_);
+    }
+
+  private:
+    friend class engine;
+    unit_guard(engine* e, unit_id u, const T* base) : eng_(e), last_(e), unit_(u), base_(base) {}
+    void reset_quietly() noexcept {
+      if (!eng_) return;
+      try {
+        eng_->release(unit_);
+      } catch (...) {
+      }
+      eng_ = nullptr;
+    }
+    engine* eng_ = nullptr;
+    engine* last_ = nullptr;  // so a second release() reaches the engine and is reported
+    unit_id unit_{};
+    const T* base_ = nullptr;
+  };
+
+  /// @brief Make unit `u`'s full parameters available (stage 3: all-gather them).
+  unit_guard acquire(unit_id u) {
+    check_unit(u, "acquire");
+    if (holds_[u.index]++ == 0) bases_[u.index] = coord_.acquire(u.index);
+    ++stats_.acquires;
+    return unit_guard(this, u, bases_[u.index]);
+  }
+  /// @brief Drop one hold on unit `u` (the guard does this for you).
+  void release(unit_id u) {
+    check_unit(u, "release");
+    if (holds_[u.index] == 0)
+      ZB_LOCAL_FAIL(ctx_, "release: unit '", layout_.unit_name(u.index),
+                    "' released more times than acquired (released twice, or never acquired)");
+    if (--holds_[u.index] == 0) {
+      coord_.release(u.index);
+      bases_[u.index] = nullptr;
+    }
+  }
+  /// @brief Unit handle of a parameter.
+  unit_id unit_of(param_id p) const { return {layout_.param(p.index).unit}; }
+
+  // ---- gradients -----------------------------------------------------------------
+
+  void begin_micro_step() {
+    if (in_micro_) ZB_LOCAL_FAIL(ctx_, "begin_micro_step: the previous micro-step was not ended");
+    in_micro_ = true;
+    std::fill(reported_.begin(), reported_.end(), 0);
+    bucketer_.begin_micro_step();
+  }
+  /// @brief Hand over the (loss-scaled) gradient of parameter `p` for this micro-step.
+  void grad_ready(param_id p, std::span<const T> grad) {
+    check_param(p, "grad_ready");
+    if (!in_micro_) ZB_LOCAL_FAIL(ctx_, "grad_ready: ", describe(p), " reported outside a micro-step");
+    const auto& pp = layout_.param(p.index);
+    if (grad.size() != pp.numel)
+      ZB_LOCAL_FAIL(ctx_, "grad_ready: gradient of ", describe(p), " has ", grad.size(), " elements, expected ",
+                    pp.numel);
+    if (reported_[p.index])
+      ZB_LOCAL_FAIL(ctx_, "grad_ready: gradient of ", describe(p), " reported twice in micro-step ",
+                    micro_steps_ + 1, " of step ", steps_ + 1);
+    reported_[p.index] = 1;
+    bucketer_.grad_ready(p.index, grad.data());
+  }
+  void end_micro_step() {
+    if (!in_micro_) ZB_LOCAL_FAIL(ctx_, "end_micro_step: no micro-step is open");
+    bucketer_.end_micro_step();
+    in_micro_ = false;
+    ++micro_steps_;
+  }
+
+  // ---- the step ------------------------------------------------------------------
+
+  /// @brief Reduce, check, clip and apply AdamW; then make parameters current.
+  step_result step() {
+    if (in_micro_) ZB_LOCAL_FAIL(ctx_, "step: a micro-step is still open (call end_micro_step first)");
+    if (micro_steps_ == 0) ZB_LOCAL_FAIL(ctx_, "step: no micro-step since the last step");
+    bucketer_.reduce_for_step();
+
+    // Pass 1: sum of squares + non-finite, per rank-slice group, summed in rank order
+    // so every stage computes the same norm bit for bit.
+    const int n = comm_.size();
+    std::vector<double> partial(n, 0.0);
+    bool nonfinite = false;
+    for (const auto& s : owned_) {
+      auto st = kernel::grad_sumsq(bucketer_.grad_slice(s.unit, s.rank), s.numel, cfg_.threads);
+      partial[s.rank] += st.sumsq;
+      nonfinite = nonfinite || st.nonfinite;
+    }
+    double sumsq = 0.0;
+    if constexpr (sharded_master) {
+      auto all = comm_.all_gather_values({partial[comm_.rank()], nonfinite ? 1.0 : 0.0});
+      nonfinite = false;
+      for (int r = 0; r < n; ++r) {
+        sumsq += all[2 * r];
+        nonfinite = nonfinite || all[2 * r + 1] != 0.0;
+      }
+    } else {
+      for (int r = 0; r < n; ++r) sumsq += partial[r];
+    }
+    nonfinite = nonfinite || !std::isfinite(sumsq);
+
+    step_result res;
+    res.loss_scale = scaler_.scale();
+    const float grad_scale = 1.0f / (res.loss_scale * static_cast<float>(micro_steps_));
+    if (nonfinite) {
+      scaler_.update(true);
+      ++stats_.skipped;
+      finish_step();
+      res.step = steps_;
+      res.grad_norm = INFINITY;
+      return res;
+    }
+    res.grad_norm = std::sqrt(sumsq) * grad_scale;
+    if (cfg_.max_grad_norm > 0.0f && res.grad_norm > cfg_.max_grad_norm)
+      res.clip_factor = static_cast<float>(cfg_.max_grad_norm / (res.grad_norm + 1e-6));
+
+    // Pass 2: the fused upcast · unscale · clip · AdamW · downcast.
+    ++steps_;
+    const auto args = Optim::args(cfg_.optim, steps_, grad_scale * res.clip_factor);
+    std::vector<step_slice<T>> slices;
+    slices.reserve(owned_.size());
+    for (const auto& s : owned_)
+      slices.push_back({bucketer_.grad_slice(s.unit, s.rank), coord_.owned_slice(s.unit, s.rank), s.numel,
+                        s.master_offset});
+    master_.apply(slices, args);
+    coord_.publish(sharded_master);
+    scaler_.update(false);
+    finish_step();
+    res.applied = true;
+    res.step = steps_;
+    return res;
+  }
+
+  float loss_scale() const { return scaler_.scale(); }
+  void set_learning_rate(float lr) { cfg_.optim.lr = lr; }
+  long steps() const { return steps_; }
+
+  // ---- inspection ----------------------------------------------------------------
+
+  /// @brief Bytes held now and at peak, per category.
+  const memory_report& memory() const { return tracker_.report(); }
+  /// @brief Elements communicated so far, per collective kind.
+  const comm_counters& counters() const { return comm_.counters(); }
+
+  struct usage_stats {
+    std::uint64_t acquires = 0;
+    std::uint64_t skipped = 0;
+  };
+  const usage_stats& stats() const { return stats_; }
+
+  /// @brief What this configuration holds at rest, per category, from the policies'
+  /// declarations (compare with `memory()` and with `zero_formula_bytes`).
+  static memory_report estimate(const layout& lay, const engine_config& cfg) {
+    memory_report r;
+    using Ctx = context;
+    const int w = lay.world();
+    Coordinator::template impl<Ctx>::declare(lay, cfg, w, r, sizeof(T));
+    Bucketer::template impl<Ctx>::declare(lay, cfg, w, r, sizeof(T));
+    Master::template impl<Ctx>::declare(sharded_master ? lay.shard_numel() : lay.total_numel(), r);
+    return r;
+  }
+  /// @brief The ZeRO formula for this engine's stage and layout.
+  std::size_t formula_bytes() const {
+    return zero_formula_bytes(stage, layout_.total_numel(), comm_.size(), sizeof(T));
+  }
+
+  /// @brief The full fp32 master weights in layout order. Collective; counts as traffic.
+  std::vector<float> gather_master() {
+    std::vector<float> out(layout_.total_numel());
+    for (const auto& s : owned_) {
+      const auto& up = layout_.unit(s.unit);
+      std::memcpy(out.data() + up.offset + s.rank * up.slice_numel, master_.master(s.master_offset),
+                  s.numel * sizeof(float));
+    }
+    if constexpr (sharded_master)
+      for (std::size_t u = 0; u < layout_.unit_count(); ++u) {
+        const auto& up = layout_.unit(u);
+        comm_.all_gather(out.data() + up.offset + comm_.rank() * up.slice_numel, out.data() + up.offset,
+                         up.slice_numel);
+      }
+    return out;
+  }
+  /// @brief The full parameters (type T) in layout order. Collective for stage 3.
+  std::vector<T> gather_params() {
+    std::vector<T> out(layout_.total_numel());
+    for (std::size_t u = 0; u < layout_.unit_count(); ++u) {
+      auto g = acquire({u});
+      std::memcpy(out.data() + layout_.unit(u).offset, bases_[u], layout_.unit(u).padded_numel * sizeof(T));
+    }
+    return out;
+  }
+  /// @brief One parameter out of a `gather_*` result.
+  template <class V>
+  std::vector<V> extract(const std::vector<V>& flat, param_id p) const {
+    const auto& pp = layout_.param(p.index);
+    return {flat.begin() + pp.offset, flat.begin() + pp.offset + pp.numel};
+  }
+
+  std::string describe(param_id p) const { return reg_lines_.at(p.index); }
+
+private:
+  struct owned_slice_ref {
+    std::size_t unit;
+    int rank;
+    std::size_t master_offset;
+    std::size_t numel;
+  };
+
+  std::size_t owned_numel() const { return sharded_master ? layout_.shard_numel() : layout_.total_numel(); }
+
+  void finish_step() {
+    bucketer_.zero();
+    micro_steps_ = 0;
+  }
+
+  void check_param(param_id p, const char* what) {
+    if (p.index >= layout_.param_count())
+      ZB_LOCAL_FAIL(ctx_, what, ": parameter index ", p.index, " out of range (", layout_.param_count(),
+                    " registered)");
+  }
+  void check_unit(unit_id u, const char* what) {
+    if (u.index >= layout_.unit_count())
+      ZB_LOCAL_FAIL(ctx_, what, ": unit index ", u.index, " out of range (", layout_.unit_count(), " units)");
+  }
+
+  /// Validate config and registry on every rank, collectively; then build the layout.
+  layout checked_layout(const param_registry& reg) {
+    // 1. Config valid here?
+    std::string problem;
+    try {
+      Optim::validate(cfg_.optim);
+      Scaler::validate(cfg_.scale);
+      ZB_REQUIRE(cfg_.bucket_numel >= 1, "engine_config: bucket_numel must be >= 1");
+      ZB_REQUIRE(cfg_.bucket_count >= 1, "engine_config: bucket_count must be >= 1 (got ", cfg_.bucket_count, ")");
+      ZB_REQUIRE(cfg_.align_numel >= 1 && (cfg_.align_numel & (cfg_.align_numel - 1)) == 0,
+                 "engine_config: align_numel ", cfg_.align_numel, " must be a power of two");
+      ZB_REQUIRE(cfg_.max_grad_norm >= 0.0f && std::isfinite(cfg_.max_grad_norm),
+                 "engine_config: max_grad_norm must be finite and >= 0 (0 = off)");
+      ZB_REQUIRE(cfg_.threads >= 0, "engine_config: threads must be >= 0 (0 = all)");
+      ZB_REQUIRE(reg.size() > 0, "engine: no parameters registered");
+    } catch (const error& e) {
+      problem = e.reason();
+    }
+    comm_.agree(problem.empty(), problem);
+
+    // 2. Same config on every rank?
+    const std::vector<std::pair<const char*, double>> fields = {
+        {"optim.lr", cfg_.optim.lr},
+        {"optim.beta1", cfg_.optim.beta1},
+        {"optim.beta2", cfg_.optim.beta2},
+        {"optim.eps", cfg_.optim.eps},
+        {"optim.weight_decay", cfg_.optim.weight_decay},
+        {"optim.decoupled", cfg_.optim.decoupled ? 1.0 : 0.0},
+        {"scale.fixed_scale", cfg_.scale.fixed_scale},
+        {"scale.initial_scale", cfg_.scale.initial_scale},
+        {"scale.growth_interval", static_cast<double>(cfg_.scale.growth_interval)},
+        {"scale.hysteresis", static_cast<double>(cfg_.scale.hysteresis)},
+        {"scale.min_scale", cfg_.scale.min_scale},
+        {"max_grad_norm", cfg_.max_grad_norm},
+        {"bucket_numel", static_cast<double>(cfg_.bucket_numel)},
+        {"bucket_count", static_cast<double>(cfg_.bucket_count)},
+        {"align_numel", static_cast<double>(cfg_.align_numel)},
+    };
+    std::vector<double> mine;
+    for (auto& f : fields) mine.push_back(f.second);
+    auto all = comm_.all_gather_values(mine);
+    for (int r = 1; r < comm_.size(); ++r)
+      for (std::size_t i = 0; i < fields.size(); ++i)
+        if (all[r * fields.size() + i] != all[i])
+          ZB_FAIL("engine: configuration differs across ranks: ", fields[i].first, " is ", all[i], " on rank 0 but ",
+                  all[r * fields.size() + i], " on rank ", r);
+
+    // 3. Same parameters on every rank? Hash first; on mismatch name the difference.
+    reg_lines_.clear();
+    std::uint64_t h = 1469598103934665603ull;
+    for (std::size_t i = 0; i < reg.size(); ++i) {
+      reg_lines_.push_back(reg.describe(i));
+      for (char c : reg_lines_.back()) h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ull;
+      h = (h ^ 0xff) * 1099511628211ull;
+    }
+    auto hashes = comm_.all_gather_values(
+        {static_cast<double>(h >> 32), static_cast<double>(h & 0xffffffffu), static_cast<double>(reg.size())});
+    bool same = true;
+    for (int r = 1; r < comm_.size(); ++r)
+      for (int k = 0; k < 3; ++k) same = same && hashes[3 * r + k] == hashes[k];
+    if (!same) {
+      std::string joined;
+      for (auto& l : reg_lines_) joined += l + "\n";
+      auto lists = comm_.all_gather_strings(joined);
+      auto split = [](const std::string& s) {
+        std::vector<std::string> v;
+        std::size_t a = 0;
+        for (std::size_t b; (b = s.find('\n', a)) != std::string::npos; a = b + 1) v.push_back(s.substr(a, b - a));
+        return v;
+      };
+      auto ref = split(lists[0]);
+      for (int r = 1; r < comm_.size(); ++r) {
+        auto other = split(lists[r]);
+        for (std::size_t i = 0; i < std::max(ref.size(), other.size()); ++i) {
+          const std::string a = i < ref.size() ? ref[i] : "<nothing>", b = i < other.size() ? other[i] : "<nothing>";
+          if (a != b)
+            ZB_FAIL("engine: parameter registration differs across ranks: parameter #", i, " is ", a,
+                    " on rank 0 but ", b, " on rank ", r);
+        }
+      }
+      ZB_FAIL("engine: parameter registration differs across ranks (hash mismatch)");
+    }
+    return Partitioner::make_layout(reg, comm_.size(), cfg_.align_numel);
+  }
+
+  Comm comm_;
+  engine_config cfg_;
+  std::vector<std::string> reg_lines_;
+  layout layout_;
+  memory_tracker tracker_;
+  context ctx_;
+  typename Coordinator::template impl<context> coord_;
+  typename Bucketer::template impl<context> bucketer_;
+  typename Master::template impl<context> master_;
+  Scaler scaler_;
+  std::vector<int> holds_;
+  std::vector<const T*> bases_;
+  std::vector<char> reported_;
+  std::vector<owned_slice_ref> owned_;
+  bool in_micro_ = false;
+  int micro_steps_ = 0;
+  long steps_ = 0;
+  usage_stats stats_;
+};
+
+ZB_NAMESPACE_END

@@ -1,0 +1,35 @@
+/**
+ * @file presets.hpp
+ * @brief The usual compositions: `stage0` … `stage3`.
+ *
+ * | preset | coordinator | bucketer | master | model state per rank |
+ * |---|---|---|---|---|
+ * | stage0 | resident | all_reduce | resident, replicated | 16Ψ |
+ * | stage1 | resident | reduce_at_boundary | resident, sharded | 4Ψ + 12Ψ/N |
+ * | stage2 | resident | reduce_scatter | resident, sharded | 2Ψ + 14Ψ/N |
+ * | stage3 | on_demand | reduce_scatter | resident, sharded | 16Ψ/N |
+ *
+ * (Bytes for 16-bit T.) The loss scaler defaults to `scale::dynamic` for `half` and
+ * `scale::none` otherwise; every preset takes the communicator first and the parameter
+ * type second: `stage2<comm::mpi, bfloat16>`.
+ */
+#pragma once
+
+#include "engine.hpp"
+
+ZB_NAMESPACE_BEGIN
+
+template <class Comm, class T = bfloat16, class Space = host_space>
+using stage0 = engine<T, Space, Comm, partition::even, coordinate::resident, bucket::all_reduce,
+                      master::resident<Space>, default_scaler_t<T>, optim::adamw>;
+template <class Comm, class T = bfloat16, class Space = host_space>
+using stage1 = engine<T, Space, Comm, partition::even, coordinate::resident, bucket::reduce_at_boundary,
+                      master::resident<Space>, default_scaler_t<T>, optim::adamw>;
+template <class Comm, class T = bfloat16, class Space = host_space>
+using stage2 = engine<T, Space, Comm, partition::even, coordinate::resident, bucket::reduce_scatter,
+                      master::resident<Space>, default_scaler_t<T>, optim::adamw>;
+template <class Comm, class T = bfloat16, class Space = host_space>
+using stage3 = engine<T, Space, Comm, partition::even, coordinate::on_demand, bucket::reduce_scatter,
+                      master::resident<Space>, default_scaler_t<T>, optim::adamw>;
+
+ZB_NAMESPACE_END

@@ -1,0 +1,208 @@
+/**
+ * @file host_avx2.hpp
+ * @brief AVX2 + FMA + F16C bodies of the host kernels (8 floats per vector).
+ *
+ * Same contract as `host_avx512.hpp`: compiled through `__attribute__((target(...)))`,
+ * called only when the CPU has AVX2, FMA and F16C, bit-identical to the scalar spec.
+ * AVX2 has no masked 16-bit loads, so tails (< 8 elements per slice) run the scalar
+ * element code inside this target; with `adamw_element`'s explicit `fmaf` that code
+ * compiles to the same `vfmadd`/`vsqrtss`/`vdivss` operations and so gives the same
+ * bits (the tests check tails of every length).
+ *
+ * float → bfloat16 uses integer round-to-nearest-even and packs with `vpackusdw`
+ * (the rounded values are < 2^16, so the unsigned saturation never triggers).
+ */
+#pragma once
+
+#if defined(__x86_64__)
+
+#include "host_scalar.hpp"
+
+#include <immintrin.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+/// Target attribute of every AVX2 function (the ISA set `host_isa()` checks for).
+#define ZB_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define ZB_AVX2_INLINE ZB_TARGET_AVX2 inline __attribute__((always_inline))
+
+// GCC 12 reports the intrinsics' deliberate `_mm*_undefined_*()` operands as
+// -Wmaybe-uninitialized when they are inlined into a target-attribute function (GCC bug
+// 105593); the values are never read. Silence exactly that, for this header only.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+
+ZB_NAMESPACE_BEGIN
+namespace kernel::detail::avx2 {
+
+/// @brief float → 8 bfloat16 bits, RNE, NaN quietened (as `bfloat16::from_float_bits`).
+ZB_AVX2_INLINE __m128i bf16_bits(__m256 f) {
+  const __m256i x = _mm256_castps_si256(f);
+  const __m256i hi = _mm256_srli_epi32(x, 16);
+  const __m256i lsb = _mm256_and_si256(hi, _mm256_set1_epi32(1));
+  const __m256i rounded = _mm256_srli_epi32(
+      _mm256_add_epi32(x, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
+  const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(x, _mm256_set1_epi32(0x7fffffff)),
+                                         _mm256_set1_epi32(0x7f800000));
+  const __m256i r = _mm256_blendv_epi8(rounded, _mm256_or_si256(hi, _mm256_set1_epi32(0x40)), nan);
+  return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+}
+
+/// @brief Load 8 elements of T widened to float.
+template <class T>
+ZB_AVX2_INLINE __m256 load(const T* p) {
+  if constexpr (std::is_same_v<T, float>) {
+    return _mm256_loadu_ps(p);
+  } else if constexpr (std::is_same_v<T, half>) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  } else {
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+  }
+}
+
+/// @brief Narrow 8 floats to T (RNE) and store them.
+template <class T>
+ZB_AVX2_INLINE void store(T* p, __m256 x) {
+  if constexpr (std::is_same_v<T, float>) {
+    _mm256_storeu_ps(p, x);
+  } else if constexpr (std::is_same_v<T, half>) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
+  } else {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), bf16_bits(x));
+  }
+}
+
+/// @brief The step constants broadcast once per slice.
+struct adamw_consts {
+  __m256 grad_scale, weight_decay, beta1, beta2, one_minus_beta1, one_minus_beta2;
+  __m256 inv_sqrt_bc2, eps, decay, neg_step_size;
+};
+
+ZB_AVX2_INLINE adamw_consts broadcast(const adamw_step_args& a) {
+  return {_mm256_set1_ps(a.grad_scale),      _mm256_set1_ps(a.weight_decay),
+          _mm256_set1_ps(a.beta1),           _mm256_set1_ps(a.beta2),
+          _mm256_set1_ps(a.one_minus_beta1), _mm256_set1_ps(a.one_minus_beta2),
+          _mm256_set1_ps(a.inv_sqrt_bc2),    _mm256_set1_ps(a.eps),
+          _mm256_set1_ps(a.decay),           _mm256_set1_ps(-a.step_size)};
+}
+
+/// @brief `adamw_element` on 8 lanes: the same operations in the same order.
+template <bool Decoupled>
+ZB_AVX2_INLINE void adamw_vec(__m256& p, __m256& m, __m256& v, __m256 g_raw, const adamw_consts& c) {
+  __m256 g = _mm256_mul_ps(g_raw, c.grad_scale);
+  if constexpr (!Decoupled) g = _mm256_fmadd_ps(c.weight_decay, p, g);
+  m = _mm256_fmadd_ps(c.beta1, m, _mm256_mul_ps(c.one_minus_beta1, g));
+  v = _mm256_fmadd_ps(c.beta2, v, _mm256_mul_ps(_mm256_mul_ps(c.one_minus_beta2, g), g));
+  const __m256 denom = _mm256_fmadd_ps(_mm256_sqrt_ps(v), c.inv_sqrt_bc2, c.eps);
+  if constexpr (Decoupled) p = _mm256_mul_ps(p, c.decay);
+  p = _mm256_fmadd_ps(c.neg_step_size, _mm256_div_ps(m, denom), p);
+}
+
+template <bool Decoupled, class G, class P>
+ZB_TARGET_AVX2 void fused_adamw_impl(float* master, float* m, float* v, const G* grad, P* param,
+                                     std::size_t begin, std::size_t end, const adamw_step_args& a) {
+  const adamw_consts c = broadcast(a);
+  std::size_t i = begin;
+  for (; i + 16 <= end; i += 16) {
+    __m256 p0 = load(master + i), p1 = load(master + i + 8);
+    __m256 m0 = load(m + i), m1 = load(m + i + 8);
+    __m256 v0 = load(v + i), v1 = load(v + i + 8);
+    adamw_vec<Decoupled>(p0, m0, v0, load(grad + i), c);
+    adamw_vec<Decoupled>(p1, m1, v1, load(grad + i + 8), c);
+    store(master + i, p0);
+    store(master + i + 8, p1);
+    store(m + i, m0);
+    store(m + i + 8, m1);
+    store(v + i, v0);
+    store(v + i + 8, v1);
+    store(param + i, p0);
+    store(param + i + 8, p1);
+  }
+  for (; i + 8 <= end; i += 8) {
+    __m256 p0 = load(master + i), m0 = load(m + i), v0 = load(v + i);
+    adamw_vec<Decoupled>(p0, m0, v0, load(grad + i), c);
+    store(master + i, p0);
+    store(m + i, m0);
+    store(v + i, v0);
+    store(param + i, p0);
+  }
+  // Scalar tail, compiled for this target: explicit fmaf → the same vfmadd as above.
+  for (; i < end; ++i) {
+    float p = master[i];
+    adamw_element(p, m[i], v[i], to_float(grad[i]), a);
+    master[i] = p;
+    param[i] = from_float<P>(p);
+  }
+}
+
+/// @brief Fused AdamW over `[begin, end)`.
+template <class G, class P>
+inline void fused_adamw_range(float* master, float* m, float* v, const G* grad, P* param,
+                              std::size_t begin, std::size_t end, const adamw_step_args& a) {
+  if (a.decoupled) fused_adamw_impl<true>(master, m, v, grad, param, begin, end, a);
+  else fused_adamw_impl<false>(master, m, v, grad, param, begin, end, a);
+}
+
+/// @brief Sum of squares of one block, lanes as `scalar::sumsq_block_sum` (8 × 4 doubles).
+template <class G>
+ZB_TARGET_AVX2 double sumsq_block_sum(const G* g, std::size_t n) {
+  __m256d acc[8];
+  for (auto& a : acc) a = _mm256_setzero_pd();
+  std::size_t i = 0;
+  for (; i + sumsq_lanes <= n; i += sumsq_lanes) {
+    for (int q = 0; q < 4; ++q) {
+      const __m256 x = load(g + i + 8 * q);
+      const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(x));
+      const __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(x, 1));
+      acc[2 * q] = _mm256_fmadd_pd(lo, lo, acc[2 * q]);  // exact square: fma == mul+add
+      acc[2 * q + 1] = _mm256_fmadd_pd(hi, hi, acc[2 * q + 1]);
+    }
+  }
+  alignas(32) double lanes[sumsq_lanes];
+  for (int q = 0; q < 8; ++q) _mm256_store_pd(lanes + 4 * q, acc[q]);
+  scalar::sumsq_lanes_add(g + i, n - i, lanes);
+  return reduce_lanes(lanes);
+}
+
+/// @brief `dst[i] = T(float(dst[i]) + float(src[i]))` over `[begin, end)`.
+template <class T>
+ZB_TARGET_AVX2 void accumulate_range(T* dst, const T* src, std::size_t begin, std::size_t end) {
+  std::size_t i = begin;
+  for (; i + 8 <= end; i += 8) store(dst + i, _mm256_add_ps(load(dst + i), load(src + i)));
+  scalar::accumulate_range(dst, src, i, end);
+}
+
+/// @brief `dst[i] = float(src[i]) * scale` over `[begin, end)`.
+template <class T>
+ZB_TARGET_AVX2 void upcast_range(float* dst, const T* src, std::size_t begin, std::size_t end,
+                                 float scale) {
+  const __m256 s = _mm256_set1_ps(scale);
+  std::size_t i = begin;
+  for (; i + 8 <= end; i += 8) _mm256_storeu_ps(dst + i, _mm256_mul_ps(load(src + i), s));
+  scalar::upcast_range(dst, src, i, end, scale);
+}
+
+/// @brief `dst[i] = T(src[i] * scale)` over `[begin, end)`.
+template <class T>
+ZB_TARGET_AVX2 void downcast_range(T* dst, const float* src, std::size_t begin, std::size_t end,
+                                   float scale) {
+  const __m256 s = _mm256_set1_ps(scale);
+  std::size_t i = begin;
+  for (; i + 8 <= end; i += 8) store(dst + i, _mm256_mul_ps(_mm256_loadu_ps(src + i), s));
+  scalar::downcast_range(dst, src, i, end, scale);
+}
+
+}  // namespace kernel::detail::avx2
+ZB_NAMESPACE_END
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
+#endif  // __x86_64__

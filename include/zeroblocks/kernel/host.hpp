@@ -1,0 +1,251 @@
+/**
+ * @file host.hpp
+ * @brief Host kernels of the optimizer step and of gradient handling, with run-time
+ *        ISA dispatch (AVX-512 / AVX2 / scalar) and OpenMP across cores.
+ *
+ * Kernels (each over a flat range of `n` elements, `threads` = 0 meaning
+ * `omp_get_max_threads()`):
+ * - `grad_sumsq`   — deterministic sum of squares (in double) + non-finite check;
+ * - `fused_adamw`  — upcast · unscale · clip · AdamW · write fp32 master, m, v and the
+ *                    16-bit parameter, in one pass (28 B per element with 16-bit types);
+ * - `accumulate`, `upcast`, `downcast` — gradient accumulation and dtype casts.
+ *
+ * The vector ISA is chosen once at run time from `__builtin_cpu_supports` (users pass no
+ * `-march`), can be lowered with the environment variable `ZEROBLOCKS_ISA=scalar|avx2|
+ * avx512`, and can be forced by tests with `detail::set_isa_override`. Every ISA gives
+ * the same bits as the scalar per-element spec (`adamw_element`, `numeric.hpp`
+ * conversions); `grad_sumsq` is also the same on every ISA because all paths use the
+ * lane layout fixed in `detail/host_scalar.hpp`, and it never depends on the thread
+ * count (fixed blocks, combined in index order).
+ *
+ * On non-x86 targets only the scalar bodies are compiled.
+ */
+#pragma once
+
+#include "../core/config.hpp"
+#include "../core/error.hpp"
+#include "../core/numeric.hpp"
+#include "adamw.hpp"
+#include "detail/host_parallel.hpp"
+#include "detail/host_scalar.hpp"
+
+#if defined(__x86_64__)
+#include "detail/host_avx2.hpp"
+#include "detail/host_avx512.hpp"
+#endif
+
+#include <atomic>
+#include <cmath>
+#include <cstddef>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+ZB_NAMESPACE_BEGIN
+namespace kernel {
+
+/// @brief Instruction sets the host kernels have bodies for, lowest first.
+enum class isa { scalar, avx2, avx512 };
+
+/// @brief Lower-case name of an ISA ("scalar", "avx2", "avx512").
+inline const char* isa_name(isa i) {
+  switch (i) {
+    case isa::scalar: return "scalar";
+    case isa::avx2: return "avx2";
+    case isa::avx512: return "avx512";
+  }
+  return "?";
+}
+
+/// @brief Whether this CPU (and this build) can run the kernels of `i`.
+/// avx2 needs AVX2 + FMA + F16C; avx512 needs AVX-512 F/BW/VL/DQ + FMA + F16C.
+inline bool isa_supported(isa i) {
+  switch (i) {
+    case isa::scalar: return true;
+#if defined(__x86_64__)
+    case isa::avx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+             __builtin_cpu_supports("f16c");
+    case isa::avx512:
+      return isa_supported(isa::avx2) && __builtin_cpu_supports("avx512f") &&
+             __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+             __builtin_cpu_supports("avx512dq");
+#else
+    case isa::avx2:
+    case isa::avx512: return false;
+#endif
+  }
+  return false;
+}
+
+namespace detail {
+
+/// @brief The override slot: -1 none, otherwise an `isa` value. One per program
+/// (a function-local static of an inline function).
+inline std::atomic<int>& isa_override_slot() {
+  static std::atomic<int> slot{-1};
+  return slot;
+}
+
+/// @brief Force every following kernel call to use `i` (tests and benches).
+/// Throws `zeroblocks::error` when the CPU cannot run `i`.
+inline void set_isa_override(isa i) {
+  ZB_REQUIRE(isa_supported(i), "kernel: ISA '", isa_name(i), "' is not supported by this CPU");
+  isa_override_slot().store(static_cast<int>(i), std::memory_order_relaxed);
+}
+
+/// @brief Return to the automatically chosen ISA.
+inline void clear_isa_override() { isa_override_slot().store(-1, std::memory_order_relaxed); }
+
+/// @brief The best supported ISA, lowered (never raised) by `ZEROBLOCKS_ISA`.
+inline isa choose_isa() {
+  isa best = isa::scalar;
+  if (isa_supported(isa::avx512)) best = isa::avx512;
+  else if (isa_supported(isa::avx2)) best = isa::avx2;
+  if (const char* env = std::getenv("ZEROBLOCKS_ISA"); env != nullptr && *env != '\0') {
+    isa want;
+    if (std::strcmp(env, "scalar") == 0) want = isa::scalar;
+    else if (std::strcmp(env, "avx2") == 0) want = isa::avx2;
+    else if (std::strcmp(env, "avx512") == 0) want = isa::avx512;
+    else ZB_FAIL("kernel: ZEROBLOCKS_ISA='", env, "' is not one of scalar, avx2, avx512");
+    if (want < best) best = want;  // asking for more than the CPU has keeps the best it has
+  }
+  return best;
+}
+
+}  // namespace detail
+
+/// @brief The ISA the host kernels use: the override if set, otherwise the choice made
+/// on first call (cached) from the CPU and `ZEROBLOCKS_ISA`.
+inline isa host_isa() {
+  const int forced = detail::isa_override_slot().load(std::memory_order_relaxed);
+  if (forced >= 0) return static_cast<isa>(forced);
+  static const isa chosen = detail::choose_isa();
+  return chosen;
+}
+
+/// @brief Result of `grad_sumsq`.
+struct grad_stats {
+  double sumsq = 0;        ///< sum of float(g[i])^2 in double; +Inf or NaN when nonfinite
+  bool nonfinite = false;  ///< some element is ±Inf or NaN
+};
+
+/**
+ * @brief Sum of squares and non-finite check of a gradient shard, in one read pass.
+ *
+ * Deterministic: the range is cut into blocks of `detail::sumsq_block` (8192) elements,
+ * each block is summed with a fixed lane layout, and block sums are added in index
+ * order; the result depends only on the data (not on the thread count, nor on the ISA).
+ * Squares of finite floats cannot overflow a double sum, so the sum is finite exactly
+ * when every element is: `nonfinite` is read off the sum, at no extra cost per element.
+ *
+ * @tparam G float, half or bfloat16
+ */
+template <class G>
+grad_stats grad_sumsq(const G* g, std::size_t n, int threads = 0) {
+  static_assert(is_param_type_v<G>, "grad_sumsq: G must be float, half or bfloat16");
+  const isa which = host_isa();
+  auto block_sum = [which, g, n](std::size_t b) -> double {
+    const std::size_t begin = b * detail::sumsq_block;
+    const std::size_t len = n - begin < detail::sumsq_block ? n - begin : detail::sumsq_block;
+    switch (which) {
+#if defined(__x86_64__)
+      case isa::avx512: return detail::avx512::sumsq_block_sum(g + begin, len);
+      case isa::avx2: return detail::avx2::sumsq_block_sum(g + begin, len);
+#endif
+      default: return detail::scalar::sumsq_block_sum(g + begin, len);
+    }
+  };
+  const std::size_t blocks = (n + detail::sumsq_block - 1) / detail::sumsq_block;
+  double total = 0.0;
+  if (n < detail::parallel_min_elements || detail::resolve_threads(threads) <= 1) {
+    for (std::size_t b = 0; b < blocks; ++b) total += block_sum(b);
+  } else {
+    // Block sums land in their slot; the sum over slots below runs in index order,
+    // so the split across threads cannot change a bit of the result.
+    std::vector<double> partial(blocks);
+    detail::parallel_ranges(blocks, threads, 0, 1, [&](std::size_t b0, std::size_t b1) {
+      for (std::size_t b = b0; b < b1; ++b) partial[b] = block_sum(b);
+    });
+    for (std::size_t b = 0; b < blocks; ++b) total += partial[b];
+  }
+  return {total, !std::isfinite(total)};
+}
+
+/**
+ * @brief The fused optimizer pass over a shard: for every `i < n`, AdamW on
+ * `(master[i], m[i], v[i])` with gradient `float(grad[i])`, then `param[i] = P(master[i])`.
+ *
+ * Bit-identical, element by element, to `adamw_element` followed by `from_float<P>` on
+ * every ISA and thread count. Arrays must not overlap; no alignment is required.
+ *
+ * @tparam G gradient type (float, half, bfloat16)
+ * @tparam P 16-bit (or fp32) parameter type written back (float, half, bfloat16)
+ */
+template <class G, class P>
+void fused_adamw(float* master, float* m, float* v, const G* grad, P* param, std::size_t n,
+                 const adamw_step_args& a, int threads = 0) {
+  static_assert(is_param_type_v<G>, "fused_adamw: G must be float, half or bfloat16");
+  static_assert(is_param_type_v<P>, "fused_adamw: P must be float, half or bfloat16");
+  const isa which = host_isa();
+  detail::parallel_ranges(n, threads, [&](std::size_t b, std::size_t e) {
+    switch (which) {
+#if defined(__x86_64__)
+      case isa::avx512: detail::avx512::fused_adamw_range(master, m, v, grad, param, b, e, a); break;
+      case isa::avx2: detail::avx2::fused_adamw_range(master, m, v, grad, param, b, e, a); break;
+#endif
+      default: detail::scalar::fused_adamw_range(master, m, v, grad, param, b, e, a); break;
+    }
+  });
+}
+
+/// @brief Gradient accumulation: `dst[i] = T(float(dst[i]) + float(src[i]))`, one rounding.
+template <class T>
+void accumulate(T* dst, const T* src, std::size_t n, int threads = 0) {
+  static_assert(is_param_type_v<T>, "accumulate: T must be float, half or bfloat16");
+  const isa which = host_isa();
+  detail::parallel_ranges(n, threads, [&](std::size_t b, std::size_t e) {
+    switch (which) {
+#if defined(__x86_64__)
+      case isa::avx512: detail::avx512::accumulate_range(dst, src, b, e); break;
+      case isa::avx2: detail::avx2::accumulate_range(dst, src, b, e); break;
+#endif
+      default: detail::scalar::accumulate_range(dst, src, b, e); break;
+    }
+  });
+}
+
+/// @brief Upcast with scale: `dst[i] = float(src[i]) * scale`.
+template <class T>
+void upcast(float* dst, const T* src, std::size_t n, float scale, int threads = 0) {
+  static_assert(is_param_type_v<T>, "upcast: T must be float, half or bfloat16");
+  const isa which = host_isa();
+  detail::parallel_ranges(n, threads, [&](std::size_t b, std::size_t e) {
+    switch (which) {
+#if defined(__x86_64__)
+      case isa::avx512: detail::avx512::upcast_range(dst, src, b, e, scale); break;
+      case isa::avx2: detail::avx2::upcast_range(dst, src, b, e, scale); break;
+#endif
+      default: detail::scalar::upcast_range(dst, src, b, e, scale); break;
+    }
+  });
+}
+
+/// @brief Downcast with scale: `dst[i] = T(src[i] * scale)` (RNE; NaN/Inf as `numeric.hpp`).
+template <class T>
+void downcast(T* dst, const float* src, std::size_t n, float scale, int threads = 0) {
+  static_assert(is_param_type_v<T>, "downcast: T must be float, half or bfloat16");
+  const isa which = host_isa();
+  detail::parallel_ranges(n, threads, [&](std::size_t b, std::size_t e) {
+    switch (which) {
+#if defined(__x86_64__)
+      case isa::avx512: detail::avx512::downcast_range(dst, src, b, e, scale); break;
+      case isa::avx2: detail::avx2::downcast_range(dst, src, b, e, scale); break;
+#endif
+      default: detail::scalar::downcast_range(dst, src, b, e, scale); break;
+    }
+  });
+}
+
+}  // namespace kernel
+ZB_NAMESPACE_END

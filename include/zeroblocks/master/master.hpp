@@ -1,0 +1,37 @@
+/**
+ * @file master.hpp
+ * @brief The master-state role: where fp32 master weights, Adam m and v live and where
+ * the fused step runs.
+ *
+ * Policies: `master::resident<Space>` (`resident.hpp`: in memory of `Space`, the step on
+ * the host kernels). ZeRO-Offload (`master::offloaded`) and NVMe (`master::swapped<Swap>`)
+ * will join here. An `impl<Ctx>` is built for the rank's owned numel (Ψ for stage 0,
+ * Ψ/N otherwise) and provides `set(offset, values, n)`, `master(offset)`, and
+ * `apply(slices, args)` — the fused pass over every owned slice.
+ */
+#pragma once
+
+#include "../core/config.hpp"
+
+#include <concepts>
+#include <cstddef>
+
+ZB_NAMESPACE_BEGIN
+
+/// @brief Tag that marks a type as a master-state policy.
+struct master_tag {};
+
+template <class M>
+concept master_policy = std::same_as<typename M::master_concept, master_tag>;
+
+/// @brief One contiguous piece of the step: a slice's gradient, its 16-bit parameter
+/// destination, its length and where it sits in the master arrays.
+template <class T>
+struct step_slice {
+  const T* grad = nullptr;
+  T* param = nullptr;
+  std::size_t numel = 0;
+  std::size_t master_offset = 0;
+};
+
+ZB_NAMESPACE_END

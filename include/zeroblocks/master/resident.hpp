@@ -1,0 +1,73 @@
+/**
+ * @file resident.hpp
+ * @brief `master::resident<Space>`: fp32 master, Adam m and v of the rank's owned
+ * elements held in `Space`; the step runs `kernel::fused_adamw` on them.
+ */
+#pragma once
+
+#include "../engine/context.hpp"
+#include "../kernel/host.hpp"
+#include "../space/host_space.hpp"
+#include "master.hpp"
+
+#include <cstring>
+#include <vector>
+
+ZB_NAMESPACE_BEGIN
+namespace master {
+
+/// @brief Master state resident in `Space` (host memory for now).
+template <class Space = host_space>
+struct resident {
+  using master_concept = master_tag;
+  using space = Space;
+  static constexpr const char* name = "resident";
+  static_assert(space_policy<Space>,
+                "master::resident<Space>: Space is not a space policy (see zeroblocks/space/host_space.hpp)");
+  static_assert(Space::host_accessible,
+                "master::resident<Space>: the host step needs host-accessible memory");
+
+  template <class Ctx>
+  class impl {
+    using T = typename Ctx::param_type;
+
+  public:
+    impl(Ctx& ctx, std::size_t owned_numel)
+        : ctx_(ctx),
+          master_(owned_numel, mem_category::master_fp32, &ctx.tracker),
+          m_(owned_numel, mem_category::adam_m, &ctx.tracker),
+          v_(owned_numel, mem_category::adam_v, &ctx.tracker) {
+      master_.zero();
+      m_.zero();
+      v_.zero();
+    }
+    static void declare(std::size_t owned_numel, memory_report& r) {
+      r.current[static_cast<std::size_t>(mem_category::master_fp32)] += owned_numel * 4;
+      r.current[static_cast<std::size_t>(mem_category::adam_m)] += owned_numel * 4;
+      r.current[static_cast<std::size_t>(mem_category::adam_v)] += owned_numel * 4;
+    }
+
+    void set(std::size_t offset, const float* values, std::size_t n) {
+      std::memcpy(master_.data() + offset, values, n * sizeof(float));
+    }
+    const float* master(std::size_t offset) const { return master_.data() + offset; }
+    const float* moment1(std::size_t offset) const { return m_.data() + offset; }
+    const float* moment2(std::size_t offset) const { return v_.data() + offset; }
+
+    /// @brief The fused pass: upcast, unscale, clip, AdamW, write master, m, v, param.
+    void apply(const std::vector<step_slice<T>>& slices, const kernel::adamw_step_args& a) {
+      for (const auto& s : slices) {
+        const std::size_t o = s.master_offset;
+        kernel::fused_adamw(master_.data() + o, m_.data() + o, v_.data() + o, s.grad, s.param, s.numel, a,
+                            ctx_.cfg.threads);
+      }
+    }
+
+  private:
+    Ctx& ctx_;
+    buffer<float, Space> master_, m_, v_;
+  };
+};
+
+}  // namespace master
+ZB_NAMESPACE_END

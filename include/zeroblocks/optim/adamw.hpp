@@ -1,0 +1,60 @@
+/**
+ * @file adamw.hpp
+ * @brief The optimizer role: the update rule. Policy `optim::adamw`.
+ *
+ * Adam with bias correction and either decoupled weight decay (AdamW, Loshchilov &
+ * Hutter; `p *= 1 - lr*wd`) or L2 (`g += wd*p`). The per-element arithmetic is
+ * `kernel::adamw_element` (`kernel/adamw.hpp`), shared by the host and CUDA kernels; this
+ * policy holds the hyper-parameters and produces the per-step constants.
+ */
+#pragma once
+
+#include "../core/config.hpp"
+#include "../core/error.hpp"
+#include "../kernel/adamw.hpp"
+
+#include <cmath>
+#include <concepts>
+
+ZB_NAMESPACE_BEGIN
+
+/// @brief Tag that marks a type as an optimizer policy.
+struct optimizer_tag {};
+
+/// @brief AdamW hyper-parameters (PyTorch defaults, but weight decay 0.01 as AdamW).
+struct adamw_config {
+  float lr = 1e-3f;
+  float beta1 = 0.9f;
+  float beta2 = 0.999f;
+  float eps = 1e-8f;
+  float weight_decay = 0.01f;
+  bool decoupled = true;  ///< AdamW; false = L2 regularisation (classic Adam)
+};
+
+template <class O>
+concept optimizer_policy = std::same_as<typename O::optimizer_concept, optimizer_tag>;
+
+namespace optim {
+
+/// @brief Adam / AdamW.
+struct adamw {
+  using optimizer_concept = optimizer_tag;
+  using config = adamw_config;
+  static constexpr const char* name = "adamw";
+
+  static void validate(const config& c) {
+    ZB_REQUIRE(c.lr >= 0.0f && std::isfinite(c.lr), "optim::adamw: lr ", c.lr, " must be finite and >= 0");
+    ZB_REQUIRE(c.beta1 >= 0.0f && c.beta1 < 1.0f, "optim::adamw: beta1 ", c.beta1, " must be in [0, 1)");
+    ZB_REQUIRE(c.beta2 >= 0.0f && c.beta2 < 1.0f, "optim::adamw: beta2 ", c.beta2, " must be in [0, 1)");
+    ZB_REQUIRE(c.eps > 0.0f, "optim::adamw: eps ", c.eps, " must be > 0");
+    ZB_REQUIRE(c.weight_decay >= 0.0f, "optim::adamw: weight_decay must be >= 0");
+  }
+  /// @brief Constants of step t (1-based) with the given gradient multiplier.
+  static kernel::adamw_step_args args(const config& c, long t, float grad_scale) {
+    return kernel::make_adamw_args(c.lr, c.beta1, c.beta2, c.eps, c.weight_decay, c.decoupled, t,
+                                   grad_scale);
+  }
+};
+
+}  // namespace optim
+ZB_NAMESPACE_END

@@ -1,0 +1,109 @@
+/**
+ * @file scale.hpp
+ * @brief The loss-scaler role: fp16 overflow handling. Policies `scale::none`,
+ * `scale::fixed`, `scale::dynamic`.
+ *
+ * The trainer multiplies its loss by `engine.loss_scale()` before backward; the engine
+ * divides it out inside the fused step. Whatever the policy, a step whose gradients hold
+ * Inf or NaN is skipped on every rank (the overflow flag is all-reduced) and leaves the
+ * master state untouched. `dynamic` then halves the scale once `hysteresis` consecutive
+ * overflows have been seen (DeepSpeed's delayed shift), never below `min_scale`, and
+ * doubles it after `growth_interval` overflow-free steps.
+ */
+#pragma once
+
+#include "../core/config.hpp"
+#include "../core/error.hpp"
+
+#include <algorithm>
+#include <concepts>
+
+ZB_NAMESPACE_BEGIN
+
+/// @brief Tag that marks a type as a loss-scaler policy.
+struct scaler_tag {};
+
+/// @brief Knobs of the loss scalers (DeepSpeed names in brackets).
+struct scale_config {
+  float fixed_scale = 1.0f;        ///< scale::fixed [loss_scale]
+  float initial_scale = 65536.0f;  ///< scale::dynamic, 2^16 [initial_scale_power = 16]
+  long growth_interval = 1000;     ///< overflow-free steps before doubling [loss_scale_window]
+  int hysteresis = 2;              ///< overflows tolerated before halving [hysteresis]
+  float min_scale = 1.0f;          ///< floor [min_loss_scale]
+};
+
+template <class S>
+concept scaler_policy = std::same_as<typename S::scaler_concept, scaler_tag> &&
+                        requires(S& s, const S& cs, bool b) {
+                          { cs.scale() } -> std::same_as<float>;
+                          s.update(b);
+                        };
+
+namespace scale {
+
+/// @brief No scaling (bf16, fp32).
+struct none {
+  using scaler_concept = scaler_tag;
+  static constexpr const char* name = "none";
+  explicit none(const scale_config& = {}) {}
+  static void validate(const scale_config&) {}
+  float scale() const { return 1.0f; }
+  void update(bool /*overflow*/) {}
+};
+
+/// @brief A constant scale.
+struct fixed {
+  using scaler_concept = scaler_tag;
+  static constexpr const char* name = "fixed";
+  explicit fixed(const scale_config& c = {}) : s_(c.fixed_scale) {}
+  static void validate(const scale_config& c) {
+    ZB_REQUIRE(c.fixed_scale > 0.0f, "scale::fixed: fixed_scale ", c.fixed_scale, " must be > 0");
+  }
+  float scale() const { return s_; }
+  void update(bool) {}
+
+private:
+  float s_;
+};
+
+/// @brief Dynamic loss scaling with hysteresis.
+struct dynamic {
+  using scaler_concept = scaler_tag;
+  static constexpr const char* name = "dynamic";
+  explicit dynamic(const scale_config& c = {})
+      : c_(c), s_(c.initial_scale), hysteresis_left_(c.hysteresis) {}
+  static void validate(const scale_config& c) {
+    ZB_REQUIRE(c.initial_scale > 0.0f && c.min_scale > 0.0f && c.initial_scale >= c.min_scale,
+               "scale::dynamic: need initial_scale (", c.initial_scale, ") >= min_scale (",
+               c.min_scale, ") > 0");
+    ZB_REQUIRE(c.growth_interval >= 1, "scale::dynamic: growth_interval must be >= 1");
+    ZB_REQUIRE(c.hysteresis >= 1, "scale::dynamic: hysteresis must be >= 1");
+  }
+  float scale() const { return s_; }
+  void update(bool overflow) {
+    if (overflow) {
+      good_steps_ = 0;
+      if (hysteresis_left_ > 1) {
+        --hysteresis_left_;
+      } else {
+        s_ = std::max(s_ * 0.5f, c_.min_scale);
+      }
+      return;
+    }
+    if (++good_steps_ % c_.growth_interval == 0) {
+      s_ *= 2.0f;
+      hysteresis_left_ = c_.hysteresis;
+    }
+  }
+
+private:
+  scale_config c_;
+  float s_;
+  int hysteresis_left_;
+  long good_steps_ = 0;
+};
+
+static_assert(scaler_policy<none> && scaler_policy<fixed> && scaler_policy<dynamic>);
+
+}  // namespace scale
+ZB_NAMESPACE_END

@@ -1,0 +1,141 @@
+/**
+ * @file harness.hpp
+ * @brief A synthetic trainer for the engine tests: a model with awkward sizes (sizes
+ * that do not divide by the world size, zero-size parameters, a unit with nothing in
+ * it), gradients that depend on the parameters the engine hands out (so a wrong gather
+ * changes the result), optional overflow injection, and the full acquire/release
+ * protocol of forward and backward.
+ */
+#pragma once
+
+#include <zeroblocks/zeroblocks.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+namespace zbt {
+namespace zb = zeroblocks;
+
+struct synthetic_model {
+  zb::param_registry reg;
+  std::vector<zb::param_id> params;
+  std::vector<zb::unit_id> units;
+
+  synthetic_model() {
+    add("embed.w", {13, 7}, "embed");
+    add("embed.empty", {0}, "embed");
+    add("l1.w", {5, 11}, "l1");
+    add("l1.b", {5}, "l1");
+    add("l2.w", {1}, "l2");
+    add("l3.w", {97, 3}, "l3");
+    add("l3.b", {3}, "l3");
+    add("nothing", {0}, "empty_unit");
+    add("head.w", {37}, "head");
+    for (auto& n : reg.units()) units.push_back(reg.unit(n));
+  }
+  void add(const char* n, std::vector<std::size_t> shape, const char* unit) {
+    params.push_back(reg.add(n, std::move(shape), unit));
+  }
+  static float init(std::size_t p, std::size_t i) {
+    return 0.5f * std::sin(0.37f * static_cast<float>(i) + 1.3f * static_cast<float>(p) + 0.1f);
+  }
+};
+
+struct run_options {
+  int steps = 4;
+  int gas = 1;                 ///< micro-steps per step
+  bool quantized = false;      ///< gradients on a grid where every sum is exact
+  int overflow_step = -1;      ///< inject +Inf on the last rank, micro-step 0, of this step
+  float max_grad_norm = 0.0f;
+  std::size_t bucket_numel = 100;  ///< small, so there are several buckets
+};
+
+struct run_output {
+  std::vector<float> master;
+  std::vector<float> params;  ///< 16-bit params widened (bitwise comparable)
+  std::vector<zb::step_result> results;
+  zb::comm_counters first_step_traffic;
+  zb::memory_report memory;
+  zb::memory_report estimate;
+  std::size_t formula = 0;
+  std::size_t psi = 0;
+  std::size_t max_unit = 0;
+};
+
+/// The gradient a parameter element gets: depends on its current value, the step,
+/// micro-step, rank and position.
+inline float grad_value(const run_options& o, float x, std::size_t p, std::size_t i, int s, int m, int r) {
+  const float noise = std::sin(1.7f * static_cast<float>(i) + 0.3f * static_cast<float>(s) +
+                               1.1f * static_cast<float>(m) + 2.3f * static_cast<float>(r) + static_cast<float>(p));
+  if (!o.quantized) return 0.3f * x + 0.05f * noise;
+  // k in [-2, 2], value 12 k 2^-10: any sum of up to 8 such values, and that sum
+  // divided by 1..4 ranks, is exact in bf16/fp16/fp32 — so every stage must agree
+  // bit for bit even with accumulation over micro-steps.
+  float k = std::round(2.0f * x + noise);
+  k = std::fmax(-2.0f, std::fmin(2.0f, k));
+  return 12.0f * k * (1.0f / 1024.0f);
+}
+
+template <class Engine>
+run_output run(typename Engine::comm_type comm, const run_options& o, zb::engine_config cfg = {}) {
+  using T = typename Engine::param_type;
+  synthetic_model model;
+  cfg.max_grad_norm = o.max_grad_norm;
+  cfg.bucket_numel = o.bucket_numel;
+  cfg.optim.lr = 0.01f;
+  Engine eng(model.reg, std::move(comm), cfg);
+  for (std::size_t p = 0; p < model.params.size(); ++p) {
+    std::vector<float> v(eng.model_layout().param(p).numel);
+    for (std::size_t i = 0; i < v.size(); ++i) v[i] = synthetic_model::init(p, i);
+    eng.set_param(model.params[p], v);
+  }
+  run_output out;
+  const int rank = eng.rank(), world = eng.world();
+  for (int s = 0; s < o.steps; ++s) {
+    const auto before = eng.counters();
+    for (int m = 0; m < o.gas; ++m) {
+      eng.begin_micro_step();
+      for (auto u : model.units) {  // forward
+        auto g = eng.acquire(u);
+        for (auto p : model.reg.params()) (void)p;
+      }
+      for (auto it = model.units.rbegin(); it != model.units.rend(); ++it) {  // backward
+        auto g = eng.acquire(*it);
+        for (auto pi : eng.model_layout().unit(it->index).params) {
+          auto view = g.param({pi});
+          std::vector<T> grad(view.size());
+          for (std::size_t i = 0; i < view.size(); ++i)
+            grad[i] = zb::from_float<T>(grad_value(o, zb::to_float(view[i]), pi, i, s, m, rank) * eng.loss_scale());
+          if (s == o.overflow_step && m == 0 && rank == world - 1 && !grad.empty())
+            grad[grad.size() / 2] = zb::from_float<T>(std::numeric_limits<float>::infinity());
+          eng.grad_ready({pi}, grad);
+        }
+      }
+      eng.end_micro_step();
+    }
+    out.results.push_back(eng.step());
+    if (s == 0) out.first_step_traffic = eng.counters() - before;
+  }
+  out.memory = eng.memory();
+  out.estimate = Engine::estimate(eng.model_layout(), eng.config());
+  out.formula = eng.formula_bytes();
+  out.psi = eng.model_layout().total_numel();
+  out.max_unit = eng.model_layout().max_unit_numel();
+  out.master = eng.gather_master();
+  for (auto x : eng.gather_params()) out.params.push_back(zb::to_float(x));
+  return out;
+}
+
+/// Bitwise equality of two float arrays (NaN-safe); returns the first differing index or -1.
+inline long first_difference(const std::vector<float>& a, const std::vector<float>& b) {
+  if (a.size() != b.size()) return 0;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    if (std::memcmp(&a[i], &b[i], sizeof(float)) != 0) return static_cast<long>(i);
+  return -1;
+}
+
+}  // namespace zbt
