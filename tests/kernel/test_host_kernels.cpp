@@ -443,7 +443,7 @@ TEST_CASE("vector conversions agree with numeric.hpp on every 16-bit pattern and
 // The kernels only ever narrow results of arithmetic (already-quiet NaNs), so the public
 // API cannot feed a signalling NaN to the vector narrowing; test the narrowing helpers
 // directly on every float NaN (signalling included) and a sweep of all exponents.
-#if defined(__x86_64__)
+#if ZB_X86_KERNELS
 namespace {
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,f16c,fma"))) void narrow_avx512(
     const float* in, half* h, bfloat16* b, std::size_t n) {

@@ -34,6 +34,7 @@
 #include <mpi.h>
 #include <sched.h>
 
+#include <chrono>
 #include <climits>
 #include <cstring>
 #include <functional>
@@ -104,6 +105,14 @@ public:
     check(MPI_Comm_dup(parent, &abort_comm_), "MPI_Comm_dup");
     MPI_Comm_rank(comm_, &rank_);
     MPI_Comm_size(comm_, &size_);
+    // Freed communicators' context ids get reused, and an abort message that arrived
+    // for an earlier communicator must never match this one's receive: every instance
+    // gets a generation, agreed by all ranks, that is also its abort message tag.
+    static int last_generation = 0;
+    int mine = last_generation + 1, agreed = 0;
+    check(MPI_Allreduce(&mine, &agreed, 1, MPI_INT, MPI_MAX, comm_), "MPI_Allreduce");
+    last_generation = agreed;
+    abort_tag_ = 1 + agreed % 30000;
     post_abort_receive();
   }
   mpi(const mpi&) = delete;
@@ -120,6 +129,14 @@ public:
     if (abort_req_ != MPI_REQUEST_NULL) {
       MPI_Cancel(&abort_req_);
       MPI_Wait(&abort_req_, MPI_STATUS_IGNORE);
+    }
+    // Drop abort messages that arrived but were never received (several peers failed).
+    for (int flag = 1; flag;) {
+      MPI_Status st;
+      MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, abort_comm_, &flag, &st);
+      if (flag)
+        MPI_Recv(abort_in_.get(), message_capacity, MPI_CHAR, st.MPI_SOURCE, st.MPI_TAG, abort_comm_,
+                 MPI_STATUS_IGNORE);
     }
     MPI_Comm_free(&abort_comm_);
     MPI_Comm_free(&comm_);
@@ -272,12 +289,13 @@ public:
     if (sent_abort_ || comm_ == MPI_COMM_NULL) return;
     sent_abort_ = true;
     failed_ = true;
+    if (abort_reason_.empty()) abort_reason_ = "comm::mpi: unusable after this rank failed: " + message;
     std::memset(abort_out_.get(), 0, message_capacity);
     std::strncpy(abort_out_.get(), message.c_str(), message_capacity - 1);
     for (int r = 0; r < size_; ++r) {
       if (r == rank_) continue;
       MPI_Request q;
-      if (MPI_Isend(abort_out_.get(), message_capacity, MPI_CHAR, r, abort_tag, abort_comm_, &q) ==
+      if (MPI_Isend(abort_out_.get(), message_capacity, MPI_CHAR, r, abort_tag_, abort_comm_, &q) ==
           MPI_SUCCESS)
         MPI_Request_free(&q);
     }
@@ -285,7 +303,6 @@ public:
 
 private:
   static constexpr int message_capacity = 1024;
-  static constexpr int abort_tag = 0x2b0;
 
   template <class T>
   static MPI_Datatype datatype() {
@@ -309,24 +326,25 @@ private:
     ZB_FAIL("comm::mpi: ", what, " failed: ", std::string(text, len));
   }
   void ensure_usable() {
-    if (failed_) ZB_FAIL("comm::mpi: communicator unusable after a failure: ", abort_reason_);
-    poll_abort();
+    if (poll_abort()) ZB_FAIL(abort_reason_.empty() ? std::string("comm::mpi: communicator unusable after a failure")
+                                                    : abort_reason_);
   }
   void post_abort_receive() {
-    check(MPI_Irecv(abort_in_.get(), message_capacity, MPI_CHAR, MPI_ANY_SOURCE, abort_tag, abort_comm_,
+    check(MPI_Irecv(abort_in_.get(), message_capacity, MPI_CHAR, MPI_ANY_SOURCE, abort_tag_, abort_comm_,
                     &abort_req_),
           "MPI_Irecv");
   }
-  void poll_abort() {
-    if (abort_req_ == MPI_REQUEST_NULL) return;
+  /// Receive a peer's abort message if one arrived; true once this communicator failed.
+  bool poll_abort() {
+    if (abort_req_ == MPI_REQUEST_NULL) return failed_;
     int flag = 0;
     MPI_Status st;
     MPI_Test(&abort_req_, &flag, &st);
-    if (!flag) return;
+    if (!flag) return failed_;
     abort_req_ = MPI_REQUEST_NULL;
     failed_ = true;
     abort_reason_ = detail::concat("rank ", st.MPI_SOURCE, " failed: ", abort_in_.get());
-    ZB_FAIL(abort_reason_);
+    return true;
   }
   bool test_request(MPI_Request& r) {
     int flag = 0;
@@ -337,14 +355,25 @@ private:
   void wait_request(MPI_Request& r) {
     // Poll rather than MPI_Wait so a peer's abort message can interrupt us; yield
     // after a short spin so oversubscribed ranks (more ranks than cores) progress.
-    for (unsigned spins = 0; !test_request(r); ++spins)
+    using clock = std::chrono::steady_clock;
+    clock::time_point deadline{};
+    for (unsigned spins = 0; !test_request(r); ++spins) {
+      if (failed_) {
+        // A peer failed. It may have failed *after* joining this collective, which
+        // then still completes: give it a moment, so this rank's own next call (and
+        // not a collective that was fine) is where the failure surfaces.
+        if (deadline == clock::time_point{}) deadline = clock::now() + std::chrono::milliseconds(200);
+        else if (clock::now() > deadline) ZB_FAIL(abort_reason_);
+      }
       if (spins > 64) sched_yield();
+    }
   }
   void swap(mpi& o) noexcept {
     std::swap(comm_, o.comm_);
     std::swap(abort_comm_, o.abort_comm_);
     std::swap(rank_, o.rank_);
     std::swap(size_, o.size_);
+    std::swap(abort_tag_, o.abort_tag_);
     std::swap(counters_, o.counters_);
     std::swap(abort_req_, o.abort_req_);
     std::swap(failed_, o.failed_);
@@ -358,6 +387,7 @@ private:
   MPI_Comm abort_comm_ = MPI_COMM_NULL;
   int rank_ = 0;
   int size_ = 1;
+  int abort_tag_ = 1;
   comm_counters counters_;
   MPI_Request abort_req_ = MPI_REQUEST_NULL;
   bool failed_ = false;

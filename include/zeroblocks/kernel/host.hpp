@@ -18,7 +18,8 @@
  * lane layout fixed in `detail/host_scalar.hpp`, and it never depends on the thread
  * count (fixed blocks, combined in index order).
  *
- * On non-x86 targets only the scalar bodies are compiled.
+ * On non-x86 targets (or with ZEROBLOCKS_NO_X86_KERNELS defined) only the scalar bodies
+ * are compiled and `host_isa()` is always `isa::scalar`.
  */
 #pragma once
 
@@ -29,10 +30,8 @@
 #include "detail/host_parallel.hpp"
 #include "detail/host_scalar.hpp"
 
-#if defined(__x86_64__)
-#include "detail/host_avx2.hpp"
-#include "detail/host_avx512.hpp"
-#endif
+#include "detail/host_avx2.hpp"    // empty unless ZB_X86_KERNELS
+#include "detail/host_avx512.hpp"  // empty unless ZB_X86_KERNELS
 
 #include <atomic>
 #include <cmath>
@@ -62,7 +61,7 @@ inline const char* isa_name(isa i) {
 inline bool isa_supported(isa i) {
   switch (i) {
     case isa::scalar: return true;
-#if defined(__x86_64__)
+#if ZB_X86_KERNELS
     case isa::avx2:
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
              __builtin_cpu_supports("f16c");
@@ -149,7 +148,7 @@ grad_stats grad_sumsq(const G* g, std::size_t n, int threads = 0) {
     const std::size_t begin = b * detail::sumsq_block;
     const std::size_t len = n - begin < detail::sumsq_block ? n - begin : detail::sumsq_block;
     switch (which) {
-#if defined(__x86_64__)
+#if ZB_X86_KERNELS
       case isa::avx512: return detail::avx512::sumsq_block_sum(g + begin, len);
       case isa::avx2: return detail::avx2::sumsq_block_sum(g + begin, len);
 #endif
@@ -190,7 +189,7 @@ void fused_adamw(float* master, float* m, float* v, const G* grad, P* param, std
   const isa which = host_isa();
   detail::parallel_ranges(n, threads, [&](std::size_t b, std::size_t e) {
     switch (which) {
-#if defined(__x86_64__)
+#if ZB_X86_KERNELS
       case isa::avx512: detail::avx512::fused_adamw_range(master, m, v, grad, param, b, e, a); break;
       case isa::avx2: detail::avx2::fused_adamw_range(master, m, v, grad, param, b, e, a); break;
 #endif
@@ -206,7 +205,7 @@ void accumulate(T* dst, const T* src, std::size_t n, int threads = 0) {
   const isa which = host_isa();
   detail::parallel_ranges(n, threads, [&](std::size_t b, std::size_t e) {
     switch (which) {
-#if defined(__x86_64__)
+#if ZB_X86_KERNELS
       case isa::avx512: detail::avx512::accumulate_range(dst, src, b, e); break;
       case isa::avx2: detail::avx2::accumulate_range(dst, src, b, e); break;
 #endif
@@ -222,7 +221,7 @@ void upcast(float* dst, const T* src, std::size_t n, float scale, int threads = 
   const isa which = host_isa();
   detail::parallel_ranges(n, threads, [&](std::size_t b, std::size_t e) {
     switch (which) {
-#if defined(__x86_64__)
+#if ZB_X86_KERNELS
       case isa::avx512: detail::avx512::upcast_range(dst, src, b, e, scale); break;
       case isa::avx2: detail::avx2::upcast_range(dst, src, b, e, scale); break;
 #endif
@@ -238,7 +237,7 @@ void downcast(T* dst, const float* src, std::size_t n, float scale, int threads 
   const isa which = host_isa();
   detail::parallel_ranges(n, threads, [&](std::size_t b, std::size_t e) {
     switch (which) {
-#if defined(__x86_64__)
+#if ZB_X86_KERNELS
       case isa::avx512: detail::avx512::downcast_range(dst, src, b, e, scale); break;
       case isa::avx2: detail::avx2::downcast_range(dst, src, b, e, scale); break;
 #endif

@@ -14,9 +14,9 @@
  */
 #pragma once
 
-#if defined(__x86_64__)
-
 #include "host_scalar.hpp"
+
+#if ZB_X86_KERNELS
 
 #include <immintrin.h>
 
@@ -205,4 +205,4 @@ ZB_NAMESPACE_END
 #pragma GCC diagnostic pop
 #endif
 
-#endif  // __x86_64__
+#endif  // ZB_X86_KERNELS

@@ -22,6 +22,15 @@
 
 #include <cstddef>
 
+/// 1 when the x86 vector bodies (AVX2, AVX-512) are compiled: on x86-64, unless the user
+/// defines ZEROBLOCKS_NO_X86_KERNELS (which also lets an x86 machine build and test the
+/// portable configuration that non-x86 targets get).
+#if defined(__x86_64__) && !defined(ZEROBLOCKS_NO_X86_KERNELS)
+#define ZB_X86_KERNELS 1
+#else
+#define ZB_X86_KERNELS 0
+#endif
+
 ZB_NAMESPACE_BEGIN
 namespace kernel::detail {
 

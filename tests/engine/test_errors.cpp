@@ -1,0 +1,183 @@
+// Bad input ends with a clear error on every rank — never a hang (CTest's timeout
+// would catch one) and never a silent wrong result. Runs on 1–4 ranks.
+#include "mpi_test_main.hpp"
+
+#include <zeroblocks/comm/mpi.hpp>
+
+#include "harness.hpp"
+
+#include <string>
+
+namespace zb = zeroblocks;
+using C = zb::comm::mpi;
+
+namespace {
+
+zb::param_registry small_model(bool differ_here) {
+  zb::param_registry reg;
+  reg.add("a", {7}, "u0");
+  reg.add("b", {4, differ_here ? std::size_t{4} : std::size_t{3}}, "u0");
+  reg.add("c", {5}, "u1");
+  return reg;
+}
+
+/// Runs `body` and returns the zeroblocks::error message it threw ("" if none).
+template <class F>
+std::string error_of(F&& body) {
+  try {
+    body();
+  } catch (const zb::error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
+/// One micro-step reporting every parameter's gradient once, then a step.
+template <class E>
+void clean_step(E& eng, const zb::param_registry& reg) {
+  eng.begin_micro_step();
+  for (std::size_t p = 0; p < reg.size(); ++p) {
+    std::vector<zb::bfloat16> g(reg.params()[p].numel, zb::bfloat16(0.25f));
+    eng.grad_ready({p}, g);
+  }
+  eng.end_micro_step();
+  eng.step();
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("ranks that register different parameters fail on every rank", E, zb::stage0<C>, zb::stage2<C>,
+                   zb::stage3<C>) {
+  const int rank = zb_world_rank(), world = zb_world_size();
+  if (world == 1) return;  // nothing can differ with one rank
+  auto msg = error_of([&] { E eng(small_model(rank == world - 1), C(MPI_COMM_WORLD)); });
+  INFO(msg);
+  CHECK(has(msg, "parameter registration differs across ranks"));
+  CHECK(has(msg, "parameter #1 is 'b' [4,3] in unit 'u0' on rank 0 but 'b' [4,4] in unit 'u0' on rank " +
+                     std::to_string(world - 1)));
+}
+
+TEST_CASE("a rank that registers fewer parameters fails on every rank") {
+  const int rank = zb_world_rank(), world = zb_world_size();
+  if (world == 1) return;
+  zb::param_registry reg = small_model(false);
+  if (rank != 1) reg.add("extra", {3}, "u2");
+  auto msg = error_of([&] { zb::stage1<C> eng(reg, C(MPI_COMM_WORLD)); });
+  INFO(msg);
+  CHECK(has(msg, "parameter #3 is 'extra' [3] in unit 'u2' on rank 0 but <nothing> on rank 1"));
+}
+
+TEST_CASE("a configuration that cannot work fails at construction on every rank") {
+  auto reg = small_model(false);
+  zb::engine_config cfg;
+  cfg.bucket_count = 0;
+  auto msg = error_of([&] { zb::stage2<C> eng(reg, C(MPI_COMM_WORLD), cfg); });
+  CHECK(has(msg, "bucket_count must be >= 1"));
+
+  zb::engine_config bad_lr;
+  bad_lr.optim.beta2 = 1.5f;
+  msg = error_of([&] { zb::stage0<C> eng(reg, C(MPI_COMM_WORLD), bad_lr); });
+  CHECK(has(msg, "beta2 1.5 must be in [0, 1)"));
+
+  zb::engine_config scale;
+  scale.scale.initial_scale = 0.5f;
+  scale.scale.min_scale = 1.0f;
+  msg = error_of([&] { zb::stage1<C, zb::half> eng(reg, C(MPI_COMM_WORLD), scale); });
+  CHECK(has(msg, "scale::dynamic: need initial_scale"));
+
+  zb::param_registry empty;
+  msg = error_of([&] { zb::stage3<C> eng(empty, C(MPI_COMM_WORLD)); });
+  CHECK(has(msg, "no parameters registered"));
+}
+
+TEST_CASE("a bad configuration on one rank only fails on every rank") {
+  const int rank = zb_world_rank(), world = zb_world_size();
+  auto reg = small_model(false);
+  zb::engine_config cfg;
+  if (rank == world - 1) cfg.align_numel = 3;  // not a power of two
+  auto msg = error_of([&] { zb::stage2<C> eng(reg, C(MPI_COMM_WORLD), cfg); });
+  CHECK(has(msg, "rank " + std::to_string(world - 1) + ": engine_config: align_numel 3 must be a power of two"));
+}
+
+TEST_CASE("a configuration that differs between ranks fails on every rank") {
+  const int rank = zb_world_rank(), world = zb_world_size();
+  if (world == 1) return;
+  auto reg = small_model(false);
+  zb::engine_config cfg;
+  if (rank == world - 1) cfg.bucket_numel = 12345;
+  auto msg = error_of([&] { zb::stage2<C> eng(reg, C(MPI_COMM_WORLD), cfg); });
+  CHECK(has(msg, "configuration differs across ranks: bucket_numel"));
+}
+
+TEST_CASE_TEMPLATE("a unit released twice or never acquired", E, zb::stage0<C>, zb::stage3<C>) {
+  auto reg = small_model(false);
+  E eng(reg, C(MPI_COMM_WORLD));
+  auto u0 = reg.unit("u0");
+  SUBCASE("released twice through the guard") {
+    auto g = eng.acquire(u0);
+    g.release();
+    auto msg = error_of([&] { g.release(); });
+    CHECK(has(msg, "release: unit 'u0' released more times than acquired"));
+  }
+  SUBCASE("never acquired") {
+    auto msg = error_of([&] { eng.release(reg.unit("u1")); });
+    CHECK(has(msg, "unit 'u1' released more times than acquired (released twice, or never acquired)"));
+  }
+}
+
+TEST_CASE("gradient reported twice in a micro-step, or with the wrong size") {
+  auto reg = small_model(false);
+  zb::stage2<C> eng(reg, C(MPI_COMM_WORLD));
+  eng.begin_micro_step();
+  std::vector<zb::bfloat16> g(7, zb::bfloat16(1.0f));
+  eng.grad_ready(reg.param("a"), g);
+  auto msg = error_of([&] { eng.grad_ready(reg.param("a"), g); });
+  CHECK(has(msg, "gradient of 'a' [7] in unit 'u0' reported twice in micro-step 1 of step 1"));
+}
+
+TEST_CASE("gradient of the wrong size, step without micro-step") {
+  auto reg = small_model(false);
+  zb::stage1<C> eng(reg, C(MPI_COMM_WORLD));
+  auto msg = error_of([&] { eng.step(); });
+  CHECK(has(msg, "step: no micro-step since the last step"));
+  eng.begin_micro_step();
+  std::vector<zb::bfloat16> g(6);
+  msg = error_of([&] { eng.grad_ready(reg.param("c"), g); });
+  CHECK(has(msg, "gradient of 'c' [5] in unit 'u1' has 6 elements, expected 5"));
+}
+
+// The hard case: misuse on ONE rank while the others go on into collectives that the
+// failing rank will never join. They must raise an error naming the failed rank.
+TEST_CASE_TEMPLATE("misuse on one rank turns into an error on the others, not a hang", E, zb::stage0<C>,
+                   zb::stage1<C>, zb::stage2<C>, zb::stage3<C>) {
+  const int rank = zb_world_rank(), world = zb_world_size();
+  if (world == 1) return;
+  auto reg = small_model(false);
+  const int bad = world - 1;
+  std::string msg;
+  {
+    E eng(reg, C(MPI_COMM_WORLD));
+    clean_step(eng, reg);  // a good step first: the engine works
+    msg = error_of([&] {
+      eng.begin_micro_step();
+      for (std::size_t p = 0; p < reg.size(); ++p) {
+        std::vector<zb::bfloat16> g(reg.params()[p].numel, zb::bfloat16(0.5f));
+        eng.grad_ready({p}, g);
+        if (rank == bad && p == 1) eng.grad_ready({p}, g);  // twice, on this rank only
+      }
+      eng.end_micro_step();
+      eng.step();
+      // Stage 3 keeps going into the next forward: its gathers must fail too.
+      for (int i = 0; i < 3; ++i) clean_step(eng, reg);
+    });
+  }
+  INFO(msg);
+  if (rank == bad) {
+    CHECK(has(msg, "gradient of 'b' [4,3] in unit 'u0' reported twice"));
+  } else {
+    CHECK(has(msg, "rank " + std::to_string(bad) + " failed: grad_ready: gradient of 'b' [4,3] in unit 'u0' reported twice"));
+  }
+  MPI_Barrier(MPI_COMM_WORLD);  // everyone is back in step: later tests start clean
+}
