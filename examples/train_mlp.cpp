@@ -20,7 +20,7 @@
  *
  * Layer sizes are chosen so that no unit divides evenly by 3 (1088, 3965, 3596 and 236
  * elements), so runs on 3 ranks exercise the padding of the flat layout; the odd
- * widths also make per-parameter sizes miss the 32-element alignment.
+ * widths also make most parameters miss the 32-element alignment (61, 58, 3965, ...).
  *
  * `--stage all` (the default) trains stage 0, 1, 2 and 3 one after another from the
  * same initial weights and the same data, and prints a table per stage on rank 0:
@@ -32,6 +32,9 @@
  *
  * Run:  mpirun -np 4 ./train_mlp [--stage 0|1|2|3|all] [--steps N] [--dtype bf16|fp16|fp32] ...
  */
+
+#include <zeroblocks/comm/mpi.hpp>
+#include <zeroblocks/zeroblocks.hpp>
 
 #include <algorithm>
 #include <array>
@@ -47,9 +50,9 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
-#include <zeroblocks/comm/mpi.hpp>
-#include <zeroblocks/zeroblocks.hpp>
 
 namespace {
 
@@ -121,11 +124,10 @@ std::optional<options> parse_args(int argc, char** argv) {
       value = flag.substr(flag.find('=') + 1);
       flag = flag.substr(0, flag.find('='));
     }
-    static const std::array<const char*, 10> known = {"--stage", "--steps",    "--batch",        "--micro-steps",
-                                                      "--lr",    "--clip",     "--bucket-numel", "--dtype",
-                                                      "--seed",  "--log-every"};
-    if (std::find_if(known.begin(), known.end(), [&](const char* k) { return flag == k; }) == known.end())
-      throw usage_error("unknown option '" + flag + "'");
+    static constexpr std::array<std::string_view, 10> known = {
+        "--stage", "--steps", "--batch", "--micro-steps", "--lr",
+        "--clip",  "--bucket-numel", "--dtype", "--seed", "--log-every"};
+    if (std::ranges::find(known, flag) == known.end()) throw usage_error("unknown option '" + flag + "'");
     if (!inline_value) {
       if (i + 1 >= argc) throw usage_error(flag + ": missing value");
       value = argv[++i];
@@ -187,6 +189,8 @@ class rng {
 
 constexpr std::size_t input_dim = 16;
 constexpr std::size_t class_count = 4;
+constexpr std::size_t train_size = 8192;  ///< training samples (the batches cycle through them)
+constexpr std::size_t eval_size = 2048;   ///< held-out samples for the before/after loss
 
 struct dataset {
   std::vector<float> x;  ///< row-major, size() * input_dim
@@ -331,7 +335,10 @@ batch_stats forward_backward(Engine& eng, const mlp& model, const dataset& data,
     float mx = z[0];
     std::size_t arg = 0;
     for (std::size_t c = 1; c < class_count; ++c)
-      if (z[c] > mx) mx = z[c], arg = c;
+      if (z[c] > mx) {
+        mx = z[c];
+        arg = c;
+      }
     double sum = 0.0;
     for (std::size_t c = 0; c < class_count; ++c) sum += std::exp(static_cast<double>(z[c] - mx));
     st.loss_sum += std::log(sum) - static_cast<double>(z[label] - mx);
@@ -628,7 +635,7 @@ void print_report(const options& opt, int world, const std::vector<stage_report>
               " (padded) ====================\n",
               world, opt.dtype.c_str(), opt.steps, opt.micro_steps, opt.batch, psi);
 
-  std::printf("\n[training]  (loss/accuracy on 2048 held-out samples; chance = ln 4 = 1.386 / 0.25)\n");
+  std::printf("\n[training]  (loss/accuracy on %zu held-out samples; chance = ln 4 = 1.386 / 0.25)\n", eval_size);
   std::printf("%-6s %10s %11s %10s %8s %8s %11s %8s %10s %7s\n", "stage", "init_loss", "final_loss", "final_acc",
               "applied", "skipped", "max|p-p0|", "bound", "rel_l2", "time_s");
   for (const auto& r : reps) {
@@ -699,8 +706,8 @@ int run(const options& opt) {
   // The data: the same on every rank (same seed); each rank reads its own shard.
   rng g(opt.seed);
   const auto plane = random_plane(g);
-  const dataset train = make_spiral(8192, plane, g);
-  const dataset eval = make_spiral(2048, plane, g);
+  const dataset train = make_spiral(train_size, plane, g);
+  const dataset eval = make_spiral(eval_size, plane, g);
   const mlp model;
 
   if (rank == 0)
@@ -725,8 +732,8 @@ int run(const options& opt) {
   const std::vector<float>* ref = opt.stage < 0 ? &reference : nullptr;
   bool ok = true;
   for (const auto& r : reps) ok = ok && judge(r, opt, ref).ok();
-  if (rank == 0) print_report(opt, world, reps, ref);
   if (rank == 0) {
+    print_report(opt, world, reps, ref);
     std::printf("\ntotal wall time %.2f s\n", seconds);
     if (!ok)
       std::printf("train_mlp: FAILED (see the FAIL marks above)\n");

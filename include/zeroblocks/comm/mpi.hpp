@@ -123,6 +123,7 @@ public:
     return *this;
   }
   ~mpi() {
+    if (failed_ && !graveyard_.empty()) new std::vector<std::shared_ptr<void>>(std::move(graveyard_));  // leak, see wait_request
     int fin = 0;
     MPI_Finalized(&fin);
     if (fin || comm_ == MPI_COMM_NULL) return;
@@ -138,6 +139,10 @@ public:
         MPI_Recv(abort_in_.get(), message_capacity, MPI_CHAR, st.MPI_SOURCE, st.MPI_TAG, abort_comm_,
                  MPI_STATUS_IGNORE);
     }
+    // After a failure, abandoned non-blocking collectives still reference the
+    // communicator from inside MPI's progress engine: freeing it would crash a later,
+    // unrelated MPI call. Leak it instead; the process is expected to end.
+    if (failed_) return;
     MPI_Comm_free(&abort_comm_);
     MPI_Comm_free(&comm_);
   }
@@ -230,15 +235,15 @@ public:
   /// @brief Every rank's values (same count on each rank), concatenated in rank order.
   std::vector<double> all_gather_values(const std::vector<double>& mine) {
     ensure_usable();
-    std::vector<double> all(mine.size() * size_);
-    counters_.control_elements += all.size();
+    auto all = std::make_shared<std::vector<double>>(mine.size() * size_);
+    counters_.control_elements += all->size();
     counters_.control_calls += 1;
     MPI_Request r;
-    check(MPI_Iallgather(mine.data(), checked_count(mine.size()), MPI_DOUBLE, all.data(),
+    check(MPI_Iallgather(mine.data(), checked_count(mine.size()), MPI_DOUBLE, all->data(),
                          checked_count(mine.size()), MPI_DOUBLE, comm_, &r),
           "MPI_Iallgather");
-    wait_request(r);
-    return all;
+    wait_request(r, all);
+    return *all;
   }
 
   /// @brief Every rank's string, in rank order.
@@ -252,15 +257,15 @@ public:
       displs[i] = total;
       total += counts[i];
     }
-    std::vector<char> all(total);
+    auto all = std::make_shared<std::vector<char>>(total);
     MPI_Request r;
-    check(MPI_Iallgatherv(mine.data(), static_cast<int>(mine.size()), MPI_CHAR, all.data(),
+    check(MPI_Iallgatherv(mine.data(), static_cast<int>(mine.size()), MPI_CHAR, all->data(),
                           counts.data(), displs.data(), MPI_CHAR, comm_, &r),
           "MPI_Iallgatherv");
-    wait_request(r);
+    wait_request(r, all);
     counters_.control_calls += 1;
     std::vector<std::string> out(size_);
-    for (int i = 0; i < size_; ++i) out[i].assign(all.data() + displs[i], counts[i]);
+    for (int i = 0; i < size_; ++i) out[i].assign(all->data() + displs[i], counts[i]);
     return out;
   }
 
@@ -268,19 +273,20 @@ public:
   /// message of the lowest such rank (prefixed with its number).
   void agree(bool ok, const std::string& message) {
     ensure_usable();
-    int first_bad = ok ? size_ : rank_;
-    int result = size_;
+    auto vals = std::make_shared<std::vector<int>>(2, size_);  // [mine, result]
+    (*vals)[0] = ok ? size_ : rank_;
     MPI_Request r;
-    check(MPI_Iallreduce(&first_bad, &result, 1, MPI_INT, MPI_MIN, comm_, &r), "MPI_Iallreduce");
-    wait_request(r);
+    check(MPI_Iallreduce(vals->data(), vals->data() + 1, 1, MPI_INT, MPI_MIN, comm_, &r), "MPI_Iallreduce");
+    wait_request(r, vals);
     counters_.control_elements += 1;
     counters_.control_calls += 1;
+    const int result = (*vals)[1];
     if (result == size_) return;
-    char text[message_capacity] = {};
-    if (rank_ == result) std::strncpy(text, message.c_str(), message_capacity - 1);
-    check(MPI_Ibcast(text, message_capacity, MPI_CHAR, result, comm_, &r), "MPI_Ibcast");
-    wait_request(r);
-    ZB_FAIL("rank ", result, ": ", text);
+    auto text = std::make_shared<std::vector<char>>(message_capacity, '\0');
+    if (rank_ == result) std::strncpy(text->data(), message.c_str(), message_capacity - 1);
+    check(MPI_Ibcast(text->data(), message_capacity, MPI_CHAR, result, comm_, &r), "MPI_Ibcast");
+    wait_request(r, text);
+    ZB_FAIL("rank ", result, ": ", text->data());
   }
 
   /// @brief Tell every other rank this rank failed, so their waits raise instead of
@@ -352,6 +358,16 @@ private:
     if (!flag) poll_abort();
     return flag != 0;
   }
+  /// Wait; if it fails, `keep` (the receive buffer) is kept alive for good, since the
+  /// abandoned transfer may still write into it.
+  void wait_request(MPI_Request& r, std::shared_ptr<void> keep) {
+    try {
+      wait_request(r);
+    } catch (...) {
+      graveyard_.push_back(std::move(keep));
+      throw;
+    }
+  }
   void wait_request(MPI_Request& r) {
     // Poll rather than MPI_Wait so a peer's abort message can interrupt us; yield
     // after a short spin so oversubscribed ranks (more ranks than cores) progress.
@@ -381,6 +397,7 @@ private:
     std::swap(abort_reason_, o.abort_reason_);
     std::swap(abort_in_, o.abort_in_);  // heap buffers: a posted receive survives the move
     std::swap(abort_out_, o.abort_out_);
+    std::swap(graveyard_, o.graveyard_);
   }
 
   MPI_Comm comm_ = MPI_COMM_NULL;
@@ -393,6 +410,7 @@ private:
   bool failed_ = false;
   bool sent_abort_ = false;
   std::string abort_reason_;
+  std::vector<std::shared_ptr<void>> graveyard_;
   std::unique_ptr<char[]> abort_in_ = std::make_unique<char[]>(message_capacity);
   std::unique_ptr<char[]> abort_out_ = std::make_unique<char[]>(message_capacity);
 };

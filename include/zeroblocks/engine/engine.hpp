@@ -52,6 +52,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <exception>
+#include <memory>
 #include <span>
 #include <string>
 #include <type_traits>
@@ -155,6 +157,12 @@ public:
 
   engine(const engine&) = delete;
   engine& operator=(const engine&) = delete;
+  ~engine() {
+    // A peer failed while collectives were in flight: they may still land in our
+    // buffers, so those must outlive us (see memory_tracker::quarantine).
+    if constexpr (requires { comm_.failed(); })
+      if (comm_.failed()) tracker_.quarantine();
+  }
 
   // ---- model --------------------------------------------------------------------
 
@@ -393,7 +401,9 @@ public:
 
   /// @brief The full fp32 master weights in layout order. Collective; counts as traffic.
   std::vector<float> gather_master() {
-    std::vector<float> out(layout_.total_numel());
+    auto owned = std::make_unique<std::vector<float>>(layout_.total_numel());
+    auto& out = *owned;
+    leak_on_failure guard(owned);
     for (const auto& s : owned_) {
       const auto& up = layout_.unit(s.unit);
       std::memcpy(out.data() + up.offset + s.rank * up.slice_numel, master_.master(s.master_offset),
@@ -405,7 +415,7 @@ public:
         comm_.all_gather(out.data() + up.offset + comm_.rank() * up.slice_numel, out.data() + up.offset,
                          up.slice_numel);
       }
-    return out;
+    return std::move(out);
   }
   /// @brief The full parameters (type T) in layout order. Collective for stage 3.
   std::vector<T> gather_params() {
@@ -426,6 +436,19 @@ public:
   std::string describe(param_id p) const { return reg_lines_.at(p.index); }
 
 private:
+  /// Leaks a collective's output buffer if the collective fails: a peer's transfer may
+  /// still arrive in it.
+  template <class V>
+  struct leak_on_failure {
+    std::unique_ptr<V>& owned;
+    int exceptions = std::uncaught_exceptions();
+    ~leak_on_failure() {
+      if (std::uncaught_exceptions() > exceptions) (void)owned.release();
+    }
+  };
+  template <class V>
+  leak_on_failure(std::unique_ptr<V>&) -> leak_on_failure<V>;
+
   struct owned_slice_ref {
     std::size_t unit;
     int rank;

@@ -119,7 +119,7 @@ public:
 
   void reset() {
     if (data_ || n_) {
-      Space::deallocate(data_, bytes());
+      if (!tracker_ || !tracker_->quarantined()) Space::deallocate(data_, bytes());
       if (tracker_) tracker_->sub(cat_, bytes());
     }
     data_ = nullptr;

@@ -74,8 +74,15 @@ public:
   }
   const memory_report& report() const { return report_; }
 
+  /// @brief After a failed collective, non-blocking transfers that can never be
+  /// completed may still write into buffers: from now on, freeing leaks instead (the
+  /// counts still go down). The process is expected to end soon after such a failure.
+  void quarantine() { quarantined_ = true; }
+  bool quarantined() const { return quarantined_; }
+
 private:
   memory_report report_;
+  bool quarantined_ = false;
 };
 
 ZB_NAMESPACE_END
