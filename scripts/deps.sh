@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs what zeroblocks needs to build its tests, benches and examples on Debian /
+# Ubuntu: a C++20 compiler, CMake, Open MPI, doctest. Skips packages already present.
+set -euo pipefail
+pkgs=(g++ cmake make libopenmpi-dev openmpi-bin doctest-dev)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "zeroblocks: installing ${missing[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+fi

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: installs what is missing, builds with
+# -Wall -Wextra -Werror, runs every CTest test (unit, multi-rank under mpirun on 1-4
+# ranks, compile-fail, consumer projects via FetchContent and find_package, the demo
+# smoke run), then rebuilds the host tests under AddressSanitizer + UBSan and runs them.
+# Set ZB_SKIP_SANITIZE=1 to skip the second half.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh
+. scripts/mpi_env.sh
+jobs="$(nproc)"
+
+cmake --preset default >/dev/null
+cmake --build --preset default -j"$jobs"
+ctest --preset default -j"$jobs"
+
+if [ "${ZB_SKIP_SANITIZE:-0}" != "1" ]; then
+  cmake --preset sanitize >/dev/null
+  cmake --build --preset sanitize -j"$jobs"
+  ctest --preset sanitize -j"$jobs"
+fi
