@@ -32,6 +32,7 @@ public:
   void begin_micro_step() {}
   void grad_ready(std::size_t p, const T* g) {
     const auto& pp = ctx_.lay.param(p);
+    if (pp.numel == 0) return;  // (an empty span may carry a null pointer)
     T* dst = grads_.data() + pp.offset;
     // The first micro-step of a step copies; later ones add with one rounding.
     if (micro_steps_ == 0) std::memcpy(dst, g, pp.numel * sizeof(T));

@@ -73,9 +73,14 @@ public:
     return mine;
   }
   /// @brief Every rank's string, in rank order (control traffic).
-  std::vector<std::string> all_gather_strings(const std::string& mine) { return {mine}; }
+  std::vector<std::string> all_gather_strings(const std::string& mine) {
+    all_gather_values({static_cast<double>(mine.size())});  // counted as comm::mpi counts it
+    counters_.control_calls += 1;
+    return {mine};
+  }
   /// @brief Collective check: throws the same error on every rank if any rank's `ok` is false.
   void agree(bool ok, const std::string& message) {
+    counters_.control_elements += 1;
     counters_.control_calls += 1;
     if (!ok) ZB_FAIL("rank 0: ", message);
   }

@@ -422,7 +422,8 @@ public:
     std::vector<T> out(layout_.total_numel());
     for (std::size_t u = 0; u < layout_.unit_count(); ++u) {
       auto g = acquire({u});
-      std::memcpy(out.data() + layout_.unit(u).offset, bases_[u], layout_.unit(u).padded_numel * sizeof(T));
+      if (layout_.unit(u).padded_numel)
+        std::memcpy(out.data() + layout_.unit(u).offset, bases_[u], layout_.unit(u).padded_numel * sizeof(T));
     }
     return out;
   }

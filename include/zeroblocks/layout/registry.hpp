@@ -16,6 +16,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <sstream>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -80,9 +81,11 @@ public:
   std::string describe(std::size_t i) const {
     if (i >= params_.size()) return "<no parameter>";
     const auto& p = params_[i];
-    std::string s = "'" + p.name + "' [";
-    for (std::size_t d = 0; d < p.shape.size(); ++d) s += (d ? "," : "") + std::to_string(p.shape[d]);
-    return s + "] in unit '" + units_[p.unit] + "'";
+    std::ostringstream os;  // (string operator+ chains trip GCC 12's -Wrestrict, bug 105329)
+    os << "'" << p.name << "' [";
+    for (std::size_t d = 0; d < p.shape.size(); ++d) os << (d ? "," : "") << p.shape[d];
+    os << "] in unit '" << units_[p.unit] << "'";
+    return os.str();
   }
 
 private:

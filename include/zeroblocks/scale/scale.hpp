@@ -6,9 +6,11 @@
  * The trainer multiplies its loss by `engine.loss_scale()` before backward; the engine
  * divides it out inside the fused step. Whatever the policy, a step whose gradients hold
  * Inf or NaN is skipped on every rank (the overflow flag is all-reduced) and leaves the
- * master state untouched. `dynamic` then halves the scale once `hysteresis` consecutive
- * overflows have been seen (DeepSpeed's delayed shift), never below `min_scale`, and
- * doubles it after `growth_interval` overflow-free steps.
+ * master state untouched. `dynamic` then halves the scale on the `hysteresis`-th overflow
+ * since the scale last grew (DeepSpeed's delayed shift with its default
+ * `consecutive_hysteresis = false`: good steps in between do not restore it), never below
+ * `min_scale`, and doubles it after `growth_interval` overflow-free steps in a row,
+ * which also restores the hysteresis.
  */
 #pragma once
 
