@@ -5,6 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
 . scripts/mpi_env.sh
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DZEROBLOCKS_BUILD_TESTS=OFF -DZEROBLOCKS_BUILD_BENCH=OFF >/dev/null
-cmake --build build --target train_mlp -j"$(nproc)"
-OMP_NUM_THREADS=1 mpirun -np 4 build/examples/train_mlp "$@"
+cmake -S . -B build-demo -DCMAKE_BUILD_TYPE=Release -DZEROBLOCKS_BUILD_TESTS=OFF -DZEROBLOCKS_BUILD_BENCH=OFF >/dev/null
+cmake --build build-demo --target train_mlp -j"$(nproc)"
+OMP_NUM_THREADS=1 mpirun -np 4 build-demo/examples/train_mlp "$@"
