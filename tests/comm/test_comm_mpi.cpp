@@ -262,6 +262,44 @@ TEST_CASE_TEMPLATE("all_reduce equals reduce_scatter then all_gather, bit for bi
   }
 }
 
+TEST_CASE_TEMPLATE("iall_reduce, ibroadcast, ibarrier: in flight together, completed by test() or wait()", T,
+                   float, zb::half, zb::bfloat16) {
+  const int rank = zb_world_rank(), world = zb_world_size();
+  const std::size_t n = static_cast<std::size_t>(world);
+  C comm(MPI_COMM_WORLD);
+  const std::size_t block = 300, count = block * n;
+  const float scale = 1.0f / static_cast<float>(world);
+  std::vector<T> a = filled<T>(rank, count), b = filled<T>(rank + 7, count);
+  std::vector<T> bc = filled<T>(rank, 50);
+  const int root = world - 1;
+  auto before = comm.counters();
+  auto ra = comm.iall_reduce(a.data(), count, scale);
+  auto rb = comm.iall_reduce(b.data(), count, scale);
+  auto rc = comm.ibroadcast(bc.data(), bc.size(), root);
+  auto rd = comm.ibarrier();
+  // Two-stage request: drive it by test() alone until done.
+  while (!rb.test()) {
+  }
+  CHECK_FALSE(rb.pending());
+  rd.wait();
+  rc.wait();
+  ra.wait();
+  auto d = comm.counters() - before;
+  CHECK(d.elements[idx(zb::collective::all_reduce)] == 4 * count);
+  CHECK(d.elements[idx(zb::collective::broadcast)] == bc.size());
+  CHECK(d.elements[idx(zb::collective::all_gather)] == 0);
+  CHECK(d.elements[idx(zb::collective::reduce_scatter)] == 0);
+  // Same bits as the blocking form.
+  std::vector<T> ref = filled<T>(rank, count);
+  comm.all_reduce(ref.data(), count, scale);
+  CHECK(same_bits(a.data(), ref.data(), count));
+  std::vector<T> ref_b = filled<T>(rank + 7, count);
+  comm.all_reduce(ref_b.data(), count, scale);
+  CHECK(same_bits(b.data(), ref_b.data(), count));
+  std::vector<T> expect_bc = filled<T>(root, 50);
+  CHECK(same_bits(bc.data(), expect_bc.data(), bc.size()));
+}
+
 TEST_CASE_TEMPLATE("non-blocking collectives: several in flight, waited in reverse order", T, float, zb::half,
                    zb::bfloat16) {
   const int rank = zb_world_rank(), world = zb_world_size();

@@ -10,6 +10,8 @@
 #include "bucket.hpp"
 #include "detail_full_grads.hpp"
 
+#include <vector>
+
 ZB_NAMESPACE_BEGIN
 namespace bucket {
 
@@ -31,9 +33,13 @@ struct all_reduce {
       base::declare(lay, r, elem_bytes);
     }
     void reduce_for_step() {
-      const float avg = 1.0f / static_cast<float>(this->ctx_.world());
-      for (std::size_t u = 0; u < this->ctx_.lay.unit_count(); ++u)
-        this->ctx_.comm.all_reduce(this->unit_base(u), this->ctx_.lay.unit(u).padded_numel, avg);
+      auto& ctx = this->ctx_;
+      const float avg = 1.0f / static_cast<float>(ctx.world());
+      std::vector<typename Ctx::comm_type::request> pending;  // every unit in flight at once
+      pending.reserve(ctx.lay.unit_count());
+      for (std::size_t u = 0; u < ctx.lay.unit_count(); ++u)
+        pending.push_back(ctx.comm.iall_reduce(this->unit_base(u), ctx.lay.unit(u).padded_numel, avg));
+      for (auto& p : pending) p.wait();
     }
   };
 };

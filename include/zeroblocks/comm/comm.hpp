@@ -93,6 +93,11 @@ concept communicator_policy =
       c.all_reduce(f, n, 1.0f);
       c.broadcast(f, n, 0);
       c.barrier();
+      c.iall_gather(f, f, n).wait();
+      c.ireduce_scatter(f, f, n, 1.0f).wait();
+      c.iall_reduce(f, n, 1.0f).wait();
+      c.ibroadcast(f, n, 0).wait();
+      c.ibarrier().wait();
       { cc.counters() } -> std::same_as<const comm_counters&>;
       typename C::request;
     };

@@ -64,36 +64,40 @@ public:
     request& operator=(request&& o) noexcept {
       std::swap(comm_, o.comm_);
       std::swap(req_, o.req_);
-      std::swap(finish_, o.finish_);
+      std::swap(next_, o.next_);
       return *this;
     }
     /// @brief Block until complete; throws if a peer aborted meanwhile.
     void wait() {
-      if (!comm_) return;
-      comm_->wait_request(req_);
-      complete();
+      while (comm_) {
+        comm_->wait_request(req_);
+        advance();
+      }
     }
-    /// @brief Drive progress; true (and completed) when the transfer is done.
+    /// @brief Drive progress; true (and completed) when the whole operation is done.
     bool test() {
-      if (!comm_) return true;
-      if (!comm_->test_request(req_)) return false;
-      complete();
-      return true;
+      if (comm_ && comm_->test_request(req_)) advance();
+      return comm_ == nullptr;
     }
     bool pending() const { return comm_ != nullptr; }
 
   private:
     friend class mpi;
-    request(mpi* c, MPI_Request r, std::function<void()> f) : comm_(c), req_(r), finish_(std::move(f)) {}
-    void complete() {
-      comm_ = nullptr;
-      auto f = std::move(finish_);
-      finish_ = nullptr;
-      if (f) f();
+    /// `next` runs when the transfer completes: local work (a reduction) and, for a
+    /// two-stage collective, the start of the second transfer, whose request it returns
+    /// (MPI_REQUEST_NULL when the operation is complete).
+    request(mpi* c, MPI_Request r, std::function<MPI_Request()> next)
+        : comm_(c), req_(r), next_(std::move(next)) {}
+    void advance() {
+      auto f = std::move(next_);
+      next_ = nullptr;
+      const MPI_Request more = f ? f() : MPI_REQUEST_NULL;
+      if (more == MPI_REQUEST_NULL) comm_ = nullptr;
+      else req_ = more;
     }
     mpi* comm_ = nullptr;
     MPI_Request req_ = MPI_REQUEST_NULL;
-    std::function<void()> finish_;
+    std::function<MPI_Request()> next_;
   };
 
   /// @brief Duplicate `parent` for payload and for the abort channel.
@@ -187,6 +191,7 @@ public:
     const int nb = size_;
     return request(this, r, [buf, recv, count, scale, nb] {
       detail::reduce_blocks(buf, count, nb, count, scale, recv);
+      return MPI_REQUEST_NULL;
     });
   }
   template <class T>
@@ -194,41 +199,60 @@ public:
     ireduce_scatter(buf, recv, count, scale).wait();
   }
 
-  /// @brief In-place all-reduce (reduce-scatter + all-gather); `count % size() == 0`.
+  /// @brief Non-blocking in-place all-reduce: reduce-scatter (in-place all-to-all, then
+  /// the fp32 rank-ordered sum) followed by an in-place all-gather, as one request.
+  /// `count % size() == 0`.
   template <class T>
-  void all_reduce(T* buf, std::size_t count, float scale) {
+  request iall_reduce(T* buf, std::size_t count, float scale) {
     ensure_usable();
     ZB_REQUIRE(count % size_ == 0, "comm::mpi::all_reduce: count ", count,
                " is not a multiple of the world size ", size_, " (pad the buffer)");
-    const std::size_t block = count / size_;
-    T* mine = buf + static_cast<std::size_t>(rank_) * block;
-    ireduce_scatter(buf, mine, block, scale).wait();
-    iall_gather(mine, buf, block).wait();
-    // Count the pair as one all-reduce of 2*count elements, not as its parts.
-    counters_.elements[static_cast<std::size_t>(collective::reduce_scatter)] -= count;
-    counters_.elements[static_cast<std::size_t>(collective::all_gather)] -= count;
-    counters_.calls[static_cast<std::size_t>(collective::reduce_scatter)] -= 1;
-    counters_.calls[static_cast<std::size_t>(collective::all_gather)] -= 1;
     counters_.count(collective::all_reduce, 2 * count);
+    if (count == 0) return {};
+    const std::size_t block = count / size_;
+    const int n = checked_count(block);
+    T* mine = buf + static_cast<std::size_t>(rank_) * block;
+    MPI_Request r;
+    check(MPI_Ialltoall(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, n, datatype<T>(), comm_, &r),
+          "MPI_Ialltoall");
+    const int nb = size_;
+    const MPI_Comm comm = comm_;
+    return request(this, r, [buf, mine, block, scale, nb, n, comm] {
+      detail::reduce_blocks(buf, block, nb, block, scale, mine);
+      MPI_Request gather;
+      check(MPI_Iallgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, n, datatype<T>(), comm, &gather),
+            "MPI_Iallgather");
+      return gather;
+    });
+  }
+  /// @brief In-place all-reduce; see `iall_reduce`.
+  template <class T>
+  void all_reduce(T* buf, std::size_t count, float scale) {
+    iall_reduce(buf, count, scale).wait();
   }
 
   template <class T>
-  void broadcast(T* buf, std::size_t count, int root) {
+  request ibroadcast(T* buf, std::size_t count, int root) {
     ensure_usable();
     ZB_REQUIRE(root >= 0 && root < size_, "comm::mpi::broadcast: root ", root, " out of range");
     counters_.count(collective::broadcast, count);
-    if (count == 0) return;
+    if (count == 0) return {};
     MPI_Request r;
     check(MPI_Ibcast(buf, checked_count(count), datatype<T>(), root, comm_, &r), "MPI_Ibcast");
-    wait_request(r);
+    return request(this, r, nullptr);
+  }
+  template <class T>
+  void broadcast(T* buf, std::size_t count, int root) {
+    ibroadcast(buf, count, root).wait();
   }
 
-  void barrier() {
+  request ibarrier() {
     ensure_usable();
     MPI_Request r;
     check(MPI_Ibarrier(comm_, &r), "MPI_Ibarrier");
-    wait_request(r);
+    return request(this, r, nullptr);
   }
+  void barrier() { ibarrier().wait(); }
 
   // ---- control (counted separately) ---------------------------------------------
 

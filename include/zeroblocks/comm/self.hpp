@@ -60,11 +60,22 @@ public:
     counters_.count(collective::all_reduce, 2 * count);
   }
   template <class T>
+  request iall_reduce(T* buf, std::size_t count, float scale) {
+    all_reduce(buf, count, scale);
+    return {};
+  }
+  template <class T>
   void broadcast(T*, std::size_t count, int root) {
     ZB_REQUIRE(root == 0, "comm::self: broadcast root ", root, " out of range");
     counters_.count(collective::broadcast, count);
   }
+  template <class T>
+  request ibroadcast(T* buf, std::size_t count, int root) {
+    broadcast(buf, count, root);
+    return {};
+  }
   void barrier() {}
+  request ibarrier() { return {}; }
 
   /// @brief Every rank's value, in rank order (control traffic).
   std::vector<double> all_gather_values(const std::vector<double>& mine) {
