@@ -12,6 +12,7 @@
 #include <cmath>
 #include <numeric>
 #include <random>
+#include <string>
 #include <vector>
 
 namespace zb = zeroblocks;
@@ -24,7 +25,13 @@ zb::param_registry model() {
   zb::param_registry reg;
   const std::size_t sizes[] = {37, 5, 64, 0, 129, 3, 77, 1, 200, 31};
   for (std::size_t i = 0; i < std::size(sizes); ++i)
-    reg.add("p" + std::to_string(i), {sizes[i]}, "u" + std::to_string(i / 2));  // 5 units of 2
+  {
+    // (built with += : "p" + std::to_string(i) trips GCC 12's -Wrestrict, bug 105329)
+    std::string name = "p", unit = "u";
+    name += std::to_string(i);
+    unit += std::to_string(i / 2);  // 5 units of 2
+    reg.add(name, {sizes[i]}, unit);
+  }
   return reg;
 }
 
