@@ -15,8 +15,10 @@
  *    same whichever collective produced it. `buf` is used as scratch (clobbered).
  *  - `all_reduce(buf, count, scale)`: in place, reduce-scatter then all-gather with the
  *    same summation, so stage 0 (all-reduce) and stages 1–3 (reduce-scatter) produce
- *    bit-identical gradients.
+ *    bit-identical reduced gradients from the same inputs.
  *  - `broadcast(buf, count, root)`, `barrier()`.
+ *  - `dup()`: a communicator over the same ranks whose collectives are ordered
+ *    independently (parameter gathers and gradient reductions each get their own).
  *  - `i`-prefixed variants return a `request` to `wait()` on.
  *  - control helpers used by the engine for small agreements (`all_gather_values`,
  *    `agree`): these are counted separately (`control`), not as payload.
@@ -70,6 +72,15 @@ struct comm_counters {
     elements[static_cast<std::size_t>(c)] += n;
     calls[static_cast<std::size_t>(c)] += 1;
   }
+  friend comm_counters operator+(comm_counters a, const comm_counters& b) {
+    for (std::size_t i = 0; i < collective_count; ++i) {
+      a.elements[i] += b.elements[i];
+      a.calls[i] += b.calls[i];
+    }
+    a.control_elements += b.control_elements;
+    a.control_calls += b.control_calls;
+    return a;
+  }
   friend comm_counters operator-(comm_counters a, const comm_counters& b) {
     for (std::size_t i = 0; i < collective_count; ++i) {
       a.elements[i] -= b.elements[i];
@@ -98,6 +109,7 @@ concept communicator_policy =
       c.iall_reduce(f, n, 1.0f).wait();
       c.ibroadcast(f, n, 0).wait();
       c.ibarrier().wait();
+      { cc.dup() } -> std::same_as<C>;
       { cc.counters() } -> std::same_as<const comm_counters&>;
       typename C::request;
     };

@@ -6,7 +6,9 @@
  * rank's copy of its block) followed by `detail::reduce_blocks` (fp32 sum in rank order,
  * scaled, rounded once). So 16-bit payloads travel as 16 bits — no fp32 on the wire —
  * yet accumulate in fp32, and the result is bit-identical whichever collective carried
- * it, on any world size. This is what lets every ZeRO stage reproduce stage 0 exactly.
+ * it, on any world size. This is what lets every ZeRO stage reproduce stage 0 exactly
+ * when each step has one micro-step (with several, stages 2/3 reduce before they
+ * accumulate, which rounds differently in 16 bits; see tests/engine/test_equivalence.cpp).
  *
  * Failure: a rank that hits an error calls `abort_peers(message)`, which sends the
  * message on a private duplicate communicator to every other rank. Every wait in this
@@ -75,6 +77,8 @@ public:
       }
     }
     /// @brief Drive progress; true (and completed) when the whole operation is done.
+    /// A two-stage request (all-reduce) starts its second transfer from here, so
+    /// several of them must be tested in the order they were issued, as with wait().
     bool test() {
       if (comm_ && comm_->test_request(req_)) advance();
       return comm_ == nullptr;
@@ -107,6 +111,9 @@ public:
     ZB_REQUIRE(init, "comm::mpi: MPI is not initialised; call MPI_Init_thread first");
     check(MPI_Comm_dup(parent, &comm_), "MPI_Comm_dup");
     check(MPI_Comm_dup(parent, &abort_comm_), "MPI_Comm_dup");
+    // Errors come back as codes (and then as zeroblocks::error), not as a job abort.
+    MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
+    MPI_Comm_set_errhandler(abort_comm_, MPI_ERRORS_RETURN);
     MPI_Comm_rank(comm_, &rank_);
     MPI_Comm_size(comm_, &size_);
     // Freed communicators' context ids get reused, and an abort message that arrived
@@ -128,6 +135,7 @@ public:
   }
   ~mpi() {
     if (failed_ && !graveyard_.empty()) new std::vector<std::shared_ptr<void>>(std::move(graveyard_));  // leak, see wait_request
+    if (sent_abort_) (void)abort_out_.release();  // freed sends may still be reading it
     int fin = 0;
     MPI_Finalized(&fin);
     if (fin || comm_ == MPI_COMM_NULL) return;
@@ -151,12 +159,19 @@ public:
     MPI_Comm_free(&comm_);
   }
 
+  /// @brief A new communicator over the same ranks (collective): its collectives are
+  /// ordered independently of this one's (the engine gathers parameters on one and
+  /// reduces gradients on another, so the two streams cannot cross).
+  mpi dup() const { return mpi(comm_); }
+
   int rank() const { return rank_; }
   int size() const { return size_; }
   MPI_Comm handle() const { return comm_; }
   const comm_counters& counters() const { return counters_; }
   /// @brief True once a peer aborted (or this rank did); collectives then throw.
   bool failed() const { return failed_; }
+  /// @brief True when the failure came from another rank (it told everyone already).
+  bool peer_failed() const { return failed_ && !sent_abort_; }
 
   // ---- payload collectives ------------------------------------------------------
 
@@ -216,11 +231,10 @@ public:
     check(MPI_Ialltoall(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, n, datatype<T>(), comm_, &r),
           "MPI_Ialltoall");
     const int nb = size_;
-    const MPI_Comm comm = comm_;
-    return request(this, r, [buf, mine, block, scale, nb, n, comm] {
+    return request(this, r, [this, buf, mine, block, scale, nb, n] {
       detail::reduce_blocks(buf, block, nb, block, scale, mine);
       MPI_Request gather;
-      check(MPI_Iallgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, n, datatype<T>(), comm, &gather),
+      check(MPI_Iallgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, n, datatype<T>(), comm_, &gather),
             "MPI_Iallgather");
       return gather;
     });
@@ -259,37 +273,47 @@ public:
   /// @brief Every rank's values (same count on each rank), concatenated in rank order.
   std::vector<double> all_gather_values(const std::vector<double>& mine) {
     ensure_usable();
-    auto all = std::make_shared<std::vector<double>>(mine.size() * size_);
-    counters_.control_elements += all->size();
+    // Send and receive buffers live in one block that outlives a failed wait.
+    auto io = std::make_shared<std::vector<double>>(mine.size() * (size_ + 1));
+    std::copy(mine.begin(), mine.end(), io->begin());
+    counters_.control_elements += mine.size() * size_;
     counters_.control_calls += 1;
     MPI_Request r;
-    check(MPI_Iallgather(mine.data(), checked_count(mine.size()), MPI_DOUBLE, all->data(),
+    check(MPI_Iallgather(io->data(), checked_count(mine.size()), MPI_DOUBLE, io->data() + mine.size(),
                          checked_count(mine.size()), MPI_DOUBLE, comm_, &r),
           "MPI_Iallgather");
-    wait_request(r, all);
-    return *all;
+    wait_request(r, io);
+    return {io->begin() + static_cast<std::ptrdiff_t>(mine.size()), io->end()};
   }
 
   /// @brief Every rank's string, in rank order.
   std::vector<std::string> all_gather_strings(const std::string& mine) {
     ensure_usable();
     std::vector<double> lens = all_gather_values({static_cast<double>(mine.size())});
-    std::vector<int> counts(size_), displs(size_);
+    struct io_block {
+      std::string mine;
+      std::vector<int> counts, displs;
+      std::vector<char> all;
+    };
+    auto io = std::make_shared<io_block>();
+    io->mine = mine;
+    io->counts.resize(size_);
+    io->displs.resize(size_);
     int total = 0;
     for (int i = 0; i < size_; ++i) {
-      counts[i] = static_cast<int>(lens[i]);
-      displs[i] = total;
-      total += counts[i];
+      io->counts[i] = static_cast<int>(lens[i]);
+      io->displs[i] = total;
+      total += io->counts[i];
     }
-    auto all = std::make_shared<std::vector<char>>(total);
+    io->all.resize(total);
     MPI_Request r;
-    check(MPI_Iallgatherv(mine.data(), static_cast<int>(mine.size()), MPI_CHAR, all->data(),
-                          counts.data(), displs.data(), MPI_CHAR, comm_, &r),
+    check(MPI_Iallgatherv(io->mine.data(), static_cast<int>(io->mine.size()), MPI_CHAR, io->all.data(),
+                          io->counts.data(), io->displs.data(), MPI_CHAR, comm_, &r),
           "MPI_Iallgatherv");
-    wait_request(r, all);
+    wait_request(r, io);
     counters_.control_calls += 1;
     std::vector<std::string> out(size_);
-    for (int i = 0; i < size_; ++i) out[i].assign(all->data() + displs[i], counts[i]);
+    for (int i = 0; i < size_; ++i) out[i].assign(io->all.data() + io->displs[i], io->counts[i]);
     return out;
   }
 
@@ -316,7 +340,8 @@ public:
   /// @brief Tell every other rank this rank failed, so their waits raise instead of
   /// hanging. Idempotent; never blocks.
   void abort_peers(const std::string& message) {
-    if (sent_abort_ || comm_ == MPI_COMM_NULL) return;
+    // Nothing to send if we already sent, or if a peer's failure is what we are reporting.
+    if (sent_abort_ || failed_ || comm_ == MPI_COMM_NULL) return;
     sent_abort_ = true;
     failed_ = true;
     if (abort_reason_.empty()) abort_reason_ = "comm::mpi: unusable after this rank failed: " + message;
@@ -348,12 +373,16 @@ private:
                " elements in one call exceed MPI's int count; split the unit");
     return static_cast<int>(n);
   }
-  static void check(int rc, const char* what) {
+  /// An MPI error on this rank (a size mismatch between ranks shows up as a truncation
+  /// here): tell the peers, then throw.
+  void check(int rc, const char* what) {
     if (rc == MPI_SUCCESS) return;
     char text[MPI_MAX_ERROR_STRING];
     int len = 0;
     MPI_Error_string(rc, text, &len);
-    ZB_FAIL("comm::mpi: ", what, " failed: ", std::string(text, len));
+    const std::string message = detail::concat("comm::mpi: ", what, " failed: ", std::string(text, len));
+    abort_peers(message);
+    ZB_FAIL(message);
   }
   void ensure_usable() {
     if (poll_abort()) ZB_FAIL(abort_reason_.empty() ? std::string("comm::mpi: communicator unusable after a failure")

@@ -30,6 +30,7 @@ public:
     bool test() { return true; }
   };
 
+  self dup() const { return {}; }
   int rank() const { return 0; }
   int size() const { return 1; }
   const comm_counters& counters() const { return counters_; }
@@ -97,6 +98,8 @@ public:
   }
   /// @brief Tell the other ranks that this rank failed (nothing to do with one rank).
   void abort_peers(const std::string&) {}
+  bool failed() const { return false; }
+  bool peer_failed() const { return false; }
 
 private:
   comm_counters counters_;

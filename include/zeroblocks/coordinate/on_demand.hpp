@@ -41,7 +41,7 @@ struct on_demand {
       const auto& up = ctx_.lay.unit(u);
       auto& g = gathered_[u];
       g = buffer<T, typename Ctx::space>(up.padded_numel, mem_category::gathered, &ctx_.tracker);
-      ctx_.comm.all_gather(shard_.data() + up.shard_offset, g.data(), up.slice_numel);
+      ctx_.gather_comm.all_gather(shard_.data() + up.shard_offset, g.data(), up.slice_numel);
       return g.data();
     }
     void release(std::size_t u) { gathered_[u].reset(); }

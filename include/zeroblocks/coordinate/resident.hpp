@@ -46,7 +46,7 @@ struct resident {
       std::vector<typename Ctx::comm_type::request> pending;
       pending.reserve(ctx_.lay.unit_count());
       for (std::size_t u = 0; u < ctx_.lay.unit_count(); ++u)
-        pending.push_back(ctx_.comm.iall_gather(owned_slice(u, ctx_.rank()), params_.data() + ctx_.lay.unit(u).offset,
+        pending.push_back(ctx_.gather_comm.iall_gather(owned_slice(u, ctx_.rank()), params_.data() + ctx_.lay.unit(u).offset,
                                                 ctx_.lay.unit(u).slice_numel));
       for (auto& p : pending) p.wait();
     }

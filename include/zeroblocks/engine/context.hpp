@@ -43,7 +43,9 @@ struct engine_context {
   using comm_type = Comm;
 
   const layout& lay;
-  Comm& comm;
+  Comm& comm;         ///< gradient reductions (bucketers)
+  Comm& gather_comm;  ///< parameter gathers (coordinators): its own order, see comm::dup
+  Comm& control_comm; ///< the engine's small agreements (not used by policies)
   memory_tracker& tracker;
   const engine_config& cfg;
 
@@ -54,6 +56,8 @@ struct engine_context {
   /// collective this rank will not join), then throw.
   [[noreturn]] void fail_local(const std::string& message, const std::string& where) const {
     comm.abort_peers(message);
+    gather_comm.abort_peers(message);
+    control_comm.abort_peers(message);
     throw error(message, where);
   }
 };

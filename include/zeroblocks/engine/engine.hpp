@@ -50,9 +50,11 @@
 #include "../space/host_space.hpp"
 #include "context.hpp"
 
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <exception>
+#include <optional>
 #include <memory>
 #include <span>
 #include <string>
@@ -135,16 +137,25 @@ public:
   /// allocate every buffer. Collective.
   engine(const param_registry& reg, Comm comm, engine_config cfg = {})
       : comm_(std::move(comm)),
+        gather_comm_(comm_.dup()),
+        control_comm_(comm_.dup()),
         cfg_(cfg),
         layout_(checked_layout(reg)),
-        ctx_{layout_, comm_, tracker_, cfg_},
-        coord_(ctx_),
-        bucketer_(ctx_),
-        master_(ctx_, owned_numel()),
+        ctx_{layout_, comm_, gather_comm_, control_comm_, tracker_, cfg_},
         scaler_(cfg_.scale),
         holds_(layout_.unit_count(), 0),
         bases_(layout_.unit_count(), nullptr),
         reported_(layout_.param_count(), 0) {
+    // Allocation can fail on one rank only (memory): agree before anyone goes on.
+    std::string problem;
+    try {
+      coord_.emplace(ctx_);
+      bucketer_.emplace(ctx_);
+      master_.emplace(ctx_, owned_numel());
+    } catch (const std::exception& e) {
+      problem = std::string("engine: allocating the model state failed: ") + e.what();
+    }
+    comm_.agree(problem.empty(), problem);
     for (std::size_t u = 0; u < layout_.unit_count(); ++u) {
       const auto& up = layout_.unit(u);
       for (int r = 0; r < comm_.size(); ++r) {
@@ -158,10 +169,14 @@ public:
   engine(const engine&) = delete;
   engine& operator=(const engine&) = delete;
   ~engine() {
+    // An exception is unwinding through the trainer with this engine in use (the
+    // trainer's own, or one of ours that has told the peers already): make sure the other
+    // ranks raise instead of waiting for us in a collective.
+    if (std::uncaught_exceptions() > exceptions_at_birth_)
+      tell_peers(detail::concat("an exception on rank ", comm_.rank(), " unwound through the engine"));
     // A peer failed while collectives were in flight: they may still land in our
     // buffers, so those must outlive us (see memory_tracker::quarantine).
-    if constexpr (requires { comm_.failed(); })
-      if (comm_.failed()) tracker_.quarantine();
+    if (comm_.failed() || gather_comm_.failed() || control_comm_.failed()) tracker_.quarantine();
   }
 
   // ---- model --------------------------------------------------------------------
@@ -187,31 +202,34 @@ public:
       if (a >= b) continue;
       const float* src = values.data() + (a - pp.offset_in_unit);
       if (!Coordinator::shards_params || r == comm_.rank()) {
-        T* dst = coord_.owned_slice(pp.unit, r) + (a - s0);
+        T* dst = coord_->owned_slice(pp.unit, r) + (a - s0);
         for (std::size_t i = 0; i < b - a; ++i) dst[i] = from_float<T>(src[i]);
       }
       if (!sharded_master || r == comm_.rank()) {
         const std::size_t moff = sharded_master ? up.shard_offset : up.offset + s0;
-        master_.set(moff + (a - s0), src, b - a);
+        master_->set(moff + (a - s0), src, b - a);
       }
     }
   }
 
   // ---- parameters: acquire / release ---------------------------------------------
 
-  /// @brief RAII hold on a unit's full parameters.
+  /// @brief RAII hold on a unit's full parameters. Move-only; releases on destruction.
   class unit_guard {
   public:
     unit_guard() = default;
     unit_guard(const unit_guard&) = delete;
     unit_guard& operator=(const unit_guard&) = delete;
-    unit_guard(unit_guard&& o) noexcept : eng_(std::exchange(o.eng_, nullptr)), unit_(o.unit_), base_(o.base_) {}
+    unit_guard(unit_guard&& o) noexcept
+        : eng_(std::exchange(o.eng_, nullptr)), held_(std::exchange(o.held_, false)), unit_(o.unit_),
+          base_(std::exchange(o.base_, nullptr)) {}
     unit_guard& operator=(unit_guard&& o) noexcept {
       if (this != &o) {
         reset_quietly();
         eng_ = std::exchange(o.eng_, nullptr);
+        held_ = std::exchange(o.held_, false);
         unit_ = o.unit_;
-        base_ = o.base_;
+        base_ = std::exchange(o.base_, nullptr);
       }
       return *this;
     }
@@ -219,71 +237,117 @@ public:
 
     /// @brief Full view of a parameter of this unit.
     std::span<const T> param(param_id p) const {
-      ZB_REQUIRE(eng_ != nullptr, "unit_guard::param: the guard holds no unit (released or moved from)");
+      if (!held_) fail("unit_guard::param: the guard holds no unit (already released, or moved from)");
+      eng_->check_param(p, "unit_guard::param");
       const auto& pp = eng_->layout_.param(p.index);
       if (pp.unit != unit_.index)
-        ZB_LOCAL_FAIL(eng_->ctx_, "unit_guard::param: parameter ", eng_->describe(p), " is not in unit '",
-                      eng_->layout_.unit_name(unit_.index), "'");
+        fail(detail::concat("unit_guard::param: parameter ", eng_->describe(p), " is not in unit '",
+                            eng_->layout_.unit_name(unit_.index), "'"));
       return {base_ + pp.offset_in_unit, pp.numel};
     }
     unit_id unit() const { return unit_; }
-    /// @brief Release now. Releasing a second time is an error (through the engine).
+    bool holds() const { return held_; }
+    /// @brief Release now; a second release (or one on a moved-from guard) is an error.
     void release() {
-      engine* e = eng_ ? eng_ : last_;
-      ZB_REQUIRE(e != nullptr, "unit_guard::release: the guard was never bound to an engine");
-      eng_ = nullptr;
+      if (!held_) fail("unit_guard::release: the guard holds no unit (already released, or moved from)");
+      held_ = false;
       base_ = nullptr;
-      e->release(unit_);
+      eng_->release(unit_);
     }
 
   private:
     friend class engine;
-    unit_guard(engine* e, unit_id u, const T* base) : eng_(e), last_(e), unit_(u), base_(base) {}
+    unit_guard(engine* e, unit_id u, const T* base) : eng_(e), held_(true), unit_(u), base_(base) {}
+    [[noreturn]] void fail(const std::string& message) const {
+      if (eng_) eng_->ctx_.fail_local(message, detail::location_string(std::source_location::current()));
+      ZB_FAIL(message);
+    }
     void reset_quietly() noexcept {
-      if (!eng_) return;
+      if (!held_) return;
+      held_ = false;
       try {
         eng_->release(unit_);
       } catch (...) {
       }
-      eng_ = nullptr;
     }
-    engine* eng_ = nullptr;
-    engine* last_ = nullptr;  // so a second release() reaches the engine and is reported
+    engine* eng_ = nullptr;  // kept after release, so misuse is reported to the peers
+    bool held_ = false;
     unit_id unit_{};
     const T* base_ = nullptr;
   };
 
   /// @brief Make unit `u`'s full parameters available (stage 3: all-gather them).
-  unit_guard acquire(unit_id u) {
-    check_unit(u, "acquire");
-    if (holds_[u.index]++ == 0) bases_[u.index] = coord_.acquire(u.index);
-    ++stats_.acquires;
-    return unit_guard(this, u, bases_[u.index]);
+  [[nodiscard]] unit_guard acquire(unit_id u) {
+    return guarded([&] {
+      check_unit(u, "acquire");
+      if (holds_[u.index] == 0) {
+        bases_[u.index] = coord_->acquire(u.index);  // before counting: exception-safe
+        if constexpr (Coordinator::shards_params) gather_hash_ = (gather_hash_ ^ (u.index + 1)) * 1099511628211ull;
+      }
+      ++holds_[u.index];
+      ++stats_.acquires;
+      return unit_guard(this, u, bases_[u.index]);
+    });
   }
   /// @brief Drop one hold on unit `u` (the guard does this for you).
   void release(unit_id u) {
-    check_unit(u, "release");
-    if (holds_[u.index] == 0)
-      ZB_LOCAL_FAIL(ctx_, "release: unit '", layout_.unit_name(u.index),
-                    "' released more times than acquired (released twice, or never acquired)");
-    if (--holds_[u.index] == 0) {
-      coord_.release(u.index);
-      bases_[u.index] = nullptr;
-    }
+    guarded([&] {
+      check_unit(u, "release");
+      if (holds_[u.index] == 0)
+        ZB_LOCAL_FAIL(ctx_, "release: unit '", layout_.unit_name(u.index),
+                      "' released more times than acquired (released twice, or never acquired)");
+      if (--holds_[u.index] == 0) {
+        coord_->release(u.index);
+        bases_[u.index] = nullptr;
+      }
+    });
   }
   /// @brief Unit handle of a parameter.
-  unit_id unit_of(param_id p) const { return {layout_.param(p.index).unit}; }
+  unit_id unit_of(param_id p) const {
+    ZB_REQUIRE(p.index < layout_.param_count(), "unit_of: parameter index ", p.index, " out of range (",
+               layout_.param_count(), " registered)");
+    return {layout_.param(p.index).unit};
+  }
 
   // ---- gradients -----------------------------------------------------------------
 
   void begin_micro_step() {
-    if (in_micro_) ZB_LOCAL_FAIL(ctx_, "begin_micro_step: the previous micro-step was not ended");
-    in_micro_ = true;
-    std::fill(reported_.begin(), reported_.end(), 0);
-    bucketer_.begin_micro_step();
+    guarded([&] {
+      if (in_micro_) ZB_LOCAL_FAIL(ctx_, "begin_micro_step: the previous micro-step was not ended");
+      // Stages 2/3 reduce during every micro-step: before starting one, check that every
+      // rank is at the same place (same step, same number of micro-steps, same stage-3
+      // gather order so far). A rank that runs an extra micro-step meets a rank already
+      // in step() here, and both fail, before any collective of that micro-step exists.
+      // (Checking at end_micro_step instead could deadlock against a rank still waiting
+      // for a bucket buffer, and stage 0/1 need only the check in step().)
+      if constexpr (Bucketer::shards_grads) agree_on_state(call_site::begin_micro_step);
+      in_micro_ = true;
+      std::fill(reported_.begin(), reported_.end(), 0);
+      bucketer_->begin_micro_step();
+    });
   }
   /// @brief Hand over the (loss-scaled) gradient of parameter `p` for this micro-step.
   void grad_ready(param_id p, std::span<const T> grad) {
+    guarded([&] { grad_ready_unguarded(p, grad); });
+  }
+  void end_micro_step() {
+    guarded([&] {
+      if (!in_micro_) ZB_LOCAL_FAIL(ctx_, "end_micro_step: no micro-step is open");
+      bucketer_->end_micro_step();
+      in_micro_ = false;
+      ++micro_steps_;
+    });
+  }
+
+  // ---- the step ------------------------------------------------------------------
+
+  /// @brief Reduce, check, clip and apply AdamW; then make parameters current.
+  step_result step() {
+    return guarded([&] { return step_unguarded(); });
+  }
+
+private:
+  void grad_ready_unguarded(param_id p, std::span<const T> grad) {
     check_param(p, "grad_ready");
     if (!in_micro_) ZB_LOCAL_FAIL(ctx_, "grad_ready: ", describe(p), " reported outside a micro-step");
     const auto& pp = layout_.param(p.index);
@@ -294,22 +358,14 @@ public:
       ZB_LOCAL_FAIL(ctx_, "grad_ready: gradient of ", describe(p), " reported twice in micro-step ",
                     micro_steps_ + 1, " of step ", steps_ + 1);
     reported_[p.index] = 1;
-    bucketer_.grad_ready(p.index, grad.data());
-  }
-  void end_micro_step() {
-    if (!in_micro_) ZB_LOCAL_FAIL(ctx_, "end_micro_step: no micro-step is open");
-    bucketer_.end_micro_step();
-    in_micro_ = false;
-    ++micro_steps_;
+    bucketer_->grad_ready(p.index, grad.data());
   }
 
-  // ---- the step ------------------------------------------------------------------
-
-  /// @brief Reduce, check, clip and apply AdamW; then make parameters current.
-  step_result step() {
+  step_result step_unguarded() {
     if (in_micro_) ZB_LOCAL_FAIL(ctx_, "step: a micro-step is still open (call end_micro_step first)");
     if (micro_steps_ == 0) ZB_LOCAL_FAIL(ctx_, "step: no micro-step since the last step");
-    bucketer_.reduce_for_step();
+    agree_on_state(call_site::step);
+    bucketer_->reduce_for_step();
 
     // Pass 1: sum of squares + non-finite, per rank-slice group, summed in rank order
     // so every stage computes the same norm bit for bit.
@@ -317,13 +373,13 @@ public:
     std::vector<double> partial(n, 0.0);
     bool nonfinite = false;
     for (const auto& s : owned_) {
-      auto st = kernel::grad_sumsq(bucketer_.grad_slice(s.unit, s.rank), s.numel, cfg_.threads);
+      auto st = kernel::grad_sumsq(bucketer_->grad_slice(s.unit, s.rank), s.numel, cfg_.threads);
       partial[s.rank] += st.sumsq;
       nonfinite = nonfinite || st.nonfinite;
     }
     double sumsq = 0.0;
     if constexpr (sharded_master) {
-      auto all = comm_.all_gather_values({partial[comm_.rank()], nonfinite ? 1.0 : 0.0});
+      auto all = control_comm_.all_gather_values({partial[comm_.rank()], nonfinite ? 1.0 : 0.0});
       nonfinite = false;
       for (int r = 0; r < n; ++r) {
         sumsq += all[2 * r];
@@ -355,10 +411,10 @@ public:
     std::vector<step_slice<T>> slices;
     slices.reserve(owned_.size());
     for (const auto& s : owned_)
-      slices.push_back({bucketer_.grad_slice(s.unit, s.rank), coord_.owned_slice(s.unit, s.rank), s.numel,
+      slices.push_back({bucketer_->grad_slice(s.unit, s.rank), coord_->owned_slice(s.unit, s.rank), s.numel,
                         s.master_offset});
-    master_.apply(slices, args);
-    coord_.publish(sharded_master);
+    master_->apply(slices, args);
+    coord_->publish(sharded_master);
     scaler_.update(false);
     finish_step();
     res.applied = true;
@@ -366,8 +422,17 @@ public:
     return res;
   }
 
+public:
   float loss_scale() const { return scaler_.scale(); }
-  void set_learning_rate(float lr) { cfg_.optim.lr = lr; }
+  /// @brief New learning rate for the following steps (every rank must set the same;
+  /// the step checks it).
+  void set_learning_rate(float lr) {
+    guarded([&] {
+      if (!(lr >= 0.0f && std::isfinite(lr)))
+        ZB_LOCAL_FAIL(ctx_, "set_learning_rate: ", lr, " must be finite and >= 0");
+      cfg_.optim.lr = lr;
+    });
+  }
   long steps() const { return steps_; }
 
   // ---- inspection ----------------------------------------------------------------
@@ -375,7 +440,9 @@ public:
   /// @brief Bytes held now and at peak, per category.
   const memory_report& memory() const { return tracker_.report(); }
   /// @brief Elements communicated so far, per collective kind.
-  const comm_counters& counters() const { return comm_.counters(); }
+  comm_counters counters() const {
+    return comm_.counters() + gather_comm_.counters() + control_comm_.counters();
+  }
 
   struct usage_stats {
     std::uint64_t acquires = 0;
@@ -406,7 +473,7 @@ public:
     leak_on_failure guard(owned);
     for (const auto& s : owned_) {
       const auto& up = layout_.unit(s.unit);
-      std::memcpy(out.data() + up.offset + s.rank * up.slice_numel, master_.master(s.master_offset),
+      std::memcpy(out.data() + up.offset + s.rank * up.slice_numel, master_->master(s.master_offset),
                   s.numel * sizeof(float));
     }
     if constexpr (sharded_master)
@@ -430,11 +497,15 @@ public:
   /// @brief One parameter out of a `gather_*` result.
   template <class V>
   std::vector<V> extract(const std::vector<V>& flat, param_id p) const {
+    ZB_REQUIRE(p.index < layout_.param_count() && flat.size() == layout_.total_numel(),
+               "extract: parameter index out of range, or not a gather_* result");
     const auto& pp = layout_.param(p.index);
     return {flat.begin() + pp.offset, flat.begin() + pp.offset + pp.numel};
   }
 
-  std::string describe(param_id p) const { return reg_lines_.at(p.index); }
+  std::string describe(param_id p) const {
+    return p.index < reg_lines_.size() ? reg_lines_[p.index] : detail::concat("<parameter #", p.index, ">");
+  }
 
 private:
   /// Leaks a collective's output buffer if the collective fails: a peer's transfer may
@@ -457,11 +528,69 @@ private:
     std::size_t numel;
   };
 
+  /// Run a public operation; if it throws, make sure the peers learn of it (a failure
+  /// that came from a peer is not echoed back).
+  template <class F>
+  decltype(auto) guarded(F&& f) {
+    try {
+      return f();
+    } catch (const std::exception& e) {
+      tell_peers(e.what());
+      throw;
+    }
+  }
+  void tell_peers(const std::string& message) {
+    if (comm_.peer_failed() || gather_comm_.peer_failed() || control_comm_.peer_failed()) return;
+    comm_.abort_peers(message);
+    gather_comm_.abort_peers(message);
+    control_comm_.abort_peers(message);
+  }
+
+  enum class call_site { begin_micro_step = 1, step = 2 };
+
+  /// Every rank must be at the same call, step and micro-step, with the same stage-3
+  /// gather order, learning rate and loss scale, and hold no unit at step(). One small
+  /// all-gather on the control communicator; a difference throws the same message on
+  /// every rank.
+  void agree_on_state(call_site where) {
+    std::size_t held = 0;
+    for (int h : holds_) held += h > 0;
+    const char* names[] = {"call", "step", "completed micro-steps", "stage-3 gather order (hash hi)",
+                           "stage-3 gather order (hash lo)", "learning rate", "loss scale"};
+    const std::vector<double> mine = {static_cast<double>(where),
+                                      static_cast<double>(steps_),
+                                      static_cast<double>(micro_steps_),
+                                      static_cast<double>(gather_hash_ >> 32),
+                                      static_cast<double>(gather_hash_ & 0xffffffffu),
+                                      static_cast<double>(cfg_.optim.lr),
+                                      static_cast<double>(scaler_.scale()),
+                                      static_cast<double>(held)};
+    const std::size_t k = mine.size();
+    auto all = control_comm_.all_gather_values(mine);
+    auto call_name = [](double c) { return c == 1.0 ? "begin_micro_step()" : "step()"; };
+    for (int r = 1; r < comm_.size(); ++r)
+      for (std::size_t i = 0; i + 1 < k; ++i)
+        if (all[r * k + i] != all[i]) {
+          if (i == 0)
+            ZB_FAIL("ranks out of step: rank 0 is in ", call_name(all[0]), " after ", all[2],
+                    " micro-step(s) but rank ", r, " is in ", call_name(all[r * k]), " after ", all[r * k + 2],
+                    " (every rank must run the same micro-steps per step)");
+          ZB_FAIL("ranks disagree on the ", names[i], ": ", all[i], " on rank 0, ", all[r * k + i], " on rank ", r,
+                  i == 3 || i == 4 ? " (stage 3: every rank must acquire units in the same order)" : "");
+        }
+    if (where == call_site::step)
+      for (int r = 0; r < comm_.size(); ++r)
+        if (all[r * k + k - 1] > 0)
+          ZB_FAIL("step: rank ", r, " still holds ", all[r * k + k - 1],
+                  " acquired unit(s); release every unit before step() (stage 3 would keep stale parameters)");
+  }
+
   std::size_t owned_numel() const { return sharded_master ? layout_.shard_numel() : layout_.total_numel(); }
 
   void finish_step() {
-    bucketer_.zero();
+    bucketer_->zero();
     micro_steps_ = 0;
+    gather_hash_ = gather_hash_seed;
   }
 
   void check_param(param_id p, const char* what) {
@@ -517,7 +646,7 @@ private:
     auto all = comm_.all_gather_values(mine);
     for (int r = 1; r < comm_.size(); ++r)
       for (std::size_t i = 0; i < fields.size(); ++i)
-        if (all[r * fields.size() + i] != all[i])
+        if (std::bit_cast<std::uint64_t>(all[r * fields.size() + i]) != std::bit_cast<std::uint64_t>(all[i]))
           ZB_FAIL("engine: configuration differs across ranks: ", fields[i].first, " is ", all[i], " on rank 0 but ",
                   all[r * fields.size() + i], " on rank ", r);
 
@@ -559,15 +688,17 @@ private:
     return Partitioner::make_layout(reg, comm_.size(), cfg_.align_numel);
   }
 
-  Comm comm_;
+  Comm comm_;           // gradient reductions, construction checks
+  Comm gather_comm_;    // parameter gathers (coordinator): an order of its own
+  Comm control_comm_;   // per-step agreement and the gradient norm
   engine_config cfg_;
   std::vector<std::string> reg_lines_;
   layout layout_;
   memory_tracker tracker_;
   context ctx_;
-  typename Coordinator::template impl<context> coord_;
-  typename Bucketer::template impl<context> bucketer_;
-  typename Master::template impl<context> master_;
+  std::optional<typename Coordinator::template impl<context>> coord_;
+  std::optional<typename Bucketer::template impl<context>> bucketer_;
+  std::optional<typename Master::template impl<context>> master_;
   Scaler scaler_;
   std::vector<int> holds_;
   std::vector<const T*> bases_;
@@ -577,6 +708,9 @@ private:
   int micro_steps_ = 0;
   long steps_ = 0;
   usage_stats stats_;
+  static constexpr std::uint64_t gather_hash_seed = 1469598103934665603ull;
+  std::uint64_t gather_hash_ = gather_hash_seed;  // stage 3: order of gathers this step
+  int exceptions_at_birth_ = std::uncaught_exceptions();
 };
 
 ZB_NAMESPACE_END

@@ -46,8 +46,9 @@ struct adamw {
     ZB_REQUIRE(c.lr >= 0.0f && std::isfinite(c.lr), "optim::adamw: lr ", c.lr, " must be finite and >= 0");
     ZB_REQUIRE(c.beta1 >= 0.0f && c.beta1 < 1.0f, "optim::adamw: beta1 ", c.beta1, " must be in [0, 1)");
     ZB_REQUIRE(c.beta2 >= 0.0f && c.beta2 < 1.0f, "optim::adamw: beta2 ", c.beta2, " must be in [0, 1)");
-    ZB_REQUIRE(c.eps > 0.0f, "optim::adamw: eps ", c.eps, " must be > 0");
-    ZB_REQUIRE(c.weight_decay >= 0.0f, "optim::adamw: weight_decay must be >= 0");
+    ZB_REQUIRE(c.eps > 0.0f && std::isfinite(c.eps), "optim::adamw: eps ", c.eps, " must be finite and > 0");
+    ZB_REQUIRE(c.weight_decay >= 0.0f && std::isfinite(c.weight_decay),
+               "optim::adamw: weight_decay must be finite and >= 0");
   }
   /// @brief Constants of step t (1-based) with the given gradient multiplier.
   static kernel::adamw_step_args args(const config& c, long t, float grad_scale) {

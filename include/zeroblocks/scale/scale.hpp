@@ -18,6 +18,7 @@
 #include "../core/error.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <concepts>
 
 ZB_NAMESPACE_BEGIN
@@ -59,7 +60,8 @@ struct fixed {
   static constexpr const char* name = "fixed";
   explicit fixed(const scale_config& c = {}) : s_(c.fixed_scale) {}
   static void validate(const scale_config& c) {
-    ZB_REQUIRE(c.fixed_scale > 0.0f, "scale::fixed: fixed_scale ", c.fixed_scale, " must be > 0");
+    ZB_REQUIRE(c.fixed_scale > 0.0f && std::isfinite(c.fixed_scale), "scale::fixed: fixed_scale ", c.fixed_scale,
+               " must be finite and > 0");
   }
   float scale() const { return s_; }
   void update(bool) {}
@@ -75,7 +77,8 @@ struct dynamic {
   explicit dynamic(const scale_config& c = {})
       : c_(c), s_(c.initial_scale), hysteresis_left_(c.hysteresis) {}
   static void validate(const scale_config& c) {
-    ZB_REQUIRE(c.initial_scale > 0.0f && c.min_scale > 0.0f && c.initial_scale >= c.min_scale,
+    ZB_REQUIRE(std::isfinite(c.initial_scale) && c.initial_scale > 0.0f && c.min_scale > 0.0f &&
+                   c.initial_scale >= c.min_scale,
                "scale::dynamic: need initial_scale (", c.initial_scale, ") >= min_scale (",
                c.min_scale, ") > 0");
     ZB_REQUIRE(c.growth_interval >= 1, "scale::dynamic: growth_interval must be >= 1");
