@@ -23,11 +23,20 @@
  * The trainer multiplies its loss by `eng.loss_scale()`. Gradients are averaged over
  * ranks and micro-steps by the engine.
  *
- * Failure behaviour: configuration and parameter registration are checked collectively
- * at construction (every rank throws the same message). Misuse detected on one rank (a
- * release without acquire, a gradient reported twice) tells the other ranks through the
- * communicator's abort channel before throwing, so they raise an error instead of
- * hanging in a collective.
+ * Failure behaviour: configuration, parameter registration and allocation are checked
+ * collectively at construction (every rank throws the same message). Each step — and,
+ * for stages 2/3, each micro-step — begins with one small all-gather on a control
+ * communicator that checks every rank is at the same step and micro-step, with the same
+ * stage-3 gather order, learning rate and loss scale, and (at `step()`) no unit still
+ * acquired. Anything thrown on one rank from inside the engine, and any exception that
+ * unwinds through it, is sent to the other ranks over the communicators' abort channel
+ * before it propagates, so they raise an error instead of hanging in a collective.
+ *
+ * Communicators: the engine duplicates the one it is given (`Comm::dup`) into three —
+ * gradient reductions, parameter gathers, control — so those three streams keep their
+ * own order on every rank however the trainer interleaves acquires and gradients.
+ * (DESIGN.md has one communicator; sharing it lets a stage-3 gather pair with another
+ * rank's bucket reduce-scatter when backward orders differ — a silent corruption.)
  */
 #pragma once
 
