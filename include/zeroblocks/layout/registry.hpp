@@ -53,7 +53,11 @@ public:
                "' registered twice");
     ZB_REQUIRE(!unit.empty(), "param_registry::add: parameter '", name, "' has an empty unit name");
     std::size_t numel = 1;
-    for (auto d : shape) numel *= d;
+    for (auto d : shape) {
+      ZB_REQUIRE(d == 0 || numel <= (std::size_t{1} << 48) / d, "param_registry::add: parameter '", name,
+                 "' has more than 2^48 elements");
+      numel *= d;
+    }
     auto [it, inserted] = unit_index_.try_emplace(unit, units_.size());
     if (inserted) units_.push_back(unit);
     by_name_[name] = params_.size();
