@@ -13,6 +13,8 @@
 #include "mpi_test_main.hpp"
 
 #include <zeroblocks/comm/mpi.hpp>
+
+#include "error_of.hpp"
 #include <zeroblocks/comm/self.hpp>
 #include <zeroblocks/core/numeric.hpp>
 
@@ -24,6 +26,8 @@
 #include <vector>
 
 namespace zb = zeroblocks;
+using zbt::error_of;
+using zbt::has;
 using C = zb::comm::mpi;
 
 namespace {
@@ -80,18 +84,6 @@ std::vector<T> filled(int j, std::size_t n) {
 template <class T>
 bool same_bits(const T* a, const T* b, std::size_t n) {
   return n == 0 || std::memcmp(a, b, n * sizeof(T)) == 0;
-}
-
-bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
-
-template <class F>
-std::string error_of(F&& body) {
-  try {
-    body();
-  } catch (const zb::error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 std::size_t idx(zb::collective c) { return static_cast<std::size_t>(c); }

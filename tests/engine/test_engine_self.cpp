@@ -21,23 +21,14 @@
 #include <string>
 #include <type_traits>
 #include <vector>
+#include "error_of.hpp"
 
 namespace zb = zeroblocks;
+using zbt::error_of;
+using zbt::has;
 using S = zb::comm::self;
 
 namespace {
-
-template <class F>
-std::string error_of(F&& body) {
-  try {
-    body();
-  } catch (const zb::error& e) {
-    return e.what();
-  }
-  return "";
-}
-
-bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 template <class T>
 void check_same_run(const zbt::run_output& ref, const zbt::run_output& got, int stage) {

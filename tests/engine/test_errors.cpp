@@ -7,8 +7,11 @@
 #include "harness.hpp"
 
 #include <string>
+#include "error_of.hpp"
 
 namespace zb = zeroblocks;
+using zbt::error_of;
+using zbt::has;
 using C = zb::comm::mpi;
 
 namespace {
@@ -20,19 +23,6 @@ zb::param_registry small_model(bool differ_here) {
   reg.add("c", {5}, "u1");
   return reg;
 }
-
-/// Runs `body` and returns the zeroblocks::error message it threw ("" if none).
-template <class F>
-std::string error_of(F&& body) {
-  try {
-    body();
-  } catch (const zb::error& e) {
-    return e.what();
-  }
-  return "";
-}
-
-bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 /// One micro-step reporting every parameter's gradient once, then a step.
 template <class E>

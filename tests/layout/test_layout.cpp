@@ -12,8 +12,11 @@
 #include <cstddef>
 #include <string>
 #include <vector>
+#include "error_of.hpp"
 
 namespace zb = zeroblocks;
+using zbt::error_of;
+using zbt::has;
 
 namespace {
 
@@ -57,18 +60,6 @@ zb::param_registry awkward_model_without_empties() {
   reg.add("head.w", {37}, "head");
   return reg;
 }
-
-template <class F>
-std::string error_of(F&& body) {
-  try {
-    body();
-  } catch (const zb::error& e) {
-    return e.what();
-  }
-  return "";
-}
-
-bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 /// Checks every documented property of `lay` against an independent recomputation.
 void check_layout(const zb::param_registry& reg, const zb::layout& lay, int world) {
