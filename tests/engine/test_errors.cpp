@@ -24,15 +24,21 @@ zb::param_registry small_model(bool differ_here) {
   return reg;
 }
 
-/// One micro-step reporting every parameter's gradient once, then a step.
+/// One micro-step reporting every parameter's gradient once.
 template <class E>
-void clean_step(E& eng, const zb::param_registry& reg) {
+void clean_micro_step(E& eng, const zb::param_registry& reg) {
   eng.begin_micro_step();
   for (std::size_t p = 0; p < reg.size(); ++p) {
     std::vector<zb::bfloat16> g(reg.params()[p].numel, zb::bfloat16(0.25f));
     eng.grad_ready({p}, g);
   }
   eng.end_micro_step();
+}
+
+/// One micro-step, then a step.
+template <class E>
+void clean_step(E& eng, const zb::param_registry& reg) {
+  clean_micro_step(eng, reg);
   eng.step();
 }
 
@@ -196,14 +202,7 @@ TEST_CASE_TEMPLATE("ranks that run different numbers of micro-steps fail on ever
     E eng(reg, C(MPI_COMM_WORLD));
     msg = error_of([&] {
       const int micro = rank == world - 1 ? 2 : 1;
-      for (int m = 0; m < micro; ++m) {
-        eng.begin_micro_step();
-        for (std::size_t p = 0; p < reg.size(); ++p) {
-          std::vector<zb::bfloat16> g(reg.params()[p].numel, zb::bfloat16(0.25f));
-          eng.grad_ready({p}, g);
-        }
-        eng.end_micro_step();
-      }
+      for (int m = 0; m < micro; ++m) clean_micro_step(eng, reg);
       eng.step();
     });
   }
@@ -250,13 +249,7 @@ TEST_CASE_TEMPLATE("a unit still acquired at step() is an error on every rank", 
   std::string msg;
   {
     auto held = eng.acquire(reg.unit("u1"));
-    msg = error_of([&] {
-      eng.begin_micro_step();
-      for (std::size_t p = 0; p < reg.size(); ++p)
-        eng.grad_ready({p}, std::vector<zb::bfloat16>(reg.params()[p].numel, zb::bfloat16(0.25f)));
-      eng.end_micro_step();
-      eng.step();
-    });
+    msg = error_of([&] { clean_step(eng, reg); });
   }
   CHECK(has(msg, "still holds 1 acquired unit(s); release every unit before step()"));
   MPI_Barrier(MPI_COMM_WORLD);
