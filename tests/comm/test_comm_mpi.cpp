@@ -8,7 +8,9 @@
 //  - the counting convention, per collective kind, and control traffic kept apart;
 //  - control helpers (agree, all_gather_values, all_gather_strings);
 //  - the abort channel: a rank that fails turns its peers' wait into an error, no hang;
-//  - on one rank, comm::self gives the same bits and payload counts as comm::mpi.
+//  - on one rank, comm::self gives the same bits and payload counts as comm::mpi;
+//  - the progress thread: a large non-blocking all-gather lands while this rank makes
+//    no MPI call at all (only watches its receive buffer).
 // Every test case builds a fresh comm::mpi: a failed one is unusable by design.
 #include "mpi_test_main.hpp"
 
@@ -18,7 +20,10 @@
 #include <zeroblocks/comm/self.hpp>
 #include <zeroblocks/core/numeric.hpp>
 
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <thread>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -574,4 +579,37 @@ TEST_CASE_TEMPLATE("on one rank, comm::self and comm::mpi give the same bits and
   std::vector<T> b(1);
   CHECK_THROWS_AS(m.broadcast(b.data(), 1, 1), zb::error);
   CHECK_THROWS_AS(s.broadcast(b.data(), 1, 1), zb::error);
+}
+
+TEST_CASE("progress thread: an all-gather completes while the rank makes no MPI call") {
+  C comm;
+  // The test binaries initialise MPI with MPI_THREAD_MULTIPLE, so the thread must exist
+  // unless the environment turned it off.
+  const char* env = std::getenv("ZEROBLOCKS_MPI_PROGRESS");
+  const bool off = env && (std::string(env) == "off" || std::string(env) == "0");
+  REQUIRE(comm.async_progress() == !off);
+  if (off || comm.size() == 1) return;
+  // 8 MiB per rank: far past the eager limit, so the transfer needs progress on both
+  // sides (rendezvous) and cannot finish inside MPI_Iallgather itself.
+  const std::size_t n = std::size_t{1} << 21;
+  auto value = [](int r, std::size_t i) { return static_cast<float>((i * 7 + static_cast<std::size_t>(r) + 1) % 16777213); };
+  std::vector<float> send(n), recv(n * comm.size(), -1.0f);
+  for (std::size_t i = 0; i < n; ++i) send[i] = value(comm.rank(), i);
+  auto req = comm.iall_gather(send.data(), recv.data(), n);
+  // Watch the last element of every peer's block, without entering MPI. Data written by
+  // the progress thread shows up here; without it, nothing would (until wait()).
+  auto landed = [&] {
+    for (int r = 0; r < comm.size(); ++r)
+      if (std::atomic_ref<float>(recv[(r + 1) * n - 1]).load(std::memory_order_acquire) != value(r, n - 1))
+        return false;
+    return true;
+  };
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  bool ok = false;
+  while (!(ok = landed()) && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  CHECK_MESSAGE(ok, "the all-gather made no progress while this rank stayed out of MPI for 60 s");
+  req.wait();
+  for (int r = 0; r < comm.size(); ++r)
+    for (std::size_t i = 0; i < n; i += 4099) REQUIRE(recv[r * n + i] == value(r, i));
 }

@@ -27,7 +27,7 @@ inline int zb_world_size() {
 
 int main(int argc, char** argv) {
   int provided = 0;
-  MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+  MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
   doctest::Context ctx(argc, argv);
   if (zb_world_rank() != 0) ctx.setOption("minimal", true);
   int rc = ctx.run();

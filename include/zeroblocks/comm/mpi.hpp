@@ -18,12 +18,15 @@
  *
  * The caller owns MPI initialisation (`MPI_Init_thread`, `MPI_Finalize`); `comm::mpi`
  * duplicates the communicator it is given and frees its duplicates on destruction.
- * Progress of non-blocking collectives happens inside MPI calls (`request::test()`,
- * `wait()`, and the bucketer's polling); a progress thread is the coordinator's concern.
+ * Progress: while any non-blocking collective is in flight, a per-process thread keeps
+ * MPI's progress engine turning (`detail_mpi_progress.hpp`), so gathers and reductions
+ * advance while the trainer computes. That needs `MPI_THREAD_MULTIPLE`; without it they
+ * advance only inside `request::test()` / `wait()` and the engine's calls.
  */
 #pragma once
 
 #include "comm.hpp"
+#include "detail_mpi_progress.hpp"
 #include "detail_reduce.hpp"
 
 // We use MPI's C API only; keep the deprecated C++ bindings (and their warnings) out.
@@ -67,6 +70,7 @@ public:
       std::swap(comm_, o.comm_);
       std::swap(req_, o.req_);
       std::swap(next_, o.next_);
+      std::swap(ticket_, o.ticket_);
       return *this;
     }
     /// @brief Block until complete; throws if a peer aborted meanwhile.
@@ -91,17 +95,22 @@ public:
     /// two-stage collective, the start of the second transfer, whose request it returns
     /// (MPI_REQUEST_NULL when the operation is complete).
     request(mpi* c, MPI_Request r, std::function<MPI_Request()> next)
-        : comm_(c), req_(r), next_(std::move(next)) {}
+        : comm_(c), req_(r), next_(std::move(next)), ticket_(c->progress_) {}
     void advance() {
       auto f = std::move(next_);
       next_ = nullptr;
       const MPI_Request more = f ? f() : MPI_REQUEST_NULL;
-      if (more == MPI_REQUEST_NULL) comm_ = nullptr;
-      else req_ = more;
+      if (more == MPI_REQUEST_NULL) {
+        comm_ = nullptr;
+        ticket_.reset();
+      } else {
+        req_ = more;
+      }
     }
     mpi* comm_ = nullptr;
     MPI_Request req_ = MPI_REQUEST_NULL;
     std::function<MPI_Request()> next_;
+    detail::progress_ticket ticket_;  // keeps the progress thread polling while pending
   };
 
   /// @brief Duplicate `parent` for payload and for the abort channel.
@@ -125,6 +134,7 @@ public:
     last_generation = agreed;
     abort_tag_ = 1 + agreed % 30000;
     post_abort_receive();
+    progress_ = detail::mpi_progress::shared();
   }
   mpi(const mpi&) = delete;
   mpi& operator=(const mpi&) = delete;
@@ -134,6 +144,7 @@ public:
     return *this;
   }
   ~mpi() {
+    progress_.reset();  // the last holder joins the thread, before MPI_Finalize
     if (failed_ && !graveyard_.empty()) new std::vector<std::shared_ptr<void>>(std::move(graveyard_));  // leak, see wait_request
     if (sent_abort_) (void)abort_out_.release();  // freed sends may still be reading it
     int fin = 0;
@@ -168,6 +179,9 @@ public:
   int size() const { return size_; }
   MPI_Comm handle() const { return comm_; }
   const comm_counters& counters() const { return counters_; }
+  /// @brief True when a progress thread advances this communicator's non-blocking
+  /// collectives between calls (MPI_THREAD_MULTIPLE, see detail_mpi_progress.hpp).
+  bool async_progress() const { return progress_ != nullptr; }
   /// @brief True once a peer aborted (or this rank did); collectives then throw.
   bool failed() const { return failed_; }
   /// @brief True when the failure came from another rank (it told everyone already).
@@ -451,6 +465,7 @@ private:
     std::swap(abort_in_, o.abort_in_);  // heap buffers: a posted receive survives the move
     std::swap(abort_out_, o.abort_out_);
     std::swap(graveyard_, o.graveyard_);
+    std::swap(progress_, o.progress_);
   }
 
   MPI_Comm comm_ = MPI_COMM_NULL;
@@ -464,6 +479,7 @@ private:
   bool sent_abort_ = false;
   std::string abort_reason_;
   std::vector<std::shared_ptr<void>> graveyard_;
+  std::shared_ptr<detail::mpi_progress> progress_;
   std::unique_ptr<char[]> abort_in_ = std::make_unique<char[]>(message_capacity);
   std::unique_ptr<char[]> abort_out_ = std::make_unique<char[]>(message_capacity);
 };
