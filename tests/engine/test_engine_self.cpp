@@ -47,8 +47,9 @@ void check_same_run(const zbt::run_output& ref, const zbt::run_output& got, int 
 }
 
 template <class T>
-void check_memory_and_traffic(const zbt::run_output& r, int stage, int gas) {
-  INFO("stage " << stage << " " << zb::dtype_name<T>());
+void check_memory_and_traffic(const zbt::run_output& r, int stage, int gas,
+                              zbt::stage3_variant v = zbt::stage3_variant::on_demand) {
+  INFO("stage " << stage << " (variant " << static_cast<int>(v) << ") " << zb::dtype_name<T>());
   CHECK(r.formula == zb::zero_formula_bytes(stage, r.psi, 1, sizeof(T)));
   CHECK(r.memory.model_state() == r.formula);
   for (std::size_t c = 0; c < zb::mem_category_count; ++c) {
@@ -57,11 +58,7 @@ void check_memory_and_traffic(const zbt::run_output& r, int stage, int gas) {
   }
   // One rank: 16Ψ of model state whatever the stage.
   CHECK(r.memory.model_state() == (2 * sizeof(T) + 12) * r.psi);
-  const std::uint64_t psi = r.psi;
-  std::uint64_t expected = 2 * psi;                // all-reduce 2Ψ, or reduce-scatter Ψ + gather Ψ
-  if (stage == 2) expected = (gas + 1) * psi;      // a reduce-scatter per micro-step
-  if (stage == 3) expected = 3 * gas * psi;        // + a gather in forward and in backward
-  CHECK(r.first_step_traffic.payload() == expected);
+  CHECK(r.first_step_traffic.payload() == zbt::expected_payload(stage, r.psi, gas, v));
 }
 
 template <class T>
@@ -69,14 +66,20 @@ void all_stages_equal(const zbt::run_options& o) {
   auto r0 = zbt::run<zb::stage0<S, T>>(S{}, o);
   auto r1 = zbt::run<zb::stage1<S, T>>(S{}, o);
   auto r2 = zbt::run<zb::stage2<S, T>>(S{}, o);
-  auto r3 = zbt::run<zb::stage3<S, T>>(S{}, o);
+  auto r3 = zbt::run<zb::stage3_on_demand<S, T>>(S{}, o);
+  auto r3p = zbt::run<zb::stage3<S, T>>(S{}, o, zbt::prefetch_only_config());
+  auto r3d = zbt::run<zb::stage3<S, T>>(S{}, o);
   check_same_run<T>(r0, r1, 1);
   check_same_run<T>(r0, r2, 2);
   check_same_run<T>(r0, r3, 3);
+  check_same_run<T>(r0, r3p, 3);
+  check_same_run<T>(r0, r3d, 3);
   check_memory_and_traffic<T>(r0, 0, o.gas);
   check_memory_and_traffic<T>(r1, 1, o.gas);
   check_memory_and_traffic<T>(r2, 2, o.gas);
   check_memory_and_traffic<T>(r3, 3, o.gas);
+  check_memory_and_traffic<T>(r3p, 3, o.gas, zbt::stage3_variant::prefetch_only);
+  check_memory_and_traffic<T>(r3d, 3, o.gas, zbt::stage3_variant::defaults);
   // Not vacuous: training moved the master, the overflow was skipped, clipping acted.
   auto untouched = o;
   untouched.steps = 0;
@@ -567,7 +570,7 @@ TEST_CASE("an engine's memory report: model state equals the formula, buckets an
   manual m;
   zb::engine_config cfg;
   cfg.bucket_numel = 100;
-  zb::stage3<S, zb::bfloat16> eng(m.model.reg, S{}, cfg);
+  zb::stage3_on_demand<S, zb::bfloat16> eng(m.model.reg, S{}, cfg);
   m.init(eng);
   const auto& lay = eng.model_layout();
   CHECK(eng.memory().model_state() == eng.formula_bytes());

@@ -37,8 +37,10 @@ void check_stage_matches(const zbt::run_output& ref, const zbt::run_output& got,
 }
 
 template <class T>
-void check_memory_and_traffic(const zbt::run_output& r, int stage, int gas) {
-  INFO("stage " << stage << " " << zb::dtype_name<T>() << " on " << zb_world_size() << " ranks");
+void check_memory_and_traffic(const zbt::run_output& r, int stage, int gas,
+                              zbt::stage3_variant v = zbt::stage3_variant::on_demand) {
+  INFO("stage " << stage << " (variant " << static_cast<int>(v) << ") " << zb::dtype_name<T>() << " on "
+                << zb_world_size() << " ranks");
   // Model state equals the paper's formula for the padded Ψ, and every category the
   // policies' declaration.
   CHECK(r.memory.model_state() == r.formula);
@@ -48,13 +50,14 @@ void check_memory_and_traffic(const zbt::run_output& r, int stage, int gas) {
     CHECK(r.memory.current[c] == r.estimate.current[c]);
   }
   CHECK(r.memory[zb::mem_category::gathered] == 0);
-  if (stage == 3) CHECK(r.memory.peak_of(zb::mem_category::gathered) == r.max_unit * sizeof(T));
+  if (stage == 3 && v == zbt::stage3_variant::on_demand)
+    CHECK(r.memory.peak_of(zb::mem_category::gathered) == r.max_unit * sizeof(T));
+  if (v == zbt::stage3_variant::defaults) {
+    REQUIRE(r.max_unit < zb::prefetch_config{}.persistence_threshold_numel);  // every unit persists
+    CHECK(r.memory[zb::mem_category::persistent] == r.psi * sizeof(T));
+  }
   // Elements communicated in the first step (which has no overflow).
-  const std::uint64_t psi = r.psi;
-  std::uint64_t expected = 2 * psi;
-  if (stage == 2) expected = (gas + 1) * psi;
-  if (stage == 3) expected = 3 * gas * psi;
-  CHECK(r.first_step_traffic.payload() == expected);
+  CHECK(r.first_step_traffic.payload() == zbt::expected_payload(stage, r.psi, gas, v));
 }
 
 template <class T>
@@ -63,16 +66,25 @@ void all_stages(const run_options& o, bool exact_stage23 = true) {
   auto r0 = zbt::run<zb::stage0<C, T>>(C(MPI_COMM_WORLD), o);
   auto r1 = zbt::run<zb::stage1<C, T>>(C(MPI_COMM_WORLD), o);
   auto r2 = zbt::run<zb::stage2<C, T>>(C(MPI_COMM_WORLD), o);
-  auto r3 = zbt::run<zb::stage3<C, T>>(C(MPI_COMM_WORLD), o);
+  auto r3 = zbt::run<zb::stage3_on_demand<C, T>>(C(MPI_COMM_WORLD), o);
+  auto r3p = zbt::run<zb::stage3<C, T>>(C(MPI_COMM_WORLD), o, zbt::prefetch_only_config());
+  auto r3d = zbt::run<zb::stage3<C, T>>(C(MPI_COMM_WORLD), o);
   check_memory_and_traffic<T>(r0, 0, o.gas);
   check_memory_and_traffic<T>(r1, 1, o.gas);
   check_memory_and_traffic<T>(r2, 2, o.gas);
   check_memory_and_traffic<T>(r3, 3, o.gas);
+  check_memory_and_traffic<T>(r3p, 3, o.gas, zbt::stage3_variant::prefetch_only);
+  check_memory_and_traffic<T>(r3d, 3, o.gas, zbt::stage3_variant::defaults);
   check_stage_matches<T>(r0, r1, 1);
   if (exact_stage23) {
     check_stage_matches<T>(r0, r2, 2);
     check_stage_matches<T>(r0, r3, 3);
+    check_stage_matches<T>(r0, r3p, 3);
+    check_stage_matches<T>(r0, r3d, 3);
   }
+  // Whatever the coordinator, stage 3 computes the same thing.
+  CHECK(zbt::first_difference(r3.master, r3p.master) == -1);
+  CHECK(zbt::first_difference(r3.master, r3d.master) == -1);
   // The run really trained, the overflow step was skipped and clipping was active.
   CHECK(zbt::first_difference(r0.master, zbt::run<zb::stage0<C, T>>(C(MPI_COMM_WORLD), [&] {
                                 auto q = o;

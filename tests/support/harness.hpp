@@ -130,6 +130,28 @@ run_output run(typename Engine::comm_type comm, const run_options& o, zb::engine
   return out;
 }
 
+/// How a stage-3 run was configured (the expected traffic and memory depend on it).
+enum class stage3_variant {
+  on_demand,      ///< coordinate::on_demand
+  prefetch_only,  ///< prefetch_trace, persistence and reuse off: on demand's gathers, issued ahead
+  defaults,       ///< prefetch_trace with DeepSpeed's defaults: the test models' small units persist
+};
+/// prefetch_trace with persistence and reuse turned off.
+inline zb::engine_config prefetch_only_config() {
+  zb::engine_config c;
+  c.prefetch.persistence_threshold_numel = 0;
+  c.prefetch.max_reuse_distance_numel = 0;
+  return c;
+}
+/// Payload elements of a step with `gas` micro-steps (one forward and one backward
+/// acquire per unit per micro-step): stages 0/1 2Ψ, stage 2 (gas+1)Ψ, stage 3 3·gas·Ψ
+/// — or gas·Ψ + Ψ when every unit persists (one gather per step, at its first acquire).
+inline std::uint64_t expected_payload(int stage, std::uint64_t psi, int gas, stage3_variant v) {
+  if (stage == 2) return (gas + 1) * psi;
+  if (stage == 3) return v == stage3_variant::defaults ? (gas + 1) * psi : 3 * gas * psi;
+  return 2 * psi;
+}
+
 /// Bitwise equality of two float arrays (NaN-safe); returns the first differing index or -1.
 inline long first_difference(const std::vector<float>& a, const std::vector<float>& b) {
   if (a.size() != b.size()) return 0;

@@ -7,19 +7,39 @@
  *    (stages 0–2). After a sharded step each rank's updated slices are all-gathered.
  *  - `coordinate::on_demand` (`on_demand.hpp`): each rank keeps only its 16-bit shard
  *    (stage 3); acquiring a unit all-gathers it into a buffer that releasing frees.
+ *  - `coordinate::prefetch_trace` (`prefetch_trace.hpp`): stage 3 that records the order
+ *    of acquires in the first step, then gathers ahead of use along that trace, keeps
+ *    units that are reused soon and small units for good (the `stage3` preset).
  *
  * A coordinator's `impl<Ctx>` provides: `acquire(u) -> const T*` (the unit's full
  * parameters, laid out as in the flat layout), `release(u)`, `owned_slice(u, r) -> T*`
- * (where the step writes rank r's updated slice), `publish()` (make updated slices
- * visible after a step), and `static declare(lay, cfg, world, report&)` (the bytes it
- * holds at rest, for the estimator). The engine counts acquisitions, so a policy never
- * sees a release without an acquire.
+ * (where the step writes rank r's updated slice), `publish(sharded)` (make updated
+ * slices visible after an applied step), and `static declare(lay, cfg, world, report&,
+ * elem_bytes)` (the bytes it holds at rest, for the estimator). The engine counts
+ * acquisitions, so a policy sees one `acquire` per first hold and one `release` per last.
+ *
+ * Optional members (the engine checks for them):
+ *  - `bool checks_acquire(u) const`: true when acquiring `u` now will start a gather
+ *    the other ranks must match without a verified trace to go by; the engine then
+ *    compares every rank's position and unit first (one small all-gather on its control
+ *    communicator), so ranks that acquire differently fail with the position and both
+ *    unit names instead of pairing wrong gathers (or hanging).
+ *  - `trace_agreed(events)`: at `step()`, after every rank was shown to have the same
+ *    sequence of acquire/release events since the previous step (`events`: unit index,
+ *    `release_bit` set for a release). Nothing may be in flight when it returns: the
+ *    step rewrites the shards the gathers read.
+ *  - `step_begins()`: the step's first `begin_micro_step` (a coordinator may start
+ *    gathering).
+ *  - `params_changed()`: the trainer wrote parameters (`set_param`): drop gathered copies.
+ *  - `stats() -> coordinator_stats`: counters for reports.
  */
 #pragma once
 
 #include "../core/config.hpp"
 
 #include <concepts>
+#include <cstddef>
+#include <cstdint>
 
 ZB_NAMESPACE_BEGIN
 
@@ -29,5 +49,31 @@ struct coordinator_tag {};
 template <class C>
 concept coordinator_policy = std::same_as<typename C::coordinator_concept, coordinator_tag> &&
                              requires { { C::shards_params } -> std::convertible_to<bool>; };
+
+/// @brief In a trace event, marks a release (the rest is the unit index).
+inline constexpr std::uint32_t release_bit = 0x80000000u;
+
+/// @brief What a stage-3 coordinator did, since construction (zero for `resident`).
+struct coordinator_stats {
+  std::uint64_t acquires = 0;          ///< first holds served (nested holds are not counted)
+  std::uint64_t gathers = 0;           ///< all-gathers issued, on demand or ahead
+  std::uint64_t gathered_numel = 0;    ///< elements those gathers produced (padded units)
+  std::uint64_t prefetches = 0;        ///< gathers issued ahead of their acquire
+  std::uint64_t prefetch_hits = 0;     ///< acquires whose gather had been issued ahead
+  std::uint64_t reuse_hits = 0;        ///< acquires of a unit kept gathered after its release
+  std::uint64_t persistent_hits = 0;   ///< acquires of a persistent unit already gathered
+  std::uint64_t misses = 0;            ///< acquires that had to start their own gather
+  std::uint64_t invalidations = 0;     ///< steps that left the trace (then served on demand)
+  std::uint64_t wasted_prefetches = 0; ///< prefetched gathers dropped unused by an invalidation
+  std::uint64_t over_limit = 0;        ///< acquires that pushed live elements past max_live_numel
+  std::size_t live_numel = 0;          ///< gathered elements alive now (persistent excepted)
+  std::size_t peak_live_numel = 0;     ///< highest live_numel seen
+  std::size_t ahead_gathers = 0;       ///< gathers issued ahead, not acquired yet (now)
+  std::size_t ahead_numel = 0;         ///< ... and their elements
+  std::size_t persistent_units = 0;    ///< units below the persistence threshold
+  std::size_t trace_events = 0;        ///< length of the current trace (0: none yet)
+  bool trace_complete = false;         ///< a verified trace is being followed
+  double wait_seconds = 0.0;           ///< time acquires spent waiting for gathers
+};
 
 ZB_NAMESPACE_END

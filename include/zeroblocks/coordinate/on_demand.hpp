@@ -2,7 +2,9 @@
  * @file on_demand.hpp
  * @brief `coordinate::on_demand`: stage 3 without prefetch. Each rank holds its 16-bit
  * shard; acquiring a unit all-gathers it into a freshly allocated buffer (counted as
- * `gathered`), releasing the last hold frees it. Every acquire waits for its gather.
+ * `gathered`), releasing the last hold frees it. Every acquire waits for its gather,
+ * after the engine checked that every rank acquires the same unit at the same position
+ * (`checks_acquire`). The baseline that `prefetch_trace` improves on.
  */
 #pragma once
 
@@ -10,6 +12,8 @@
 #include "../space/host_space.hpp"
 #include "coordinate.hpp"
 
+#include <algorithm>
+#include <chrono>
 #include <vector>
 
 ZB_NAMESPACE_BEGIN
@@ -37,14 +41,28 @@ struct on_demand {
       r.current[static_cast<std::size_t>(mem_category::params16)] += lay.shard_numel() * elem_bytes;
     }
 
+    bool checks_acquire(std::size_t) const { return true; }
+
     const T* acquire(std::size_t u) {
       const auto& up = ctx_.lay.unit(u);
       auto& g = gathered_[u];
       g = buffer<T, typename Ctx::space>(up.padded_numel, mem_category::gathered, &ctx_.tracker);
+      stats_.live_numel += up.padded_numel;
+      stats_.peak_live_numel = std::max(stats_.peak_live_numel, stats_.live_numel);
+      ++stats_.acquires;
+      ++stats_.misses;
+      ++stats_.gathers;
+      stats_.gathered_numel += up.padded_numel;
+      const auto t0 = std::chrono::steady_clock::now();
       ctx_.gather_comm.all_gather(shard_.data() + up.shard_offset, g.data(), up.slice_numel);
+      stats_.wait_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       return g.data();
     }
-    void release(std::size_t u) { gathered_[u].reset(); }
+    void release(std::size_t u) {
+      stats_.live_numel -= ctx_.lay.unit(u).padded_numel;
+      gathered_[u].reset();
+    }
+    coordinator_stats stats() const { return stats_; }
     T* owned_slice(std::size_t u, int) { return shard_.data() + ctx_.lay.unit(u).shard_offset; }
     void publish(bool) {}
 
@@ -52,6 +70,7 @@ struct on_demand {
     Ctx& ctx_;
     buffer<T, typename Ctx::space> shard_;
     std::vector<buffer<T, typename Ctx::space>> gathered_;
+    coordinator_stats stats_;
   };
 };
 

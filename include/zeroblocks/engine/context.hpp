@@ -23,6 +23,29 @@
 
 ZB_NAMESPACE_BEGIN
 
+/// @brief Knobs of the stage-3 coordinator `coordinate::prefetch_trace` (the others
+/// ignore them). Defaults are DeepSpeed's, whose names are in brackets; all are element
+/// counts of the 16-bit parameters (padded units), so the same numbers mean the same
+/// memory in bytes × 2.
+struct prefetch_config {
+  /// Gathered ahead of use, not yet acquired, at most this many elements. Larger hides
+  /// more latency, costs memory. 0 = no prefetch. [stage3_prefetch_bucket_size]
+  std::size_t prefetch_numel = 50'000'000;
+  /// Gathered parameters alive at once (held, kept for reuse, prefetched, in flight),
+  /// persistent units excepted. Bounds stage 3's transient memory. [stage3_max_live_parameters]
+  std::size_t max_live_numel = 1'000'000'000;
+  /// A released unit whose next use comes before this many elements of other units have
+  /// been acquired stays gathered (one gather instead of two). 0 = never keep.
+  /// [stage3_max_reuse_distance]
+  std::size_t max_reuse_distance_numel = 1'000'000'000;
+  /// Units with fewer elements stay gathered for good: one gather per step instead of
+  /// two, memory reported as `persistent`. 0 = none. [stage3_param_persistence_threshold]
+  std::size_t persistence_threshold_numel = 100'000;
+  /// Prefetched gathers issued and not yet acquired, at most. Bounds outstanding MPI
+  /// requests. (DeepSpeed has no such knob.)
+  int max_inflight = 8;
+};
+
 /// @brief Every runtime knob, with defaults. Validated once, collectively, at engine
 /// construction. DeepSpeed's name for each knob is given in brackets.
 struct engine_config {
@@ -33,6 +56,7 @@ struct engine_config {
   int bucket_count = 2;            ///< bucket buffers in flight (2 = double buffering) [overlap_comm]
   std::size_t align_numel = 32;    ///< parameter alignment in elements (64 B of 16-bit)
   int threads = 0;                 ///< host kernel threads per rank, 0 = all OpenMP gives
+  prefetch_config prefetch{};      ///< stage-3 coordinator (coordinate::prefetch_trace)
 };
 
 /// @brief The engine's state as its policies see it.

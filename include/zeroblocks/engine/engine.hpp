@@ -7,7 +7,8 @@
  * ```
  * T is the parameter/gradient type (half, bfloat16 or float). The stage follows from
  * the policies: `bucket::all_reduce` → stage 0; `reduce_at_boundary` → 1;
- * `reduce_scatter` with `coordinate::resident` → 2; with `coordinate::on_demand` → 3.
+ * `reduce_scatter` with `coordinate::resident` → 2; with `coordinate::on_demand` or
+ * `coordinate::prefetch_trace` → 3.
  * `presets.hpp` names the usual combinations.
  *
  * A training step, from the trainer's side:
@@ -47,6 +48,7 @@
 #include "../comm/comm.hpp"
 #include "../coordinate/coordinate.hpp"
 #include "../coordinate/on_demand.hpp"
+#include "../coordinate/prefetch_trace.hpp"
 #include "../coordinate/resident.hpp"
 #include "../core/numeric.hpp"
 #include "../kernel/host.hpp"
@@ -133,6 +135,7 @@ public:
   using space = Space;
   using comm_type = Comm;
   using context = engine_context<T, Space, Comm>;
+  using coordinator_impl = typename Coordinator::template impl<context>;
 
   /// @brief Optimizer state is sharded (stages 1–3) or replicated (stage 0).
   static constexpr bool sharded_master = Bucketer::shards_master;
@@ -204,6 +207,8 @@ public:
       ZB_LOCAL_FAIL(ctx_, "set_param: parameter ", describe(p), " has ", pp.numel, " elements, got ",
                     values.size());
     const auto& up = layout_.unit(pp.unit);
+    // Stage 3: gathers in flight read the shard; copies made from it become stale.
+    if constexpr (requires(coordinator_impl& c) { c.params_changed(); }) coord_->params_changed();
     for (int r = 0; r < comm_.size(); ++r) {
       // The part of the parameter that falls in slice r of its unit.
       const std::size_t s0 = r * up.slice_numel, s1 = s0 + up.slice_numel;
@@ -290,8 +295,12 @@ public:
     return guarded([&] {
       check_unit(u, "acquire");
       if (holds_[u.index] == 0) {
+        // Without a verified order to go by, check this acquire against every rank's
+        // before its gather exists (see coordinate.hpp).
+        if constexpr (requires(const coordinator_impl& c) { c.checks_acquire(std::size_t{}); })
+          if (coord_->checks_acquire(u.index)) agree_on_state(call_site::acquire, u.index);
         bases_[u.index] = coord_->acquire(u.index);  // before counting: exception-safe
-        if constexpr (Coordinator::shards_params) gather_hash_ = (gather_hash_ ^ (u.index + 1)) * 1099511628211ull;
+        if constexpr (Coordinator::shards_params) log_event(static_cast<std::uint32_t>(u.index));
       }
       ++holds_[u.index];
       ++stats_.acquires;
@@ -308,6 +317,7 @@ public:
       if (--holds_[u.index] == 0) {
         coord_->release(u.index);
         bases_[u.index] = nullptr;
+        if constexpr (Coordinator::shards_params) log_event(static_cast<std::uint32_t>(u.index) | release_bit);
       }
     });
   }
@@ -331,6 +341,8 @@ public:
       // for a bucket buffer, and stage 0/1 need only the check in step().)
       if constexpr (Bucketer::shards_grads) agree_on_state(call_site::begin_micro_step);
       in_micro_ = true;
+      if constexpr (requires(coordinator_impl& c) { c.step_begins(); })
+        if (micro_steps_ == 0) coord_->step_begins();
       std::fill(reported_.begin(), reported_.end(), 0);
       bucketer_->begin_micro_step();
     });
@@ -374,6 +386,9 @@ private:
     if (in_micro_) ZB_LOCAL_FAIL(ctx_, "step: a micro-step is still open (call end_micro_step first)");
     if (micro_steps_ == 0) ZB_LOCAL_FAIL(ctx_, "step: no micro-step since the last step");
     agree_on_state(call_site::step);
+    // Stage 3: the acquire/release order is now known to be the same everywhere.
+    if constexpr (requires(coordinator_impl& c, std::span<const std::uint32_t> e) { c.trace_agreed(e); })
+      coord_->trace_agreed(events_);
     bucketer_->reduce_for_step();
 
     // Pass 1: sum of squares + non-finite, per rank-slice group, summed in rank order
@@ -458,6 +473,14 @@ public:
     std::uint64_t skipped = 0;
   };
   const usage_stats& stats() const { return stats_; }
+  /// @brief The coordinator's counters (gathers, prefetch hits, invalidations, live
+  /// elements, ...); zero for coordinators that keep none (stages 0–2).
+  zeroblocks::coordinator_stats coordination_stats() const {
+    if constexpr (requires(const coordinator_impl& c) { c.stats(); }) return coord_->stats();
+    else return {};
+  }
+  /// @brief The coordinator policy's state, for inspection.
+  const coordinator_impl& coordinator() const { return *coord_; }
 
   /// @brief What this configuration holds at rest, per category, from the policies'
   /// declarations (compare with `memory()` and with `zero_formula_bytes`).
@@ -555,43 +578,98 @@ private:
     control_comm_.abort_peers(message);
   }
 
-  enum class call_site { begin_micro_step = 1, step = 2 };
+  enum class call_site { begin_micro_step = 1, step = 2, acquire = 3 };
+
+  static std::string call_text(double call, double unit, const layout& lay) {
+    if (call == 1.0) return "begin_micro_step()";
+    if (call == 2.0) return "step()";
+    return detail::concat("acquire('", lay.unit_name(static_cast<std::size_t>(unit)), "')");
+  }
+  std::string event_text(std::uint32_t e) const {
+    return detail::concat(e & release_bit ? "release '" : "acquire '", layout_.unit_name(e & ~release_bit), "'");
+  }
 
   /// Every rank must be at the same call, step and micro-step, with the same stage-3
-  /// gather order, learning rate and loss scale, and hold no unit at step(). One small
-  /// all-gather on the control communicator; a difference throws the same message on
-  /// every rank.
-  void agree_on_state(call_site where) {
+  /// acquire/release order, learning rate and loss scale, acquiring the same unit (at
+  /// `acquire`), and hold no unit at step(). One small all-gather on the control
+  /// communicator; a difference throws the same message on every rank. A different
+  /// order is named by its first differing event (the whole orders are exchanged then).
+  void agree_on_state(call_site where, std::size_t unit = 0) {
     std::size_t held = 0;
     for (int h : holds_) held += h > 0;
-    const char* names[] = {"call", "step", "completed micro-steps", "stage-3 gather order (hash hi)",
-                           "stage-3 gather order (hash lo)", "learning rate", "loss scale"};
-    const std::vector<double> mine = {static_cast<double>(where),
-                                      static_cast<double>(steps_),
-                                      static_cast<double>(micro_steps_),
-                                      static_cast<double>(gather_hash_ >> 32),
-                                      static_cast<double>(gather_hash_ & 0xffffffffu),
-                                      static_cast<double>(cfg_.optim.lr),
-                                      static_cast<double>(scaler_.scale()),
-                                      static_cast<double>(held)};
-    const std::size_t k = mine.size();
+    enum field { f_call, f_step, f_micro, f_events, f_hash_hi, f_hash_lo, f_lr, f_scale, f_unit, f_held, k };
+    const char* names[] = {"call", "step", "completed micro-steps", "", "", "", "learning rate", "loss scale"};
+    std::vector<double> mine(k);
+    mine[f_call] = static_cast<double>(where);
+    mine[f_step] = static_cast<double>(steps_);
+    mine[f_micro] = static_cast<double>(micro_steps_);
+    mine[f_events] = static_cast<double>(events_.size());
+    mine[f_hash_hi] = static_cast<double>(events_hash_ >> 32);
+    mine[f_hash_lo] = static_cast<double>(events_hash_ & 0xffffffffu);
+    mine[f_lr] = static_cast<double>(cfg_.optim.lr);
+    mine[f_scale] = static_cast<double>(scaler_.scale());
+    mine[f_unit] = static_cast<double>(unit);
+    mine[f_held] = static_cast<double>(held);
     auto all = control_comm_.all_gather_values(mine);
-    auto call_name = [](double c) { return c == 1.0 ? "begin_micro_step()" : "step()"; };
+    auto at = [&](int r, int f) { return all[static_cast<std::size_t>(r) * k + f]; };
     for (int r = 1; r < comm_.size(); ++r)
-      for (std::size_t i = 0; i + 1 < k; ++i)
-        if (all[r * k + i] != all[i]) {
-          if (i == 0)
-            ZB_FAIL("ranks out of step: rank 0 is in ", call_name(all[0]), " after ", all[2],
-                    " micro-step(s) but rank ", r, " is in ", call_name(all[r * k]), " after ", all[r * k + 2],
-                    " (every rank must run the same micro-steps per step)");
-          ZB_FAIL("ranks disagree on the ", names[i], ": ", all[i], " on rank 0, ", all[r * k + i], " on rank ", r,
-                  i == 3 || i == 4 ? " (stage 3: every rank must acquire units in the same order)" : "");
-        }
+      for (int i = f_call; i <= f_scale; ++i) {
+        if (at(r, i) == at(0, i)) continue;
+        if (i == f_call)
+          ZB_FAIL("ranks out of step: rank 0 is in ", call_text(at(0, f_call), at(0, f_unit), layout_), " after ",
+                  at(0, f_micro), " micro-step(s) and ", at(0, f_events), " stage-3 acquire/release(s) but rank ", r,
+                  " is in ", call_text(at(r, f_call), at(r, f_unit), layout_), " after ", at(r, f_micro), " and ",
+                  at(r, f_events), " (every rank must run the same micro-steps and acquire the same units)");
+        if (i >= f_events && i <= f_hash_lo) fail_on_order();
+        ZB_FAIL("ranks disagree on the ", names[i], ": ", at(0, i), " on rank 0, ", at(r, i), " on rank ", r);
+      }
+    if (where == call_site::acquire)
+      for (int r = 1; r < comm_.size(); ++r)
+        if (at(r, f_unit) != at(0, f_unit))
+          ZB_FAIL("stage 3: ranks acquire different units at event #", events_.size() + 1, " of step ", steps_ + 1,
+                  ": '", layout_.unit_name(static_cast<std::size_t>(at(0, f_unit))), "' on rank 0 but '",
+                  layout_.unit_name(static_cast<std::size_t>(at(r, f_unit))), "' on rank ", r,
+                  " (every rank must acquire units in the same order)");
     if (where == call_site::step)
       for (int r = 0; r < comm_.size(); ++r)
-        if (all[r * k + k - 1] > 0)
-          ZB_FAIL("step: rank ", r, " still holds ", all[r * k + k - 1],
+        if (at(r, f_held) > 0)
+          ZB_FAIL("step: rank ", r, " still holds ", at(r, f_held),
                   " acquired unit(s); release every unit before step() (stage 3 would keep stale parameters)");
+  }
+
+  /// The stage-3 orders differ (hash or length): exchange them and name the first
+  /// difference. Collective; every rank throws the same message.
+  [[noreturn]] void fail_on_order() {
+    std::string mine;
+    for (auto e : events_) {
+      mine += std::to_string(e);
+      mine += ',';
+    }
+    auto lists = control_comm_.all_gather_strings(mine);
+    auto parse = [](const std::string& text) {
+      std::vector<std::uint32_t> v;
+      for (std::size_t a = 0, b; (b = text.find(',', a)) != std::string::npos; a = b + 1)
+        v.push_back(static_cast<std::uint32_t>(std::stoul(text.substr(a, b - a))));
+      return v;
+    };
+    const auto ref = parse(lists[0]);
+    for (int r = 1; r < comm_.size(); ++r) {
+      const auto other = parse(lists[r]);
+      for (std::size_t i = 0; i < std::max(ref.size(), other.size()); ++i) {
+        const bool a_ok = i < ref.size(), b_ok = i < other.size();
+        if (a_ok && b_ok && ref[i] == other[i]) continue;
+        ZB_FAIL("stage 3: ranks acquire and release units in different orders: event #", i + 1, " of step ",
+                steps_ + 1, " is ", a_ok ? event_text(ref[i]) : std::string("<none>"), " on rank 0 but ",
+                b_ok ? event_text(other[i]) : std::string("<none>"), " on rank ", r,
+                " (every rank must acquire and release units in the same order)");
+      }
+    }
+    ZB_FAIL("stage 3: ranks acquire and release units in different orders (hash mismatch)");
+  }
+
+  void log_event(std::uint32_t e) {
+    events_.push_back(e);
+    events_hash_ = (events_hash_ ^ (static_cast<std::uint64_t>(e) + 1)) * 1099511628211ull;
   }
 
   std::size_t owned_numel() const { return sharded_master ? layout_.shard_numel() : layout_.total_numel(); }
@@ -599,7 +677,8 @@ private:
   void finish_step() {
     bucketer_->zero();
     micro_steps_ = 0;
-    gather_hash_ = gather_hash_seed;
+    events_.clear();
+    events_hash_ = events_hash_seed;
   }
 
   void check_param(param_id p, const char* what) {
@@ -717,8 +796,9 @@ private:
   int micro_steps_ = 0;
   long steps_ = 0;
   usage_stats stats_;
-  static constexpr std::uint64_t gather_hash_seed = 1469598103934665603ull;
-  std::uint64_t gather_hash_ = gather_hash_seed;  // stage 3: order of gathers this step
+  static constexpr std::uint64_t events_hash_seed = 1469598103934665603ull;
+  std::vector<std::uint32_t> events_;             // stage 3: acquires/releases this step
+  std::uint64_t events_hash_ = events_hash_seed;  // ... and their hash
   int exceptions_at_birth_ = std::uncaught_exceptions();
 };
 

@@ -7,7 +7,8 @@
  * | stage0 | resident | all_reduce | resident, replicated | 16Ψ |
  * | stage1 | resident | reduce_at_boundary | resident, sharded | 4Ψ + 12Ψ/N |
  * | stage2 | resident | reduce_scatter | resident, sharded | 2Ψ + 14Ψ/N |
- * | stage3 | on_demand | reduce_scatter | resident, sharded | 16Ψ/N |
+ * | stage3 | prefetch_trace | reduce_scatter | resident, sharded | 16Ψ/N (+ persistent units) |
+ * | stage3_on_demand | on_demand | reduce_scatter | resident, sharded | 16Ψ/N |
  *
  * (Bytes for 16-bit T.) The loss scaler defaults to `scale::dynamic` for `half` and
  * `scale::none` otherwise; every preset takes the communicator first and the parameter
@@ -29,7 +30,12 @@ template <class Comm, class T = bfloat16, class Space = host_space>
 using stage2 = engine<T, Space, Comm, partition::even, coordinate::resident, bucket::reduce_scatter,
                       master::resident<Space>, default_scaler_t<T>, optim::adamw>;
 template <class Comm, class T = bfloat16, class Space = host_space>
-using stage3 = engine<T, Space, Comm, partition::even, coordinate::on_demand, bucket::reduce_scatter,
+using stage3 = engine<T, Space, Comm, partition::even, coordinate::prefetch_trace, bucket::reduce_scatter,
                       master::resident<Space>, default_scaler_t<T>, optim::adamw>;
+/// @brief Stage 3 that gathers every unit when acquired and waits for it (no trace, no
+/// prefetch, no persistence): the baseline `prefetch_trace` is measured against.
+template <class Comm, class T = bfloat16, class Space = host_space>
+using stage3_on_demand = engine<T, Space, Comm, partition::even, coordinate::on_demand, bucket::reduce_scatter,
+                                master::resident<Space>, default_scaler_t<T>, optim::adamw>;
 
 ZB_NAMESPACE_END

@@ -27,7 +27,8 @@ enum class mem_category : int {
   adam_m,         ///< Adam first moment
   adam_v,         ///< Adam second moment
   buckets,        ///< gradient bucket buffers (stage 2/3)
-  gathered,       ///< parameters all-gathered on demand (stage 3)
+  gathered,       ///< parameters all-gathered for use (stage 3), live until released
+  persistent,     ///< stage 3: small units kept gathered for good (persistence threshold)
   other,          ///< anything else (communication scratch, ...)
   count_
 };
@@ -37,7 +38,7 @@ inline constexpr std::size_t mem_category_count = static_cast<std::size_t>(mem_c
 /// @brief Short name of a category, for tables.
 constexpr std::string_view mem_category_name(mem_category c) {
   constexpr std::array<std::string_view, mem_category_count> names = {
-      "params16", "grads16", "master_fp32", "adam_m", "adam_v", "buckets", "gathered", "other"};
+      "params16", "grads16", "master_fp32", "adam_m", "adam_v", "buckets", "gathered", "persistent", "other"};
   return names[static_cast<std::size_t>(c)];
 }
 

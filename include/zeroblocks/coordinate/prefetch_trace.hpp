@@ -1,0 +1,411 @@
+/**
+ * @file prefetch_trace.hpp
+ * @brief `coordinate::prefetch_trace`: stage 3 whose all-gathers run ahead of use.
+ *
+ * Each rank keeps its 16-bit shard, as with `on_demand`. On top:
+ *
+ *  - **Trace.** The engine logs every first acquire and last release of a unit. At
+ *    `step()` it checks that the log is the same on every rank (a hash in its per-step
+ *    agreement; on mismatch the whole order, and the error names the first differing
+ *    event and both units on every rank) and hands it over: it becomes the trace.
+ *    Until a trace exists every acquire is served on demand, after a cross-rank check of
+ *    its position and unit (`checks_acquire`), so ranks that acquire differently fail
+ *    right there with both names instead of pairing wrong gathers.
+ *  - **Prefetch.** Following a trace, each acquire (and each release, which may free
+ *    budget) issues non-blocking all-gathers for the next units of the trace while three
+ *    bounds hold: elements gathered ahead and not yet acquired ≤ `prefetch_numel`;
+ *    live gathered elements ≤ `max_live_numel`; gathers ahead ≤ `max_inflight`. A
+ *    step's first gathers start at its first `begin_micro_step`.
+ *  - **Reuse.** A released unit whose next acquire in the trace comes before
+ *    `max_reuse_distance_numel` elements of other acquires stays gathered.
+ *  - **Persistence.** Units with fewer than `persistence_threshold_numel` elements keep
+ *    a gathered copy for good (category `persistent`, allocated at construction, not
+ *    counted as live); it is gathered once per step, at its first acquire after the
+ *    parameters changed.
+ *  - **Deviation.** An acquire that is not the trace's next unit (or a step that ends
+ *    before the trace does) invalidates the trace: in-flight gathers are waited out,
+ *    everything gathered but not held is freed, the rest of the step is served on demand
+ *    (checked per acquire), rank 0 prints one line, and the step's own order becomes
+ *    the new trace at `step()`.
+ *
+ * Every decision — what to gather, when, what to keep — depends only on the trace, the
+ * sequence of acquires and releases, and the knobs, never on timing. So all ranks issue
+ * the same gathers in the same order on the engine's gather communicator; the engine
+ * verifies the sequence at every step.
+ *
+ * Overlap: requests come from `Ctx::comm_type`'s non-blocking all-gather. `comm::mpi`
+ * advances them from its progress thread while the trainer computes; a CUDA
+ * communicator will return stream-ordered requests through the same calls.
+ *
+ * Differences from DeepSpeed's coordinator: bounded by elements *and* by a request
+ * count; a deviation is reported and counted (`coordinator_stats::invalidations`)
+ * rather than silently turning prefetch off; the trace is verified across ranks.
+ */
+#pragma once
+
+#include "../engine/context.hpp"
+#include "../space/host_space.hpp"
+#include "coordinate.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <limits>
+#include <span>
+#include <vector>
+
+ZB_NAMESPACE_BEGIN
+namespace coordinate {
+
+/// @brief Stage 3 with a recorded fetch order, prefetch, reuse and persistence.
+struct prefetch_trace {
+  using coordinator_concept = coordinator_tag;
+  static constexpr bool shards_params = true;
+  static constexpr const char* name = "prefetch_trace";
+
+  /// @brief Units below the persistence threshold (padded elements).
+  static bool persistent_unit(const layout& lay, const engine_config& cfg, std::size_t u) {
+    const std::size_t n = lay.unit(u).padded_numel;
+    return n > 0 && n < cfg.prefetch.persistence_threshold_numel;
+  }
+
+  template <class Ctx>
+  class impl {
+    using T = typename Ctx::param_type;
+    using Space = typename Ctx::space;
+    using request = typename Ctx::comm_type::request;
+    static constexpr std::size_t npos = std::numeric_limits<std::size_t>::max();
+
+    enum class state : unsigned char { empty, in_flight, ready };
+    enum class mode : unsigned char { recording, following, deviated };
+    struct slot {
+      buffer<T, Space> buf;  // the gathered copy (persistent units: allocated for good)
+      request req;
+      state st = state::empty;
+      bool persistent = false;
+      bool ahead = false;  // issued ahead of its acquire, not acquired yet
+      bool held = false;
+      bool kept = false;   // released, kept for a near reuse
+    };
+
+  public:
+    explicit impl(Ctx& ctx)
+        : ctx_(ctx),
+          knobs_(ctx.cfg.prefetch),
+          shard_(ctx.lay.shard_numel(), mem_category::params16, &ctx.tracker),
+          slots_(ctx.lay.unit_count()),
+          last_pos_(ctx.lay.unit_count(), npos) {
+      shard_.zero();
+      for (std::size_t u = 0; u < slots_.size(); ++u)
+        if (persistent_unit(ctx.lay, ctx.cfg, u)) {
+          slots_[u].persistent = true;
+          slots_[u].buf = buffer<T, Space>(ctx.lay.unit(u).padded_numel, mem_category::persistent, &ctx.tracker);
+          ++stats_.persistent_units;
+        }
+    }
+    impl(const impl&) = delete;
+    impl& operator=(const impl&) = delete;
+    ~impl() {
+      // Gathers still in flight write into our buffers: finish them, unless the
+      // communicator failed (then the engine has quarantined the memory).
+      if (ctx_.gather_comm.failed()) return;
+      try {
+        drain();
+      } catch (...) {
+        ctx_.tracker.quarantine();
+      }
+    }
+
+    static void declare(const layout& lay, const engine_config& cfg, int, memory_report& r,
+                        std::size_t elem_bytes) {
+      r.current[static_cast<std::size_t>(mem_category::params16)] += lay.shard_numel() * elem_bytes;
+      for (std::size_t u = 0; u < lay.unit_count(); ++u)
+        if (persistent_unit(lay, cfg, u))
+          r.current[static_cast<std::size_t>(mem_category::persistent)] += lay.unit(u).padded_numel * elem_bytes;
+    }
+
+    /// Off the trace (or without one) every acquire is checked across ranks first.
+    bool checks_acquire(std::size_t u) const {
+      return mode_ != mode::following || pos_ >= trace_units_.size() || trace_units_[pos_] != u;
+    }
+
+    const T* acquire(std::size_t u) {
+      if (mode_ == mode::following && checks_acquire(u)) deviate(u);
+      ++stats_.acquires;
+      last_pos_[u] = pos_++;
+      slot& s = slots_[u];
+      if (s.st == state::empty) {
+        make_room(u);
+        issue(u, false);
+        ++stats_.misses;
+      } else if (s.ahead) {
+        ++stats_.prefetch_hits;
+        s.ahead = false;
+        --ahead_count_;
+        ahead_numel_ -= numel(u);
+      } else if (s.persistent) {
+        ++stats_.persistent_hits;
+      } else if (s.kept) {
+        ++stats_.reuse_hits;
+      }
+      s.kept = false;
+      s.held = true;
+      issue_ahead();  // before waiting: the next gathers start now
+      wait(u);
+      return s.buf.data();
+    }
+
+    void release(std::size_t u) {
+      slot& s = slots_[u];
+      s.held = false;
+      if (s.persistent) return;
+      if (mode_ == mode::following) {
+        std::size_t next = last_pos_[u] < next_same_.size() ? next_same_[last_pos_[u]] : npos;
+        if (next != npos && next < pos_) next = npos;  // cannot happen on a followed trace
+        if (next != npos && prefix_[next] - prefix_[pos_] < knobs_.max_reuse_distance_numel) {
+          s.kept = true;
+        } else {
+          free(u);
+          if (next != npos) issue_pos_ = std::min(issue_pos_, next);  // gather it again later
+        }
+        issue_ahead();  // the scan may have been waiting for this decision, or for budget
+        return;
+      }
+      free(u);
+    }
+
+    T* owned_slice(std::size_t u, int) { return shard_.data() + ctx_.lay.unit(u).shard_offset; }
+
+    /// After an applied step: every persistent copy is stale (the rest were dropped at
+    /// `trace_agreed`).
+    void publish(bool) {
+      for (auto& s : slots_)
+        if (s.persistent && !s.held) s.st = state::empty;
+    }
+    /// The first micro-step of a step begins: start its first gathers now rather than at
+    /// its first acquire. (Not at `publish`: memory between steps stays what `declare`
+    /// says, and a run's last step gathers nothing it will not use.)
+    void step_begins() { issue_ahead(); }
+
+    /// The step's event sequence, the same on every rank: it becomes the trace.
+    void trace_agreed(std::span<const std::uint32_t> events) {
+      drain();
+      if (mode_ == mode::following && pos_ != trace_units_.size()) {
+        ++stats_.invalidations;
+        warn(detail::concat("the step ended after ", pos_, " of the trace's ", trace_units_.size(), " acquires"),
+             false);
+      }
+      drop_unheld();
+      issue_order_.clear();
+      if (!std::equal(events.begin(), events.end(), trace_.begin(), trace_.end())) set_trace(events);
+      mode_ = mode::following;
+      pos_ = 0;
+      issue_pos_ = 0;
+      std::fill(last_pos_.begin(), last_pos_.end(), npos);
+    }
+
+    /// The trainer wrote parameters: every gathered copy not in use is dropped.
+    void params_changed() {
+      drain();
+      drop_unheld();
+      for (auto& s : slots_)
+        if (s.persistent && !s.held) s.st = state::empty;
+      issue_pos_ = pos_;
+    }
+
+    coordinator_stats stats() const {
+      coordinator_stats s = stats_;
+      s.live_numel = live_;
+      s.ahead_gathers = ahead_count_;
+      s.ahead_numel = ahead_numel_;
+      s.trace_events = trace_.size();
+      s.trace_complete = mode_ == mode::following;
+      return s;
+    }
+    /// @brief Units in the order their gathers were issued this step (tests, tools).
+    const std::vector<std::size_t>& issue_order() const { return issue_order_; }
+    /// @brief The trace: acquire/release events (`release_bit` marks releases).
+    const std::vector<std::uint32_t>& trace() const { return trace_; }
+
+  private:
+    std::size_t numel(std::size_t u) const { return ctx_.lay.unit(u).padded_numel; }
+
+    void issue(std::size_t u, bool ahead) {
+      slot& s = slots_[u];
+      const auto& up = ctx_.lay.unit(u);
+      if (!s.persistent) {
+        s.buf = buffer<T, Space>(up.padded_numel, mem_category::gathered, &ctx_.tracker);
+        live_ += up.padded_numel;
+        stats_.peak_live_numel = std::max(stats_.peak_live_numel, live_);
+        if (live_ > knobs_.max_live_numel) ++stats_.over_limit;
+      }
+      s.req = ctx_.gather_comm.iall_gather(shard_.data() + up.shard_offset, s.buf.data(), up.slice_numel);
+      s.st = state::in_flight;
+      in_flight_.push_back(u);
+      issue_order_.push_back(u);
+      ++stats_.gathers;
+      stats_.gathered_numel += up.padded_numel;
+      if (ahead) {
+        s.ahead = true;
+        ++ahead_count_;
+        ahead_numel_ += up.padded_numel;
+        ++stats_.prefetches;
+      }
+    }
+
+    /// Walk the trace from the next position and issue what the bounds allow.
+    void issue_ahead() {
+      if (mode_ != mode::following) return;
+      poll();
+      issue_pos_ = std::max(issue_pos_, pos_);
+      while (issue_pos_ < trace_units_.size()) {
+        const std::size_t u = trace_units_[issue_pos_];
+        slot& s = slots_[u];
+        if (s.st != state::empty || s.held) {  // gathered, kept, ahead or in use now
+          if (!stays_until(u, issue_pos_)) break;  // its release decides: wait for it
+          ++issue_pos_;
+          continue;
+        }
+        if (ahead_count_ >= static_cast<std::size_t>(std::max(knobs_.max_inflight, 0))) break;
+        if (ahead_numel_ + numel(u) > knobs_.prefetch_numel) break;
+        if (!s.persistent && live_ + numel(u) > knobs_.max_live_numel) break;
+        issue(u, true);
+        ++issue_pos_;
+      }
+    }
+
+    /// A live unit `u` is still gathered when position `j` is acquired: persistent, kept
+    /// for exactly `j`, or certain to be kept when released after its previous use (the
+    /// reuse distance it will see is at most the elements acquired strictly between
+    /// that use and `j`).
+    bool stays_until(std::size_t u, std::size_t j) const {
+      const slot& s = slots_[u];
+      if (s.persistent) return true;
+      if (s.kept) return last_pos_[u] < next_same_.size() && next_same_[last_pos_[u]] == j;
+      const std::size_t prev = prev_same_[j];
+      return prev != npos && prefix_[j] - prefix_[prev + 1] < knobs_.max_reuse_distance_numel;
+    }
+
+    /// A demand gather would pass max_live_numel: drop kept units, farthest reuse first.
+    void make_room(std::size_t u) {
+      if (slots_[u].persistent) return;
+      while (live_ + numel(u) > knobs_.max_live_numel) {
+        std::size_t victim = npos, far = 0;
+        for (std::size_t v = 0; v < slots_.size(); ++v) {
+          if (!slots_[v].kept) continue;
+          const std::size_t next = last_pos_[v] < next_same_.size() ? next_same_[last_pos_[v]] : npos;
+          if (victim == npos || next >= far) {
+            victim = v;
+            far = next;
+          }
+        }
+        if (victim == npos) return;
+        free(victim);
+        if (far != npos) issue_pos_ = std::min(issue_pos_, far);
+      }
+    }
+
+    void wait(std::size_t u) {
+      slot& s = slots_[u];
+      if (s.st != state::in_flight) return;
+      const auto t0 = std::chrono::steady_clock::now();
+      s.req.wait();
+      stats_.wait_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      s.st = state::ready;
+      in_flight_.erase(std::find(in_flight_.begin(), in_flight_.end(), u));
+    }
+    /// Let finished gathers retire (needed when nothing advances MPI in the background).
+    void poll() {
+      for (std::size_t i = 0; i < in_flight_.size();) {
+        slot& s = slots_[in_flight_[i]];
+        if (s.req.test()) {
+          s.st = state::ready;
+          in_flight_.erase(in_flight_.begin() + static_cast<std::ptrdiff_t>(i));
+        } else {
+          ++i;
+        }
+      }
+    }
+    void drain() {
+      while (!in_flight_.empty()) wait(in_flight_.front());
+    }
+    void free(std::size_t u) {
+      slot& s = slots_[u];
+      if (s.persistent) return;
+      if (s.st != state::empty) live_ -= numel(u);
+      s.buf.reset();
+      s.st = state::empty;
+      s.kept = false;
+      s.ahead = false;
+    }
+    /// Free every non-persistent copy nobody holds; count prefetches never used.
+    void drop_unheld() {
+      for (std::size_t u = 0; u < slots_.size(); ++u) {
+        slot& s = slots_[u];
+        if (s.ahead) ++stats_.wasted_prefetches;
+        if (!s.held) free(u);
+        s.ahead = false;
+        s.kept = false;
+      }
+      ahead_count_ = 0;
+      ahead_numel_ = 0;
+    }
+
+    void deviate(std::size_t u) {
+      ++stats_.invalidations;
+      warn(pos_ < trace_units_.size()
+               ? detail::concat("acquire #", pos_ + 1, " is '", ctx_.lay.unit_name(u), "' where the trace has '",
+                                ctx_.lay.unit_name(trace_units_[pos_]), "'")
+               : detail::concat("acquire #", pos_ + 1, " ('", ctx_.lay.unit_name(u), "') is past the trace's end"));
+      drain();
+      drop_unheld();
+      mode_ = mode::deviated;
+    }
+
+    void warn(const std::string& what, bool mid_step = true) {
+      if (ctx_.rank() == 0)
+        std::fprintf(stderr, "zeroblocks: stage-3 prefetch trace invalidated: %s; %sits order becomes the new trace\n",
+                     what.c_str(), mid_step ? "the rest of this step gathers on demand and " : "");
+    }
+
+    void set_trace(std::span<const std::uint32_t> events) {
+      trace_.assign(events.begin(), events.end());
+      trace_units_.clear();
+      for (auto e : trace_)
+        if (!(e & release_bit)) trace_units_.push_back(e);
+      const std::size_t n = trace_units_.size();
+      prefix_.assign(n + 1, 0);
+      for (std::size_t i = 0; i < n; ++i) prefix_[i + 1] = prefix_[i] + numel(trace_units_[i]);
+      next_same_.assign(n, npos);
+      prev_same_.assign(n, npos);
+      std::vector<std::size_t> seen(slots_.size(), npos);
+      for (std::size_t i = n; i-- > 0;) {
+        next_same_[i] = seen[trace_units_[i]];
+        seen[trace_units_[i]] = i;
+      }
+      for (std::size_t i = 0; i < n; ++i)
+        if (next_same_[i] != npos) prev_same_[next_same_[i]] = i;
+    }
+
+    Ctx& ctx_;
+    const prefetch_config& knobs_;
+    buffer<T, Space> shard_;
+    std::vector<slot> slots_;
+    mode mode_ = mode::recording;
+    std::vector<std::uint32_t> trace_;      // events, as the engine logged them
+    std::vector<std::size_t> trace_units_;  // the acquires of the trace, in order
+    std::vector<std::size_t> prefix_;       // elements acquired before each trace position
+    std::vector<std::size_t> next_same_;    // next trace position of the same unit
+    std::vector<std::size_t> prev_same_;    // previous trace position of the same unit
+    std::vector<std::size_t> last_pos_;     // position of each unit's latest acquire
+    std::vector<std::size_t> in_flight_;    // units whose gather may still be running
+    std::vector<std::size_t> issue_order_;  // this step's gathers, in issue order
+    std::size_t pos_ = 0;                   // acquires so far this step
+    std::size_t issue_pos_ = 0;             // next trace position to consider for prefetch
+    std::size_t ahead_count_ = 0, ahead_numel_ = 0, live_ = 0;
+    coordinator_stats stats_;
+  };
+};
+
+}  // namespace coordinate
+ZB_NAMESPACE_END
