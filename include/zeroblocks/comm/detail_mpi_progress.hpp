@@ -8,7 +8,10 @@
  * communication with the trainer's computation, one thread per process enters MPI's
  * progress engine (an `MPI_Iprobe` on a private `MPI_COMM_SELF` duplicate, which runs
  * every pending operation's progress) while operations are in flight, and sleeps on a
- * condition variable when none are.
+ * condition variable when none are. All-gathers go further (`offload_job`): the thread
+ * starts them, tests them and marks them done, so the trainer's thread only queues one
+ * and later reads an atomic — on a busy machine, a trainer thread that enters MPI
+ * contends for MPI's locks with this one and pays for copies it need not make.
  *
  * It needs `MPI_THREAD_MULTIPLE`. With a lower thread level (or
  * `ZEROBLOCKS_MPI_PROGRESS=off`) there is no thread: operations then advance inside
@@ -40,12 +43,25 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 ZB_NAMESPACE_BEGIN
 namespace detail {
+
+/// @brief A non-blocking operation the progress thread starts and completes, so the
+/// trainer's thread spends no time in MPI for it (not even the local copy an
+/// all-gather starts with). `state`: 0 queued, 1 running, 2 done, 3 failed (`rc`).
+struct offload_job {
+  std::function<int(MPI_Request*)> start;
+  MPI_Request req = MPI_REQUEST_NULL;
+  int rc = MPI_SUCCESS;
+  std::atomic<int> state{0};
+  std::shared_ptr<std::atomic<unsigned long>> started;  // the communicator's started-job count
+};
 
 class mpi_progress {
 public:
@@ -84,6 +100,15 @@ public:
     }
   }
   void end() { active_.fetch_sub(1, std::memory_order_acq_rel); }
+  /// @brief Queue an operation for the thread to start, in submission order.
+  void submit(std::shared_ptr<offload_job> job) {
+    {
+      std::lock_guard<std::mutex> lock(m_);
+      queue_.push_back(std::move(job));
+    }
+    begin();
+    cv_.notify_one();
+  }
   /// @brief Times the thread entered MPI's progress engine (for tests and benchmarks).
   unsigned long polls() const { return polls_.load(std::memory_order_relaxed); }
 
@@ -129,15 +154,50 @@ private:
         if (stop_.load()) return;
       }
       if (stop_.load(std::memory_order_acquire)) return;
-      int flag = 0;
-      MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, self_, &flag, MPI_STATUS_IGNORE);
+      std::vector<std::shared_ptr<offload_job>> fresh;
+      {
+        std::lock_guard<std::mutex> lock(m_);
+        fresh.swap(queue_);
+      }
+      for (auto& j : fresh) {
+        j->rc = j->start(&j->req);
+        j->started->fetch_add(1, std::memory_order_release);
+        if (j->rc != MPI_SUCCESS) {
+          finish(*j, 3);
+        } else {
+          j->state.store(1, std::memory_order_release);
+          running_.push_back(std::move(j));
+        }
+      }
+      for (std::size_t i = 0; i < running_.size();) {
+        int flag = 0;
+        const int rc = MPI_Test(&running_[i]->req, &flag, MPI_STATUS_IGNORE);
+        if (flag || rc != MPI_SUCCESS) {
+          running_[i]->rc = rc;
+          finish(*running_[i], rc == MPI_SUCCESS ? 2 : 3);
+          running_.erase(running_.begin() + static_cast<std::ptrdiff_t>(i));
+        } else {
+          ++i;
+        }
+      }
+      if (running_.empty()) {  // only the trainer thread's own requests: drive them
+        int flag = 0;
+        MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, self_, &flag, MPI_STATUS_IGNORE);
+      }
       polls_.fetch_add(1, std::memory_order_relaxed);
       if (pause_us_ == 0) sched_yield();
       else std::this_thread::sleep_for(std::chrono::microseconds(pause_us_));
     }
   }
 
+  void finish(offload_job& j, int state) {
+    j.state.store(state, std::memory_order_release);
+    end();
+  }
+
   MPI_Comm self_ = MPI_COMM_NULL;
+  std::vector<std::shared_ptr<offload_job>> queue_;    // submitted, not started (guarded by m_)
+  std::vector<std::shared_ptr<offload_job>> running_;  // started by this thread, not complete
   const unsigned pause_us_;
   std::atomic<int> active_{0};
   std::atomic<unsigned long> polls_{0};

@@ -39,6 +39,7 @@
 #include <mpi.h>
 #include <sched.h>
 
+#include <atomic>
 #include <chrono>
 #include <climits>
 #include <cstring>
@@ -71,12 +72,15 @@ public:
       std::swap(req_, o.req_);
       std::swap(next_, o.next_);
       std::swap(ticket_, o.ticket_);
+      std::swap(job_, o.job_);
       return *this;
     }
     /// @brief Block until complete; throws if a peer aborted meanwhile.
     void wait() {
+      if (job_) comm_->wait_offloaded(*job_);
       while (comm_) {
-        comm_->wait_request(req_);
+        if (job_) job_done();
+        else comm_->wait_request(req_);
         advance();
       }
     }
@@ -84,6 +88,12 @@ public:
     /// A two-stage request (all-reduce) starts its second transfer from here, so
     /// several of them must be tested in the order they were issued, as with wait().
     bool test() {
+      if (job_) {
+        if (job_->state.load(std::memory_order_acquire) < 2) return false;
+        job_done();
+        advance();
+        return true;
+      }
       if (comm_ && comm_->test_request(req_)) advance();
       return comm_ == nullptr;
     }
@@ -96,6 +106,12 @@ public:
     /// (MPI_REQUEST_NULL when the operation is complete).
     request(mpi* c, MPI_Request r, std::function<MPI_Request()> next)
         : comm_(c), req_(r), next_(std::move(next)), ticket_(c->progress_) {}
+    request(mpi* c, std::shared_ptr<detail::offload_job> job) : comm_(c), job_(std::move(job)) {}
+    /// The progress thread finished the job: raise its error, if any.
+    void job_done() {
+      auto j = std::move(job_);
+      if (j->state.load(std::memory_order_acquire) == 3) std::exchange(comm_, nullptr)->check(j->rc, "MPI_Iallgather");
+    }
     void advance() {
       auto f = std::move(next_);
       next_ = nullptr;
@@ -111,6 +127,7 @@ public:
     MPI_Request req_ = MPI_REQUEST_NULL;
     std::function<MPI_Request()> next_;
     detail::progress_ticket ticket_;  // keeps the progress thread polling while pending
+    std::shared_ptr<detail::offload_job> job_;  // started and completed by the progress thread
   };
 
   /// @brief Duplicate `parent` for payload and for the abort channel.
@@ -195,8 +212,20 @@ public:
     counters_.count(collective::all_gather, count * size_);
     if (count == 0) return {};
     const int n = checked_count(count);
-    MPI_Request r;
     const bool in_place = send == recv + static_cast<std::size_t>(rank_) * count;
+    if (progress_) {  // the progress thread starts and completes it
+      auto job = std::make_shared<detail::offload_job>();
+      job->started = offload_started_;
+      const MPI_Comm c = comm_;
+      const MPI_Datatype dt = datatype<T>();
+      job->start = [=](MPI_Request* r) {
+        return MPI_Iallgather(in_place ? MPI_IN_PLACE : send, n, dt, recv, n, dt, c, r);
+      };
+      ++offload_submitted_;
+      progress_->submit(job);
+      return request(this, std::move(job));
+    }
+    MPI_Request r;
     check(MPI_Iallgather(in_place ? MPI_IN_PLACE : send, n, datatype<T>(), recv, n, datatype<T>(),
                          comm_, &r),
           "MPI_Iallgather");
@@ -215,6 +244,7 @@ public:
     if (count == 0) return {};
     const int n = checked_count(count);
     MPI_Request r;
+    in_order();
     check(MPI_Ialltoall(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, n, datatype<T>(), comm_, &r),
           "MPI_Ialltoall");
     const int nb = size_;
@@ -242,12 +272,14 @@ public:
     const int n = checked_count(block);
     T* mine = buf + static_cast<std::size_t>(rank_) * block;
     MPI_Request r;
+    in_order();
     check(MPI_Ialltoall(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, n, datatype<T>(), comm_, &r),
           "MPI_Ialltoall");
     const int nb = size_;
     return request(this, r, [this, buf, mine, block, scale, nb, n] {
       detail::reduce_blocks(buf, block, nb, block, scale, mine);
       MPI_Request gather;
+      in_order();
       check(MPI_Iallgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, n, datatype<T>(), comm_, &gather),
             "MPI_Iallgather");
       return gather;
@@ -266,6 +298,7 @@ public:
     counters_.count(collective::broadcast, count);
     if (count == 0) return {};
     MPI_Request r;
+    in_order();
     check(MPI_Ibcast(buf, checked_count(count), datatype<T>(), root, comm_, &r), "MPI_Ibcast");
     return request(this, r, nullptr);
   }
@@ -277,6 +310,7 @@ public:
   request ibarrier() {
     ensure_usable();
     MPI_Request r;
+    in_order();
     check(MPI_Ibarrier(comm_, &r), "MPI_Ibarrier");
     return request(this, r, nullptr);
   }
@@ -293,6 +327,7 @@ public:
     counters_.control_elements += mine.size() * size_;
     counters_.control_calls += 1;
     MPI_Request r;
+    in_order();
     check(MPI_Iallgather(io->data(), checked_count(mine.size()), MPI_DOUBLE, io->data() + mine.size(),
                          checked_count(mine.size()), MPI_DOUBLE, comm_, &r),
           "MPI_Iallgather");
@@ -321,6 +356,7 @@ public:
     }
     io->all.resize(total);
     MPI_Request r;
+    in_order();
     check(MPI_Iallgatherv(io->mine.data(), static_cast<int>(io->mine.size()), MPI_CHAR, io->all.data(),
                           io->counts.data(), io->displs.data(), MPI_CHAR, comm_, &r),
           "MPI_Iallgatherv");
@@ -338,6 +374,7 @@ public:
     auto vals = std::make_shared<std::vector<int>>(2, size_);  // [mine, result]
     (*vals)[0] = ok ? size_ : rank_;
     MPI_Request r;
+    in_order();
     check(MPI_Iallreduce(vals->data(), vals->data() + 1, 1, MPI_INT, MPI_MIN, comm_, &r), "MPI_Iallreduce");
     wait_request(r, vals);
     counters_.control_elements += 1;
@@ -386,6 +423,26 @@ private:
     ZB_REQUIRE(n <= static_cast<std::size_t>(INT_MAX), "comm::mpi: ", n,
                " elements in one call exceed MPI's int count; split the unit");
     return static_cast<int>(n);
+  }
+  /// Collectives must start in the same order on every rank: before starting one from
+  /// this thread, let the progress thread start every all-gather queued before it.
+  void in_order() const {
+    while (offload_started_->load(std::memory_order_acquire) < offload_submitted_) sched_yield();
+  }
+  /// Wait for an offloaded operation, watching the abort channel (every millisecond) as
+  /// `wait_request` does.
+  void wait_offloaded(const detail::offload_job& job) {
+    using clock = std::chrono::steady_clock;
+    clock::time_point deadline{}, next_poll = clock::now();
+    for (unsigned spins = 0; job.state.load(std::memory_order_acquire) < 2; ++spins) {
+      if (spins > 64) sched_yield();
+      if (clock::now() < next_poll) continue;
+      next_poll = clock::now() + std::chrono::milliseconds(1);
+      if (poll_abort()) {
+        if (deadline == clock::time_point{}) deadline = clock::now() + std::chrono::milliseconds(200);
+        else if (clock::now() > deadline) ZB_FAIL(abort_reason_);
+      }
+    }
   }
   /// An MPI error on this rank (a size mismatch between ranks shows up as a truncation
   /// here): tell the peers, then throw.
@@ -466,6 +523,8 @@ private:
     std::swap(abort_out_, o.abort_out_);
     std::swap(graveyard_, o.graveyard_);
     std::swap(progress_, o.progress_);
+    std::swap(offload_started_, o.offload_started_);
+    std::swap(offload_submitted_, o.offload_submitted_);
   }
 
   MPI_Comm comm_ = MPI_COMM_NULL;
@@ -480,6 +539,8 @@ private:
   std::string abort_reason_;
   std::vector<std::shared_ptr<void>> graveyard_;
   std::shared_ptr<detail::mpi_progress> progress_;
+  std::shared_ptr<std::atomic<unsigned long>> offload_started_ = std::make_shared<std::atomic<unsigned long>>(0);
+  unsigned long offload_submitted_ = 0;
   std::unique_ptr<char[]> abort_in_ = std::make_unique<char[]>(message_capacity);
   std::unique_ptr<char[]> abort_out_ = std::make_unique<char[]>(message_capacity);
 };

@@ -73,7 +73,8 @@ struct coordinator_stats {
   std::size_t persistent_units = 0;    ///< units below the persistence threshold
   std::size_t trace_events = 0;        ///< length of the current trace (0: none yet)
   bool trace_complete = false;         ///< a verified trace is being followed
-  double wait_seconds = 0.0;           ///< time acquires spent waiting for gathers
+  double wait_seconds = 0.0;           ///< time the trainer spent inside the coordinator's acquire and
+                                       ///< release: gather waits and the MPI progress work done there
 };
 
 ZB_NAMESPACE_END

@@ -130,6 +130,7 @@ struct prefetch_trace {
     }
 
     const T* acquire(std::size_t u) {
+      const timer time_it(stats_.wait_seconds);
       if (mode_ == mode::following && checks_acquire(u)) deviate(u);
       ++stats_.acquires;
       last_pos_[u] = pos_++;
@@ -156,6 +157,7 @@ struct prefetch_trace {
     }
 
     void release(std::size_t u) {
+      const timer time_it(stats_.wait_seconds);
       slot& s = slots_[u];
       s.held = false;
       if (s.persistent) return;
@@ -229,6 +231,13 @@ struct prefetch_trace {
 
   private:
     std::size_t numel(std::size_t u) const { return ctx_.lay.unit(u).padded_numel; }
+
+    /// Adds the time from construction to destruction to `sink`.
+    struct timer {
+      double& sink;
+      std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
+      ~timer() { sink += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); }
+    };
 
     void issue(std::size_t u, bool ahead) {
       slot& s = slots_[u];
@@ -308,14 +317,16 @@ struct prefetch_trace {
     void wait(std::size_t u) {
       slot& s = slots_[u];
       if (s.st != state::in_flight) return;
-      const auto t0 = std::chrono::steady_clock::now();
       s.req.wait();
-      stats_.wait_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       s.st = state::ready;
       in_flight_.erase(std::find(in_flight_.begin(), in_flight_.end(), u));
     }
-    /// Let finished gathers retire (needed when nothing advances MPI in the background).
+    /// Let finished gathers retire. Only needed when nothing advances MPI in the
+    /// background: with a progress thread, testing here would do the transfers' work on
+    /// the trainer's thread instead.
     void poll() {
+      if constexpr (requires(const typename Ctx::comm_type& c) { c.async_progress(); })
+        if (ctx_.gather_comm.async_progress()) return;
       for (std::size_t i = 0; i < in_flight_.size();) {
         slot& s = slots_[in_flight_[i]];
         if (s.req.test()) {

@@ -1,0 +1,273 @@
+/**
+ * @file stage3_prefetch.cpp
+ * @brief Stage 2 vs stage 3 on demand vs stage 3 with prefetch, on real compute.
+ *
+ * The model is a stack of `--layers` linear layers, each one unit holding a d×d bf16
+ * weight (`--dim`). Every rank runs forward y = x·W and backward (dx = dy·Wᵀ,
+ * dW = xᵀ·dy) on its own `--batch` rows, in fp32, layer by layer: acquire the unit,
+ * compute, release. The loss is ½‖y‖²/batch. Every configuration trains the same
+ * steps from the same weights; timings are taken after `--warmup` steps and are the
+ * median over `--steps` of the slowest rank's step (each step starts after a barrier).
+ *
+ * Printed per configuration: step time, time spent in the trainer's own compute,
+ * acquire wait (time inside the coordinator's acquire and release: gather waits and
+ * any MPI progress work done there), gathers per step, and the ratios:
+ *  - step / stage-2 step (goal for prefetch: ≤ 1.10);
+ *  - hidden = 1 − prefetch acquire wait / on-demand acquire wait (goal ≥ 0.90), where
+ *    on demand every gather is waited for in full.
+ * It also prints a unit's compute time (forward + backward of one layer) against its
+ * gather time (on-demand wait per gather): the goal applies when compute ≥ gather.
+ *
+ * Run (4 ranks): mpirun -np 4 ./bench_stage3_prefetch [--dim 1024] [--batch 64]
+ *                [--layers 8] [--steps 10] [--warmup 2]
+ */
+#include <zeroblocks/comm/mpi.hpp>
+#include <zeroblocks/zeroblocks.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace zb = zeroblocks;
+using C = zb::comm::mpi;
+using T = zb::bfloat16;
+using clk = std::chrono::steady_clock;
+
+namespace {
+
+struct options {
+  std::size_t dim = 1024, batch = 64;
+  int layers = 8, steps = 10, warmup = 2;
+};
+
+double seconds_since(clk::time_point t0) { return std::chrono::duration<double>(clk::now() - t0).count(); }
+
+/// y[B×d] = x[B×d] · W[d×d]
+void matmul(const float* x, const float* w, float* y, std::size_t b, std::size_t d) {
+  std::fill(y, y + b * d, 0.0f);
+  for (std::size_t i = 0; i < b; ++i)
+    for (std::size_t k = 0; k < d; ++k) {
+      const float a = x[i * d + k];
+      const float* wr = w + k * d;
+      float* yr = y + i * d;
+#pragma omp simd
+      for (std::size_t j = 0; j < d; ++j) yr[j] += a * wr[j];
+    }
+}
+/// dx[B×d] = dy · Wᵀ
+void matmul_t(const float* dy, const float* w, float* dx, std::size_t b, std::size_t d) {
+  for (std::size_t i = 0; i < b; ++i)
+    for (std::size_t k = 0; k < d; ++k) {
+      const float* wr = w + k * d;
+      const float* g = dy + i * d;
+      float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+      for (std::size_t j = 0; j < d; ++j) acc += g[j] * wr[j];
+      dx[i * d + k] = acc;
+    }
+}
+/// dW[d×d] = xᵀ · dy
+void outer(const float* x, const float* dy, float* dw, std::size_t b, std::size_t d) {
+  std::fill(dw, dw + d * d, 0.0f);
+  for (std::size_t k = 0; k < d; ++k)
+    for (std::size_t i = 0; i < b; ++i) {
+      const float a = x[i * d + k];
+      const float* g = dy + i * d;
+      float* r = dw + k * d;
+#pragma omp simd
+      for (std::size_t j = 0; j < d; ++j) r[j] += a * g[j];
+    }
+}
+
+struct result {
+  double step = 0, compute = 0, wait = 0, gathers = 0;
+  zb::coordinator_stats st{};
+  bool progress = false;
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+double max_over_ranks(double x) {
+  double m = 0;
+  MPI_Allreduce(&x, &m, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+  return m;
+}
+
+template <class E>
+result run(const options& o, const zb::engine_config& cfg) {
+  const std::size_t d = o.dim, b = o.batch;
+  zb::param_registry reg;
+  std::vector<zb::param_id> w;
+  std::vector<zb::unit_id> units;
+  for (int l = 0; l < o.layers; ++l) {
+    w.push_back(reg.add("w" + std::to_string(l), {d, d}, "layer" + std::to_string(l)));
+    units.push_back(reg.unit("layer" + std::to_string(l)));
+  }
+  E eng(reg, C(MPI_COMM_WORLD), cfg);
+  {
+    std::vector<float> v(d * d);
+    for (int l = 0; l < o.layers; ++l) {
+      for (std::size_t i = 0; i < v.size(); ++i)
+        v[i] = std::sin(0.7f * static_cast<float>(i) + static_cast<float>(l)) / std::sqrt(static_cast<float>(d));
+      eng.set_param(w[l], v);
+    }
+  }
+  const int rank = eng.rank();
+  std::vector<std::vector<float>> act(o.layers + 1, std::vector<float>(b * d));
+  std::vector<float> wf(d * d), dw(d * d), dy(b * d), dx(b * d);
+  std::vector<T> g16(d * d);
+  std::vector<double> steps, computes, waits, gathers;
+  for (int s = 0; s < o.warmup + o.steps; ++s) {
+    MPI_Barrier(MPI_COMM_WORLD);
+    const auto before = eng.coordination_stats();
+    const auto t0 = clk::now();
+    double compute = 0;
+    // begin_micro_step before preparing the batch: stage 3 starts its first gathers.
+    eng.begin_micro_step();
+    {
+      const auto t = clk::now();
+      for (std::size_t i = 0; i < b * d; ++i)
+        act[0][i] = std::cos(0.01f * static_cast<float>(i + 977 * (s + 1) + 31 * rank));
+      compute += seconds_since(t);
+    }
+    for (int l = 0; l < o.layers; ++l) {
+      auto g = eng.acquire(units[l]);
+      const auto t = clk::now();
+      auto p = g.param(w[l]);
+      for (std::size_t i = 0; i < d * d; ++i) wf[i] = zb::to_float(p[i]);
+      matmul(act[l].data(), wf.data(), act[l + 1].data(), b, d);
+      compute += seconds_since(t);
+    }
+    {
+      const auto t = clk::now();
+      for (std::size_t i = 0; i < b * d; ++i) dy[i] = act[o.layers][i] / static_cast<float>(b);
+      compute += seconds_since(t);
+    }
+    for (int l = o.layers - 1; l >= 0; --l) {
+      auto g = eng.acquire(units[l]);
+      const auto t = clk::now();
+      auto p = g.param(w[l]);
+      for (std::size_t i = 0; i < d * d; ++i) wf[i] = zb::to_float(p[i]);
+      outer(act[l].data(), dy.data(), dw.data(), b, d);
+      matmul_t(dy.data(), wf.data(), dx.data(), b, d);
+      std::swap(dy, dx);
+      for (std::size_t i = 0; i < d * d; ++i) g16[i] = zb::from_float<T>(dw[i]);
+      compute += seconds_since(t);
+      eng.grad_ready(w[l], g16);
+    }
+    eng.end_micro_step();
+    eng.step();
+    const double dt = seconds_since(t0);
+    const auto after = eng.coordination_stats();
+    if (s >= o.warmup) {
+      steps.push_back(max_over_ranks(dt));
+      computes.push_back(max_over_ranks(compute));
+      waits.push_back(max_over_ranks(after.wait_seconds - before.wait_seconds));
+      gathers.push_back(static_cast<double>(after.gathers - before.gathers));
+    }
+  }
+  result r;
+  r.step = median(steps);
+  r.compute = median(computes);
+  r.wait = median(waits);
+  r.gathers = median(gathers);
+  r.st = eng.coordination_stats();
+  r.progress = eng.communicator().async_progress();
+  return r;
+}
+
+bool parse(int argc, char** argv, options& o) {
+  for (int i = 1; i < argc; ++i) {
+    std::string f = argv[i];
+    if (i + 1 >= argc) return false;
+    const long v = std::strtol(argv[++i], nullptr, 10);
+    if (v <= 0) return false;
+    if (f == "--dim") o.dim = static_cast<std::size_t>(v);
+    else if (f == "--batch") o.batch = static_cast<std::size_t>(v);
+    else if (f == "--layers") o.layers = static_cast<int>(v);
+    else if (f == "--steps") o.steps = static_cast<int>(v);
+    else if (f == "--warmup") o.warmup = static_cast<int>(v);
+    else return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int provided = 0;
+  MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
+  int rank = 0, world = 1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  options o;
+  int rc = 0;
+  if (!parse(argc, argv, o)) {
+    if (rank == 0)
+      std::fprintf(stderr, "usage: bench_stage3_prefetch [--dim D] [--batch B] [--layers L] [--steps N] [--warmup W]\n");
+    MPI_Finalize();
+    return 2;
+  }
+  try {
+    const std::size_t unit = o.dim * o.dim;
+    zb::engine_config base;
+    base.optim.lr = 1e-4f;
+    base.bucket_numel = unit;  // one bucket per layer: reduce-scatter overlaps backward
+    // Prefetch that saves memory: at most two units ahead and four live, and reuse only
+    // for a unit acquired again right away (the last layer, where forward turns into
+    // backward): every other acquire gathers, so those gathers must really be hidden.
+    zb::engine_config lean = base;
+    lean.prefetch.prefetch_numel = 2 * unit;
+    lean.prefetch.max_live_numel = 4 * unit;
+    lean.prefetch.max_reuse_distance_numel = 1;
+    // DeepSpeed's defaults: everything fits the budgets, so forward's units are kept
+    // for backward (one gather per unit per step instead of two).
+    zb::engine_config defaults = base;
+
+    const auto s2 = run<zb::stage2<C, T>>(o, base);
+    const auto s3d = run<zb::stage3_on_demand<C, T>>(o, base);
+    const auto s3p = run<zb::stage3<C, T>>(o, lean);
+    const auto s3k = run<zb::stage3<C, T>>(o, defaults);
+    if (rank == 0) {
+      const double gather = s3d.gathers > 0 ? s3d.wait / s3d.gathers : 0.0;
+      const double unit_compute = s3d.compute / o.layers;
+      std::printf("# bench_stage3_prefetch: %d ranks, %d layers of %zux%zu bf16 (%.1f M elements, %.1f MB per unit), "
+                  "batch %zu rows per rank, median of %d steps after %d warmup, progress thread %s\n",
+                  world, o.layers, o.dim, o.dim, o.layers * unit / 1e6, unit * 2 / 1e6, o.batch, o.steps, o.warmup,
+                  s3p.progress ? "on" : "OFF");
+      std::printf("# a unit's compute (forward + backward): %.2f ms; its gather on demand: %.2f ms; compute/gather %.2f\n",
+                  unit_compute * 1e3, gather * 1e3, gather > 0 ? unit_compute / gather : 0.0);
+      std::printf("| configuration | step ms | compute ms | acquire wait ms | gathers/step | step / stage 2 | hidden |\n");
+      std::printf("|---|---|---|---|---|---|---|\n");
+      auto row = [&](const char* name, const result& r, bool hidden) {
+        std::printf("| %s | %.1f | %.1f | %.2f | %.0f | %.3f | %s |\n", name, r.step * 1e3, r.compute * 1e3,
+                    r.wait * 1e3, r.gathers, r.step / s2.step,
+                    hidden ? std::to_string(1.0 - r.wait / s3d.wait).substr(0, 5).c_str() : "");
+      };
+      row("stage 2", s2, false);
+      row("stage 3 on demand", s3d, false);
+      row("stage 3 prefetch (2 units ahead, 4 live, reuse distance 1)", s3p, true);
+      row("stage 3 prefetch (DeepSpeed defaults: reuse keeps forward's units)", s3k, true);
+      std::printf("# prefetch (lean): prefetch hits %llu, misses %llu, invalidations %llu, peak live %.1f units\n",
+                  static_cast<unsigned long long>(s3p.st.prefetch_hits),
+                  static_cast<unsigned long long>(s3p.st.misses),
+                  static_cast<unsigned long long>(s3p.st.invalidations),
+                  static_cast<double>(s3p.st.peak_live_numel) / static_cast<double>(unit));
+      const double ratio = s3p.step / s2.step, hidden = 1.0 - s3p.wait / s3d.wait;
+      std::printf("# goal (compute >= gather): prefetch step <= 1.10 x stage 2: %s (%.3f); hidden >= 0.90: %s (%.3f)\n",
+                  ratio <= 1.10 ? "met" : "NOT met", ratio, hidden >= 0.90 ? "met" : "NOT met", hidden);
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "rank %d: %s\n", rank, e.what());
+    rc = 1;
+  }
+  MPI_Finalize();
+  return rc;
+}
