@@ -28,6 +28,7 @@
 #include "../core/config.hpp"
 #include "../core/error.hpp"
 
+// We use MPI's C API only; keep the deprecated C++ bindings (and their warnings) out.
 #ifndef OMPI_SKIP_MPICXX
 #define OMPI_SKIP_MPICXX 1
 #endif

@@ -26,29 +26,13 @@
 #pragma once
 
 #include "comm.hpp"
-#include "detail_mpi_progress.hpp"
+#include "detail_mpi_progress.hpp"  // also <mpi.h>, C API only (no deprecated C++ bindings)
 #include "detail_reduce.hpp"
 
-// We use MPI's C API only; keep the deprecated C++ bindings (and their warnings) out.
-#ifndef OMPI_SKIP_MPICXX
-#define OMPI_SKIP_MPICXX 1
-#endif
-#ifndef MPICH_SKIP_MPICXX
-#define MPICH_SKIP_MPICXX 1
-#endif
-#include <mpi.h>
-#include <sched.h>
-
-#include <atomic>
-#include <chrono>
 #include <climits>
-#include <cstring>
-#include <functional>
-#include <memory>
 #include <string>
 #include <type_traits>
 #include <utility>
-#include <vector>
 
 ZB_NAMESPACE_BEGIN
 namespace comm {
