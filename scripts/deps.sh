@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what zeroblocks needs to build its tests, benches and examples on Debian /
-# Ubuntu: a C++20 compiler, CMake, Open MPI, doctest. Skips packages already present.
+# Ubuntu: a C++20 compiler, CMake, pkg-config, Open MPI, doctest, liburing. Skips packages already present.
 set -euo pipefail
-pkgs=(g++ cmake make libopenmpi-dev openmpi-bin doctest-dev)
+pkgs=(g++ cmake make pkg-config libopenmpi-dev openmpi-bin doctest-dev liburing-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -80,43 +80,63 @@ inline float grad_value(const run_options& o, float x, std::size_t p, std::size_
   return 12.0f * k * (1.0f / 1024.0f);
 }
 
+/// Set every parameter of `model` to its initial value.
 template <class Engine>
-run_output run(typename Engine::comm_type comm, const run_options& o, zb::engine_config cfg = {}) {
-  using T = typename Engine::param_type;
-  synthetic_model model;
-  cfg.max_grad_norm = o.max_grad_norm;
-  cfg.bucket_numel = o.bucket_numel;
-  cfg.optim.lr = 0.01f;
-  Engine eng(model.reg, std::move(comm), cfg);
+void init_params(Engine& eng, const synthetic_model& model) {
   for (std::size_t p = 0; p < model.params.size(); ++p) {
     std::vector<float> v(eng.model_layout().param(p).numel);
     for (std::size_t i = 0; i < v.size(); ++i) v[i] = synthetic_model::init(p, i);
     eng.set_param(model.params[p], v);
   }
-  run_output out;
+}
+
+/// The micro-steps of step `s` (forward and backward acquires, gradients), without step().
+template <class Engine>
+void run_micro_steps(Engine& eng, const synthetic_model& model, const run_options& o, int s) {
+  using T = typename Engine::param_type;
   const int rank = eng.rank(), world = eng.world();
+  for (int m = 0; m < o.gas; ++m) {
+    eng.begin_micro_step();
+    for (auto u : model.units) {  // forward
+      auto g = eng.acquire(u);
+      for (auto p : model.reg.params()) (void)p;
+    }
+    for (auto it = model.units.rbegin(); it != model.units.rend(); ++it) {  // backward
+      auto g = eng.acquire(*it);
+      for (auto pi : eng.model_layout().unit(it->index).params) {
+        auto view = g.param({pi});
+        std::vector<T> grad(view.size());
+        for (std::size_t i = 0; i < view.size(); ++i)
+          grad[i] = zb::from_float<T>(grad_value(o, zb::to_float(view[i]), pi, i, s, m, rank) * eng.loss_scale());
+        if (s == o.overflow_step && m == 0 && rank == world - 1 && !grad.empty())
+          grad[grad.size() / 2] = zb::from_float<T>(std::numeric_limits<float>::infinity());
+        eng.grad_ready({pi}, grad);
+      }
+    }
+    eng.end_micro_step();
+  }
+}
+
+/// The engine's full parameters, widened (bitwise comparable).
+template <class Engine>
+std::vector<float> params_of(Engine& eng) {
+  std::vector<float> out;
+  for (auto x : eng.gather_params()) out.push_back(zb::to_float(x));
+  return out;
+}
+
+template <class Engine>
+run_output run(typename Engine::comm_type comm, const run_options& o, zb::engine_config cfg = {}) {
+  synthetic_model model;
+  cfg.max_grad_norm = o.max_grad_norm;
+  cfg.bucket_numel = o.bucket_numel;
+  cfg.optim.lr = 0.01f;
+  Engine eng(model.reg, std::move(comm), cfg);
+  init_params(eng, model);
+  run_output out;
   for (int s = 0; s < o.steps; ++s) {
     const auto before = eng.counters();
-    for (int m = 0; m < o.gas; ++m) {
-      eng.begin_micro_step();
-      for (auto u : model.units) {  // forward
-        auto g = eng.acquire(u);
-        for (auto p : model.reg.params()) (void)p;
-      }
-      for (auto it = model.units.rbegin(); it != model.units.rend(); ++it) {  // backward
-        auto g = eng.acquire(*it);
-        for (auto pi : eng.model_layout().unit(it->index).params) {
-          auto view = g.param({pi});
-          std::vector<T> grad(view.size());
-          for (std::size_t i = 0; i < view.size(); ++i)
-            grad[i] = zb::from_float<T>(grad_value(o, zb::to_float(view[i]), pi, i, s, m, rank) * eng.loss_scale());
-          if (s == o.overflow_step && m == 0 && rank == world - 1 && !grad.empty())
-            grad[grad.size() / 2] = zb::from_float<T>(std::numeric_limits<float>::infinity());
-          eng.grad_ready({pi}, grad);
-        }
-      }
-      eng.end_micro_step();
-    }
+    run_micro_steps(eng, model, o, s);
     out.results.push_back(eng.step());
     if (s == 0) out.first_step_traffic = eng.counters() - before;
   }
@@ -126,7 +146,7 @@ run_output run(typename Engine::comm_type comm, const run_options& o, zb::engine
   out.psi = eng.model_layout().total_numel();
   out.max_unit = eng.model_layout().max_unit_numel();
   out.master = eng.gather_master();
-  for (auto x : eng.gather_params()) out.params.push_back(zb::to_float(x));
+  out.params = params_of(eng);
   return out;
 }
 

@@ -37,6 +37,14 @@ private:
   std::string where_;
 };
 
+/// @brief An error every rank raised together, after agreeing on it, that left the
+/// engine consistent and usable (e.g. a step whose NVMe writes failed on some rank and
+/// was rolled back everywhere). The engine does not abort its communicators for it.
+class collective_error : public error {
+public:
+  using error::error;
+};
+
 namespace detail {
 
 inline std::string location_string(const std::source_location& loc) {

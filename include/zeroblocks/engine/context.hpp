@@ -17,6 +17,7 @@
 #include "../optim/adamw.hpp"
 #include "../scale/scale.hpp"
 #include "../space/memory.hpp"
+#include "../swap/swap.hpp"
 
 #include <cstddef>
 #include <string>
@@ -57,6 +58,7 @@ struct engine_config {
   std::size_t align_numel = 32;    ///< parameter alignment in elements (64 B of 16-bit)
   int threads = 0;                 ///< host kernel threads per rank, 0 = all OpenMP gives
   prefetch_config prefetch{};      ///< stage-3 coordinator (coordinate::prefetch_trace)
+  swap_config swap{};              ///< NVMe tier (master::swapped): paths, request size, depth, buffers
 };
 
 /// @brief The engine's state as its policies see it.

@@ -55,6 +55,7 @@
 #include "../layout/layout.hpp"
 #include "../master/master.hpp"
 #include "../master/resident.hpp"
+#include "../master/swapped.hpp"
 #include "../optim/adamw.hpp"
 #include "../partition/even.hpp"
 #include "../scale/scale.hpp"
@@ -136,6 +137,7 @@ public:
   using comm_type = Comm;
   using context = engine_context<T, Space, Comm>;
   using coordinator_impl = typename Coordinator::template impl<context>;
+  using master_impl = typename Master::template impl<context>;
 
   /// @brief Optimizer state is sharded (stages 1–3) or replicated (stage 0).
   static constexpr bool sharded_master = Bucketer::shards_master;
@@ -333,6 +335,9 @@ public:
   void begin_micro_step() {
     guarded([&] {
       if (in_micro_) ZB_LOCAL_FAIL(ctx_, "begin_micro_step: the previous micro-step was not ended");
+      if (grads_reduced_)
+        ZB_LOCAL_FAIL(ctx_, "begin_micro_step: the last step() failed and was rolled back; call step() again "
+                            "to retry it before starting new micro-steps");
       // Stages 2/3 reduce during every micro-step: before starting one, check that every
       // rank is at the same place (same step, same number of micro-steps, same stage-3
       // gather order so far). A rank that runs an extra micro-step meets a rank already
@@ -389,7 +394,9 @@ private:
     // Stage 3: the acquire/release order is now known to be the same everywhere.
     if constexpr (requires(coordinator_impl& c, std::span<const std::uint32_t> e) { c.trace_agreed(e); })
       coord_->trace_agreed(events_);
-    bucketer_->reduce_for_step();
+    // A retried step (after a rolled-back transaction) has its gradients reduced already.
+    if (!grads_reduced_) bucketer_->reduce_for_step();
+    grads_reduced_ = true;
 
     // Pass 1: sum of squares + non-finite, per rank-slice group, summed in rank order
     // so every stage computes the same norm bit for bit.
@@ -437,7 +444,31 @@ private:
     for (const auto& s : owned_)
       slices.push_back({bucketer_->grad_slice(s.unit, s.rank), coord_->owned_slice(s.unit, s.rank), s.numel,
                         s.master_offset});
-    master_->apply(slices, args);
+    if constexpr (requires(master_impl& m) { m.commit(); }) {
+      // A transaction (master::swapped): commit only if every rank's state landed.
+      std::string problem;
+      try {
+        master_->apply(slices, args);
+      } catch (const error& e) {
+        problem = e.reason();
+      } catch (const std::exception& e) {
+        problem = e.what();
+      }
+      try {
+        control_comm_.agree(problem.empty(), problem);
+      } catch (const error& e) {
+        if (control_comm_.failed()) throw;  // the agreement itself broke: not recoverable
+        master_->rollback();
+        --steps_;
+        throw collective_error(detail::concat("step ", steps_ + 1, " was not applied on any rank (parameters and "
+                                              "optimizer state are still those after step ", steps_,
+                                              "; step() can be retried): ", e.reason()),
+                               detail::location_string(std::source_location::current()));
+      }
+      master_->commit();
+    } else {
+      master_->apply(slices, args);
+    }
     coord_->publish(sharded_master);
     scaler_.update(false);
     finish_step();
@@ -481,6 +512,8 @@ public:
   }
   /// @brief The coordinator policy's state, for inspection.
   const coordinator_impl& coordinator() const { return *coord_; }
+  /// @brief The master-state policy's state (e.g. `master::swapped`'s I/O counters).
+  const master_impl& master_state() const { return *master_; }
 
   /// @brief What this configuration holds at rest, per category, from the policies'
   /// declarations (compare with `memory()` and with `zero_formula_bytes`).
@@ -490,7 +523,7 @@ public:
     const int w = lay.world();
     Coordinator::template impl<Ctx>::declare(lay, cfg, w, r, sizeof(T));
     Bucketer::template impl<Ctx>::declare(lay, cfg, w, r, sizeof(T));
-    Master::template impl<Ctx>::declare(sharded_master ? lay.shard_numel() : lay.total_numel(), r);
+    Master::template impl<Ctx>::declare(sharded_master ? lay.shard_numel() : lay.total_numel(), cfg, r);
     return r;
   }
   /// @brief The ZeRO formula for this engine's stage and layout.
@@ -505,8 +538,7 @@ public:
     leak_on_failure guard(owned);
     for (const auto& s : owned_) {
       const auto& up = layout_.unit(s.unit);
-      std::memcpy(out.data() + up.offset + s.rank * up.slice_numel, master_->master(s.master_offset),
-                  s.numel * sizeof(float));
+      master_->read_master(s.master_offset, out.data() + up.offset + s.rank * up.slice_numel, s.numel);
     }
     if constexpr (sharded_master)
       for (std::size_t u = 0; u < layout_.unit_count(); ++u) {
@@ -566,6 +598,8 @@ private:
   decltype(auto) guarded(F&& f) {
     try {
       return f();
+    } catch (const collective_error&) {
+      throw;  // every rank raised it together and the engine is consistent: nothing to tell
     } catch (const std::exception& e) {
       tell_peers(e.what());
       throw;
@@ -675,6 +709,7 @@ private:
   std::size_t owned_numel() const { return sharded_master ? layout_.shard_numel() : layout_.total_numel(); }
 
   void finish_step() {
+    grads_reduced_ = false;
     bucketer_->zero();
     micro_steps_ = 0;
     events_.clear();
@@ -793,6 +828,7 @@ private:
   std::vector<char> reported_;
   std::vector<owned_slice_ref> owned_;
   bool in_micro_ = false;
+  bool grads_reduced_ = false;  // this step's gradients are reduced (a retry must not reduce again)
   int micro_steps_ = 0;
   long steps_ = 0;
   usage_stats stats_;

@@ -3,11 +3,21 @@
  * @brief The master-state role: where fp32 master weights, Adam m and v live and where
  * the fused step runs.
  *
- * Policies: `master::resident<Space>` (`resident.hpp`: in memory of `Space`, the step on
- * the host kernels). ZeRO-Offload (`master::offloaded`) and NVMe (`master::swapped<Swap>`)
- * will join here. An `impl<Ctx>` is built for the rank's owned numel (Ψ for stage 0,
- * Ψ/N otherwise) and provides `set(offset, values, n)`, `master(offset)`, and
- * `apply(slices, args)` — the fused pass over every owned slice.
+ * Policies, side by side:
+ *  - `master::resident<Space>` (`resident.hpp`): in memory of `Space`, the step on the
+ *    host kernels.
+ *  - `master::swapped<Swap>` (`swapped.hpp`): on NVMe through a swap backend, the step a
+ *    read · update · write pipeline over sub-groups (ZeRO-Infinity).
+ *  - ZeRO-Offload (`master::offloaded`, pinned host + CPU step for GPU ranks) joins with
+ *    the CUDA backend.
+ *
+ * An `impl<Ctx>` is built for the rank's owned numel (Ψ for stage 0, Ψ/N otherwise) and
+ * provides `set(offset, values, n)`, `read_master(offset, out, n)`,
+ * `apply(slices, args)` — the fused pass over every owned slice — and
+ * `static declare(owned, cfg, report&)` (the memory it holds). Optional:
+ * `commit()` / `rollback()` — the step is a transaction: the engine calls `commit()`
+ * once every rank's `apply` succeeded, `rollback()` on every rank when one failed (the
+ * 16-bit parameters return to the committed state) and throws `collective_error`.
  */
 #pragma once
 

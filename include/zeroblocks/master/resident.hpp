@@ -41,7 +41,7 @@ struct resident {
       m_.zero();
       v_.zero();
     }
-    static void declare(std::size_t owned_numel, memory_report& r) {
+    static void declare(std::size_t owned_numel, const engine_config&, memory_report& r) {
       r.current[static_cast<std::size_t>(mem_category::master_fp32)] += owned_numel * 4;
       r.current[static_cast<std::size_t>(mem_category::adam_m)] += owned_numel * 4;
       r.current[static_cast<std::size_t>(mem_category::adam_v)] += owned_numel * 4;
@@ -51,6 +51,10 @@ struct resident {
       std::memcpy(master_.data() + offset, values, n * sizeof(float));
     }
     const float* master(std::size_t offset) const { return master_.data() + offset; }
+    /// @brief Copy `n` master values from owned element `offset` into `out`.
+    void read_master(std::size_t offset, float* out, std::size_t n) const {
+      std::memcpy(out, master_.data() + offset, n * sizeof(float));
+    }
     const float* moment1(std::size_t offset) const { return m_.data() + offset; }
     const float* moment2(std::size_t offset) const { return v_.data() + offset; }
 

@@ -102,9 +102,9 @@ template <class T, class Space>
 class buffer {
 public:
   buffer() = default;
-  buffer(std::size_t n, mem_category cat, memory_tracker* tracker)
+  buffer(std::size_t n, mem_category cat, memory_tracker* tracker, std::size_t alignment = default_alignment)
       : n_(n), cat_(cat), tracker_(tracker) {
-    data_ = static_cast<T*>(Space::allocate(bytes()));
+    data_ = static_cast<T*>(Space::allocate(bytes(), alignment));
     if (tracker_) tracker_->add(cat_, bytes());
   }
   buffer(const buffer&) = delete;

@@ -29,6 +29,7 @@ enum class mem_category : int {
   buckets,        ///< gradient bucket buffers (stage 2/3)
   gathered,       ///< parameters all-gathered for use (stage 3), live until released
   persistent,     ///< stage 3: small units kept gathered for good (persistence threshold)
+  staging,        ///< NVMe tier: aligned, pinned staging buffers of the swap pipeline
   other,          ///< anything else (communication scratch, ...)
   count_
 };
@@ -38,7 +39,7 @@ inline constexpr std::size_t mem_category_count = static_cast<std::size_t>(mem_c
 /// @brief Short name of a category, for tables.
 constexpr std::string_view mem_category_name(mem_category c) {
   constexpr std::array<std::string_view, mem_category_count> names = {
-      "params16", "grads16", "master_fp32", "adam_m", "adam_v", "buckets", "gathered", "persistent", "other"};
+      "params16", "grads16", "master_fp32", "adam_m", "adam_v", "buckets", "gathered", "persistent", "staging", "other"};
   return names[static_cast<std::size_t>(c)];
 }
 

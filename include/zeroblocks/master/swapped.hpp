@@ -1,0 +1,259 @@
+/**
+ * @file swapped.hpp
+ * @brief `master::swapped<Swap>`: fp32 master weights, Adam m and v on NVMe
+ * (ZeRO-Infinity's optimizer tier), the step a read · compute · write pipeline.
+ *
+ * The rank's owned elements are cut into sub-groups of `swap_config::sub_group_numel`.
+ * A sub-group's state is one record on disk — its master, m and v back to back,
+ * 12 B per element, padded to 4 KiB — so a step reads and writes each sub-group once,
+ * sequentially. The step is a pipeline over `buffer_count` staging buffers: while
+ * sub-group k is updated by the fused host kernel, k+1 (and further, with more
+ * buffers) is being read and k−1 written. Memory held by the tier is the staging pool,
+ * `buffer_count × 12 B × sub_group_numel`, whatever Ψ is.
+ *
+ * No gradient touches the disk: the 16-bit gradient shard stays in memory and is upcast
+ * inside the fused pass (DeepSpeed swaps fp32 gradients out and back in; we move
+ * 12 B per element per step each way, never 16).
+ *
+ * Two slots, one commit. The file holds two copies of every record; step t reads slot
+ * A and writes slot B, and the engine commits (flips A and B) only after every rank
+ * reported that all of its writes landed. If any write or read fails anywhere, no rank
+ * commits: each rolls its 16-bit parameters back to the committed master (read from
+ * slot A, which no failed step ever touches) and `step()` throws the same
+ * `zeroblocks::collective_error` on every rank — the engine stays usable, the
+ * gradients are still there, and the step can be retried. The price is twice the disk
+ * space (24 B per owned element); bytes moved per step are unchanged.
+ *
+ * `set()` and `read_master()` go through a one-record cache (initialisation and
+ * inspection, not the step).
+ */
+#pragma once
+
+#include "../engine/context.hpp"
+#include "../kernel/host.hpp"
+#include "../swap/posix.hpp"
+#include "../swap/swap.hpp"
+#include "../swap/uring.hpp"
+#include "master.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+#include <vector>
+
+ZB_NAMESPACE_BEGIN
+namespace master {
+
+/// @brief Counters of the NVMe master tier.
+struct swapped_stats {
+  swap_stats io;                       ///< the backend's byte and request counters
+  std::uint64_t payload_written = 0;   ///< state bytes the steps wrote (12 B per owned element and step)
+  std::uint64_t payload_read = 0;      ///< state bytes the steps read
+  std::uint64_t commits = 0;           ///< steps committed
+  std::uint64_t rollbacks = 0;         ///< steps rolled back after an I/O failure
+  std::size_t sub_groups = 0;          ///< sub-groups per step
+  std::size_t sub_group_numel = 0;     ///< elements per sub-group (the last may be shorter)
+  std::size_t staging_bytes = 0;       ///< the staging pool: all the memory the tier holds
+  std::size_t file_bytes = 0;          ///< the tier's logical file space (two slots)
+};
+
+/// @brief Master state on NVMe through swap backend `Swap` (`swap::uring` by default).
+template <class Swap = swap::uring>
+struct swapped {
+  using master_concept = master_tag;
+  using swap_backend = Swap;
+  static constexpr const char* name = "swapped";
+  static_assert(swap_policy<Swap>,
+                "master::swapped<Swap>: Swap is not a swap-backend policy (see zeroblocks/swap/swap.hpp)");
+
+  /// @brief Elements per sub-group for `owned` elements.
+  static std::size_t sub_group(const engine_config& cfg, std::size_t owned) {
+    return std::max<std::size_t>(1, std::min(cfg.swap.sub_group_numel, owned));
+  }
+
+  template <class Ctx>
+  class impl {
+    using T = typename Ctx::param_type;
+    struct piece {
+      const T* grad;
+      T* param;
+      std::size_t numel;
+      std::size_t at;  // offset inside the sub-group
+    };
+
+  public:
+    impl(Ctx& ctx, std::size_t owned_numel)
+        : ctx_(ctx),
+          n_(owned_numel),
+          s_(checked_sub_group(ctx.cfg, owned_numel)),
+          g_((owned_numel + s_ - 1) / s_),
+          rec_(swap_round_up(12 * s_)),
+          pool_(ctx.cfg.swap.buffer_count, rec_, &ctx.tracker),
+          io_(ctx.cfg.swap, "master", ctx.rank(), 2 * g_ * rec_),
+          per_(g_) {
+      io_.register_buffers(pool_.iovecs());
+      stats_.sub_groups = g_;
+      stats_.sub_group_numel = s_;
+      stats_.staging_bytes = pool_.bytes() * static_cast<std::size_t>(pool_.count());
+      stats_.file_bytes = io_.capacity();
+    }
+    impl(const impl&) = delete;
+    impl& operator=(const impl&) = delete;
+
+    static void declare(std::size_t owned_numel, const engine_config& cfg, memory_report& r) {
+      r.current[static_cast<std::size_t>(mem_category::staging)] +=
+          static_cast<std::size_t>(std::max(cfg.swap.buffer_count, 0)) * swap_round_up(12 * sub_group(cfg, owned_numel));
+    }
+
+    /// @brief Initial master values (fp32), `n` from owned element `offset`.
+    void set(std::size_t offset, const float* values, std::size_t n) {
+      while (n > 0) {
+        const std::size_t g = offset / s_, at = offset % s_, len = std::min(n, numel_of(g) - at);
+        float* rec = load(g);
+        std::memcpy(rec + at, values, len * sizeof(float));
+        dirty_ = true;
+        offset += len;
+        values += len;
+        n -= len;
+      }
+    }
+    /// @brief Copy `n` committed master values from owned element `offset` into `out`.
+    void read_master(std::size_t offset, float* out, std::size_t n) { read_state(0, offset, out, n); }
+    /// @brief ... Adam's first (`which` 1) or second (2) moment.
+    void read_state(int which, std::size_t offset, float* out, std::size_t n) {
+      while (n > 0) {
+        const std::size_t g = offset / s_, at = offset % s_, len = std::min(n, numel_of(g) - at);
+        const float* rec = load(g) + static_cast<std::size_t>(which) * numel_of(g);
+        std::memcpy(out, rec + at, len * sizeof(float));
+        offset += len;
+        out += len;
+        n -= len;
+      }
+    }
+
+    /// @brief The step: for each sub-group read its record from the committed slot,
+    /// run the fused pass on the slices that fall in it, write it to the other slot.
+    /// Nothing is committed until `commit()`. Throws (after every transfer settled)
+    /// when a read or write failed.
+    void apply(const std::vector<step_slice<T>>& slices, const kernel::adamw_step_args& a) {
+      flush();
+      cached_ = npos;
+      for (auto& p : per_) p.clear();
+      for (const auto& s : slices)
+        for (std::size_t done = 0; done < s.numel;) {
+          const std::size_t o = s.master_offset + done, g = o / s_, at = o % s_;
+          const std::size_t len = std::min(s.numel - done, numel_of(g) - at);
+          per_[g].push_back({s.grad + done, s.param + done, len, at});
+          done += len;
+        }
+      pending_ = true;
+      const std::size_t nb = static_cast<std::size_t>(pool_.count());
+      const int from = slot_, to = 1 - slot_;
+      std::vector<swap_ticket> rt(nb), wt(nb);
+      try {
+        for (std::size_t j = 0; j + 1 < nb && j < g_; ++j) rt[j] = read_record(from, j, pool_.data(static_cast<int>(j)));
+        for (std::size_t g = 0; g < g_; ++g) {
+          const std::size_t b = g % nb;
+          io_.wait(rt[b]);
+          compute(g, reinterpret_cast<float*>(pool_.data(static_cast<int>(b))), a);
+          wt[b] = io_.write(offset_of(to, g), pool_.data(static_cast<int>(b)), 12 * numel_of(g));
+          stats_.payload_written += 12 * numel_of(g);
+          // The buffer of sub-group g-1 is next: once its write has landed, read ahead into it.
+          if (const std::size_t j = g + nb - 1; j < g_) {
+            const std::size_t bj = j % nb;
+            io_.wait(wt[bj]);
+            rt[bj] = read_record(from, j, pool_.data(static_cast<int>(bj)));
+          }
+        }
+        for (auto& t : wt) io_.wait(t);
+      } catch (...) {
+        for (auto& t : rt) t.settle();  // the kernel may still write these buffers
+        for (auto& t : wt) t.settle();
+        throw;
+      }
+    }
+    /// @brief Every rank's `apply` succeeded: the written slot becomes the committed one.
+    void commit() {
+      if (!pending_) return;
+      slot_ = 1 - slot_;
+      pending_ = false;
+      ++stats_.commits;
+    }
+    /// @brief Some rank's `apply` failed: restore the 16-bit parameters of the last
+    /// `apply` from the committed master (its slot was not written). Throws if the
+    /// committed slot cannot be read either.
+    void rollback() {
+      if (!pending_) return;
+      pending_ = false;
+      cached_ = npos;
+      for (std::size_t g = 0; g < g_; ++g) {
+        if (per_[g].empty()) continue;
+        const float* rec = load(g);
+        for (const auto& p : per_[g]) kernel::downcast(p.param, rec + p.at, p.numel, 1.0f, ctx_.cfg.threads);
+      }
+      ++stats_.rollbacks;
+    }
+
+    swapped_stats stats() const {
+      auto s = stats_;
+      s.io = io_.stats();
+      return s;
+    }
+    const Swap& backend() const { return io_; }
+
+  private:
+    static constexpr std::size_t npos = static_cast<std::size_t>(-1);
+
+    static std::size_t checked_sub_group(const engine_config& cfg, std::size_t owned) {
+      ZB_REQUIRE(cfg.swap.sub_group_numel >= 1, "master::swapped: swap.sub_group_numel must be >= 1");
+      ZB_REQUIRE(cfg.swap.buffer_count >= 2, "master::swapped: swap.buffer_count must be >= 2 (got ",
+                 cfg.swap.buffer_count, "; 3 overlaps read, update and write)");
+      return sub_group(cfg, owned);
+    }
+    std::size_t numel_of(std::size_t g) const { return std::min(s_, n_ - g * s_); }
+    std::size_t offset_of(int slot, std::size_t g) const { return (static_cast<std::size_t>(slot) * g_ + g) * rec_; }
+    swap_ticket read_record(int slot, std::size_t g, std::byte* buf) {
+      stats_.payload_read += 12 * numel_of(g);
+      return io_.read(offset_of(slot, g), buf, 12 * numel_of(g));
+    }
+
+    void compute(std::size_t g, float* rec, const kernel::adamw_step_args& a) {
+      const std::size_t n = numel_of(g);
+      float *master = rec, *m = rec + n, *v = rec + 2 * n;
+      for (const auto& p : per_[g])
+        kernel::fused_adamw(master + p.at, m + p.at, v + p.at, p.grad, p.param, p.numel, a, ctx_.cfg.threads);
+    }
+
+    /// The committed record of sub-group g in staging buffer 0 (one-record cache).
+    float* load(std::size_t g) {
+      float* rec = reinterpret_cast<float*>(pool_.data(0));
+      if (cached_ == g) return rec;
+      flush();
+      cached_ = npos;
+      auto t = io_.read(offset_of(slot_, g), pool_.data(0), 12 * numel_of(g));
+      io_.wait(t);
+      cached_ = g;
+      return rec;
+    }
+    void flush() {
+      if (!dirty_) return;
+      dirty_ = false;
+      auto t = io_.write(offset_of(slot_, cached_), pool_.data(0), 12 * numel_of(cached_));
+      io_.wait(t);
+    }
+
+    Ctx& ctx_;
+    std::size_t n_, s_, g_, rec_;
+    staging_pool pool_;  // before io_: the backend (and its I/O thread) goes first
+    Swap io_;
+    std::vector<std::vector<piece>> per_;  // the last apply's pieces, per sub-group
+    int slot_ = 0;                         // the committed slot
+    bool pending_ = false;                 // an apply wrote the other slot, not committed yet
+    std::size_t cached_ = npos;
+    bool dirty_ = false;
+    swapped_stats stats_;
+  };
+};
+
+}  // namespace master
+ZB_NAMESPACE_END
