@@ -30,7 +30,8 @@
  * stage strays from stage 0 by more than the stated bound; on success the last line is
  * "train_mlp: PASS" (the CTest smoke test looks for it).
  *
- * Run:  mpirun -np 4 ./train_mlp [--stage 0|1|2|3|all] [--steps N] [--dtype bf16|fp16|fp32] ...
+ * Run:  mpirun -np 4 ./train_mlp [--stage 0|1|2|3|all] [--steps N] [--dtype bf16|fp16|fp32]
+ *       [--offload nvme --nvme-path DIR] ...
  */
 
 #include <zeroblocks/comm/mpi.hpp>
@@ -72,6 +73,8 @@ struct options {
   std::uint64_t seed = 1234;
   int log_every = 20;
   std::size_t persistence = 100000;  ///< stage 3: units below this many elements stay gathered
+  std::string offload = "none";      ///< none | nvme: fp32 master, m, v of stages 1-3 on NVMe
+  std::string nvme_path;             ///< directory of the NVMe tier files
 };
 
 /// A bad command line: main prints the usage text and exits with status 2.
@@ -94,6 +97,9 @@ constexpr const char* usage_text =
     "  --log-every K         print training progress every K steps (default 20)\n"
     "  --persistence N       stage 3 (prefetch_trace): units under N elements stay gathered (default 100000;\n"
     "                        0 = none, so every unit is gathered ahead of use)\n"
+    "  --offload none|nvme   nvme: stages 1-3 keep fp32 master, m and v on disk (master::swapped, io_uring;\n"
+    "                        stage 3 = the infinity preset); stage 0 stays the in-memory reference (default none)\n"
+    "  --nvme-path DIR       directory for the NVMe tier files (needed with --offload nvme)\n"
     "  --help                this text\n";
 
 long parse_int(const std::string& flag, const std::string& v, long lo, long hi) {
@@ -128,9 +134,9 @@ std::optional<options> parse_args(int argc, char** argv) {
       value = flag.substr(flag.find('=') + 1);
       flag = flag.substr(0, flag.find('='));
     }
-    static constexpr std::array<std::string_view, 11> known = {
-        "--stage", "--steps", "--batch", "--micro-steps", "--lr",
-        "--clip",  "--bucket-numel", "--dtype", "--seed", "--log-every", "--persistence"};
+    static constexpr std::array<std::string_view, 13> known = {
+        "--stage", "--steps", "--batch", "--micro-steps", "--lr", "--clip", "--bucket-numel",
+        "--dtype", "--seed", "--log-every", "--persistence", "--offload", "--nvme-path"};
     if (std::ranges::find(known, flag) == known.end()) throw usage_error("unknown option '" + flag + "'");
     if (!inline_value) {
       if (i + 1 >= argc) throw usage_error(flag + ": missing value");
@@ -163,7 +169,13 @@ std::optional<options> parse_args(int argc, char** argv) {
       o.seed = static_cast<std::uint64_t>(parse_int(flag, value, 0, 1L << 62));
     else if (flag == "--log-every")
       o.log_every = static_cast<int>(parse_int(flag, value, 1, 1000000));
+    else if (flag == "--offload") {
+      if (value != "none" && value != "nvme") throw usage_error("--offload: expected none or nvme, got '" + value + "'");
+      o.offload = value;
+    } else if (flag == "--nvme-path")
+      o.nvme_path = value;
   }
+  if (o.offload == "nvme" && o.nvme_path.empty()) throw usage_error("--offload nvme needs --nvme-path DIR");
   return o;
 }
 
@@ -430,6 +442,10 @@ struct stage_report {
   std::size_t formula = 0, psi = 0;
   zb::comm_counters traffic;  ///< training loop only
   zb::coordinator_stats coord;         ///< stage 3: the coordinator's counters after training
+  bool nvme = false;                   ///< master state on NVMe (--offload nvme)
+  std::string nvme_backend;
+  std::size_t nvme_owned = 0, nvme_staging = 0, nvme_file_bytes = 0;
+  std::uint64_t nvme_written_per_step = 0;  ///< state bytes written per applied step
   std::uint64_t gathered_in_loop = 0;  ///< stage 3: elements it gathered in the training loop
   double seconds = 0;
 };
@@ -445,6 +461,8 @@ stage_report run_stage(const options& opt, const mlp& model, const dataset& trai
   cfg.max_grad_norm = opt.clip;
   cfg.bucket_numel = opt.bucket_numel;
   cfg.prefetch.persistence_threshold_numel = opt.persistence;
+  cfg.swap.paths = {opt.nvme_path};
+  cfg.swap.sub_group_numel = 2048;  // several sub-groups even for this small model: a real pipeline
 
   zb::comm::mpi comm(MPI_COMM_WORLD);
   Engine eng(model.reg, std::move(comm), cfg);
@@ -470,6 +488,9 @@ stage_report run_stage(const options& opt, const mlp& model, const dataset& trai
   // and gather_master are not part of a training step.
   const zb::comm_counters before = eng.counters();
   const std::uint64_t gathered_before = eng.coordination_stats().gathered_numel;
+  std::uint64_t nvme_written_before = 0;
+  if constexpr (requires { eng.master_state().stats().payload_written; })
+    nvme_written_before = eng.master_state().stats().payload_written;
   batch_stats window;
   double norm_sum = 0.0;
   int norm_count = 0;
@@ -510,6 +531,17 @@ stage_report run_stage(const options& opt, const mlp& model, const dataset& trai
   rep.gathered_in_loop = rep.coord.gathered_numel - gathered_before;
   rep.memory = eng.memory();
   rep.formula = eng.formula_bytes();
+  if constexpr (requires { eng.master_state().stats().payload_written; }) {
+    // The fp32 master, m and v are on disk: the formula's 12Ψ(/N) leaves memory.
+    const auto t = eng.master_state().stats();
+    rep.nvme = true;
+    rep.nvme_backend = eng.master_state().backend().backend_name();
+    rep.nvme_owned = Engine::sharded_master ? eng.model_layout().shard_numel() : eng.model_layout().total_numel();
+    rep.formula -= 12 * rep.nvme_owned;
+    rep.nvme_written_per_step = rep.applied_steps ? (t.payload_written - nvme_written_before) / rep.applied_steps : 0;
+    rep.nvme_staging = t.staging_bytes;
+    rep.nvme_file_bytes = t.file_bytes;
+  }
 
   const auto e = evaluate(eng, model, eval);
   rep.final_loss = e.loss_sum / e.count;
@@ -522,10 +554,25 @@ stage_report run_stage(const options& opt, const mlp& model, const dataset& trai
   return rep;
 }
 
+/// Stage 1 with the master state on NVMe (no preset names it).
+template <class T>
+using stage1_nvme = zb::engine<T, zb::host_space, zb::comm::mpi, zb::partition::even, zb::coordinate::resident,
+                               zb::bucket::reduce_at_boundary, zb::master::swapped<zb::swap::uring>>;
+
 /// The runtime `--stage` value picks one of the four presets, for parameter type T.
 template <class T>
 stage_report run_stage_for(int stage, const options& opt, const mlp& model, const dataset& train, const dataset& eval) {
   using zb::comm::mpi;
+  if (opt.offload == "nvme") switch (stage) {
+      case 1:
+        return run_stage<stage1_nvme<T>>(opt, model, train, eval);
+      case 2:
+        return run_stage<zb::stage2_nvme<mpi, T>>(opt, model, train, eval);
+      case 3:
+        return run_stage<zb::infinity<mpi, T>>(opt, model, train, eval);
+      default:
+        break;  // stage 0 stays the in-memory reference
+    }
   switch (stage) {
     case 0:
       return run_stage<zb::stage0<mpi, T>>(opt, model, train, eval);
@@ -717,6 +764,18 @@ void print_report(const options& opt, int world, const std::vector<stage_report>
   }
 }
 
+void print_nvme(const std::vector<stage_report>& reps) {
+  for (const auto& r : reps) {
+    if (!r.nvme) continue;
+    std::printf("\n[stage %d NVMe tier (master::swapped, backend %s)] fp32 master, m, v on disk: %zu owned elements; "
+                "state bytes written per step %s (12 x owned = %s%s); staging pool %s bytes; tier files %s bytes (two "
+                "slots)\n",
+                r.stage, r.nvme_backend.c_str(), r.nvme_owned, grouped(r.nvme_written_per_step).c_str(),
+                grouped(12 * r.nvme_owned).c_str(), r.nvme_written_per_step == 12 * r.nvme_owned ? ", equal" : ", DIFFERS",
+                grouped(r.nvme_staging).c_str(), grouped(r.nvme_file_bytes).c_str());
+  }
+}
+
 void print_coordinator(const std::vector<stage_report>& reps) {
   for (const auto& r : reps) {
     if (r.stage != 3) continue;
@@ -752,9 +811,10 @@ int run(const options& opt) {
   if (rank == 0)
     std::printf(
         "train_mlp: MLP 16-64-61-58-4 (tanh, softmax cross-entropy), 4-class spiral in R^16; %d ranks, "
-        "dtype %s, stage %s, %d steps x %d micro-steps of %d samples, lr %g, clip %g, bucket %zu elements\n",
+        "dtype %s, stage %s, %d steps x %d micro-steps of %d samples, lr %g, clip %g, bucket %zu elements%s%s\n",
         world, opt.dtype.c_str(), opt.stage < 0 ? "all" : std::to_string(opt.stage).c_str(), opt.steps, opt.micro_steps,
-        opt.batch, static_cast<double>(opt.lr), static_cast<double>(opt.clip), opt.bucket_numel);
+        opt.batch, static_cast<double>(opt.lr), static_cast<double>(opt.clip), opt.bucket_numel,
+        opt.offload == "nvme" ? ", master state of stages 1-3 on NVMe in " : "", opt.offload == "nvme" ? opt.nvme_path.c_str() : "");
 
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<stage_report> reps;
@@ -770,10 +830,11 @@ int run(const options& opt) {
   // losses, gathered masters), so every rank returns the same status; rank 0 prints.
   const std::vector<float>* ref = opt.stage < 0 ? &reference : nullptr;
   bool ok = true;
-  for (const auto& r : reps) ok = ok && judge(r, opt, ref).ok();
+  for (const auto& r : reps) ok = ok && judge(r, opt, ref).ok() && (!r.nvme || r.nvme_written_per_step == 12 * r.nvme_owned);
   if (rank == 0) {
     print_report(opt, world, reps, ref);
     print_coordinator(reps);
+    print_nvme(reps);
     std::printf("\ntotal wall time %.2f s\n", seconds);
     if (!ok)
       std::printf("train_mlp: FAILED (see the FAIL marks above)\n");
