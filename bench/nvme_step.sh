@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The infinity preset's optimizer step on a model whose 16Ψ bytes exceed this machine's
 # RAM, against the disk's own time for the step's bytes: fio measures sequential read
-# and write bandwidth (io_uring, --direct=1, same request size and depth), then
-# bench_nvme_step prints step time / I/O bound (goal <= 1.15).
+# and write bandwidth and a 50/50 mixed run (io_uring, --direct=1, same request size
+# and depth), then bench_nvme_step prints step time / I/O bound (goal <= 1.15) for two
+# bounds: reads then writes at their own rates, and all bytes at the mixed rate.
 #
 # Usage: bench/nvme_step.sh [DIR] [PSI] [extra bench_nvme_step options...]
 #   DIR  directory on the disk (default build/bench-nvme); needs 24·PSI bytes free
@@ -23,6 +24,10 @@ bw() {
 }
 w=$(bw write)
 r=$(bw read)
+# Mixed: sequential reads and writes at once, 50/50 — what the pipeline asks of the disk.
+m=$(fio --name=zb --filename="$dir/fio.dat" --size=4g --bs=1m --iodepth=8 --ioengine=io_uring --direct=1 \
+        --rw=rw --rwmixread=50 --numjobs=1 --output-format=json 2>/dev/null |
+    python3 -c "import json,sys; j=json.load(sys.stdin)['jobs'][0]; print((j['read']['bw_bytes']+j['write']['bw_bytes'])/1e9)")
 rm -f "$dir/fio.dat"
-echo "fio io_uring direct bs=1m iodepth=8: write $w GB/s, read $r GB/s"
-"$bin" --dir "$dir" --psi "$psi" --fio-read-gbps "$r" --fio-write-gbps "$w" "$@"
+echo "fio io_uring direct bs=1m iodepth=8: write $w GB/s, read $r GB/s, mixed 50/50 read+write $m GB/s"
+"$bin" --dir "$dir" --psi "$psi" --fio-read-gbps "$r" --fio-write-gbps "$w" --fio-mixed-gbps "$m" "$@"

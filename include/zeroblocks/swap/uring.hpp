@@ -143,6 +143,8 @@ private:
         inflight += prepared;
       }
       if (inflight == 0) continue;
+      // A submit refused earlier (-EBUSY, -EAGAIN) left entries queued: hand them over now.
+      if (::io_uring_sq_ready(&ring_) > 0) (void)::io_uring_submit(&ring_);
       // Wait for a completion, but not forever: new work may have arrived meanwhile
       // and the ring may have room for it.
       io_uring_cqe* cqe = nullptr;
