@@ -32,6 +32,10 @@
  * acquired. Anything thrown on one rank from inside the engine, and any exception that
  * unwinds through it, is sent to the other ranks over the communicators' abort channel
  * before it propagates, so they raise an error instead of hanging in a collective.
+ * A master-state policy whose step is a transaction (`commit()` / `rollback()`, e.g.
+ * `master::swapped`) is the exception: when its I/O fails on some rank, every rank rolls
+ * back and throws the same `collective_error`, the communicators stay usable, and
+ * calling `step()` again retries the step with the gradients already reduced.
  *
  * Communicators: the engine duplicates the one it is given (`Comm::dup`) into three —
  * gradient reductions, parameter gathers, control — so those three streams keep their
