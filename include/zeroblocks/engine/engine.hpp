@@ -580,14 +580,13 @@ private:
   /// still arrive in it.
   template <class V>
   struct leak_on_failure {
+    explicit leak_on_failure(std::unique_ptr<V>& o) : owned(o) {}
     std::unique_ptr<V>& owned;
     int exceptions = std::uncaught_exceptions();
     ~leak_on_failure() {
       if (std::uncaught_exceptions() > exceptions) (void)owned.release();
     }
   };
-  template <class V>
-  leak_on_failure(std::unique_ptr<V>&) -> leak_on_failure<V>;
 
   struct owned_slice_ref {
     std::size_t unit;

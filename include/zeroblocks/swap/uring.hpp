@@ -151,8 +151,10 @@ private:
       __kernel_timespec ts{0, 200'000};
       const int rc = ::io_uring_wait_cqe_timeout(&ring_, &cqe, &ts);
       if (rc < 0 && rc != -ETIME && rc != -EINTR) continue;
-      unsigned head, seen = 0;
-      io_uring_for_each_cqe(&ring_, head, cqe) {
+      unsigned seen = 0;
+      // Drain what completed (peek loop rather than io_uring_for_each_cqe, whose
+      // assignment-in-condition warns once nvcc has expanded the macro).
+      for (; ::io_uring_peek_cqe(&ring_, &cqe) == 0 && cqe; ::io_uring_cqe_seen(&ring_, cqe)) {
         std::unique_ptr<swap_request> r(static_cast<swap_request*>(::io_uring_cqe_get_data(cqe)));
         long res = cqe->res;
         // An injected short transfer issued only part of the request.
@@ -160,7 +162,6 @@ private:
         complete_request(files_, counters_, *r, res);
         ++seen;
       }
-      ::io_uring_cq_advance(&ring_, seen);
       inflight -= static_cast<int>(seen);
     }
   }
