@@ -98,7 +98,8 @@ constexpr const char* usage_text =
     "  --persistence N       stage 3 (prefetch_trace): units under N elements stay gathered (default 100000;\n"
     "                        0 = none, so every unit is gathered ahead of use)\n"
     "  --offload none|nvme   nvme: stages 1-3 keep fp32 master, m and v on disk (master::swapped, io_uring;\n"
-    "                        stage 3 = the infinity preset); stage 0 stays the in-memory reference (default none)\n"
+    "                        stage 3 = the infinity preset: its 16-bit parameter shard on disk too, read ahead\n"
+    "                        of the gathers); stage 0 stays the in-memory reference (default none)\n"
     "  --nvme-path DIR       directory for the NVMe tier files (needed with --offload nvme)\n"
     "  --help                this text\n";
 
@@ -446,6 +447,9 @@ struct stage_report {
   std::string nvme_backend;
   std::size_t nvme_owned = 0, nvme_staging = 0, nvme_file_bytes = 0;
   std::uint64_t nvme_written_per_step = 0;  ///< state bytes written per applied step
+  bool nvme_params = false;                 ///< the 16-bit parameter shard is on disk too
+  std::size_t param_bytes = 0;              ///< bytes of one parameter element
+  std::uint64_t nvme_param_written_per_step = 0;
   std::uint64_t gathered_in_loop = 0;  ///< stage 3: elements it gathered in the training loop
   double seconds = 0;
 };
@@ -488,9 +492,11 @@ stage_report run_stage(const options& opt, const mlp& model, const dataset& trai
   // and gather_master are not part of a training step.
   const zb::comm_counters before = eng.counters();
   const std::uint64_t gathered_before = eng.coordination_stats().gathered_numel;
-  std::uint64_t nvme_written_before = 0;
-  if constexpr (requires { eng.master_state().stats().payload_written; })
+  std::uint64_t nvme_written_before = 0, nvme_param_written_before = 0;
+  if constexpr (requires { eng.master_state().stats().payload_written; }) {
     nvme_written_before = eng.master_state().stats().payload_written;
+    nvme_param_written_before = eng.master_state().stats().param_payload_written;
+  }
   batch_stats window;
   double norm_sum = 0.0;
   int norm_count = 0;
@@ -539,6 +545,13 @@ stage_report run_stage(const options& opt, const mlp& model, const dataset& trai
     rep.nvme_owned = Engine::sharded_master ? eng.model_layout().shard_numel() : eng.model_layout().total_numel();
     rep.formula -= 12 * rep.nvme_owned;
     rep.nvme_written_per_step = rep.applied_steps ? (t.payload_written - nvme_written_before) / rep.applied_steps : 0;
+    if (t.params_on_tier) {  // ... and so is the 16-bit parameter shard: pΨ/N leaves memory too
+      rep.nvme_params = true;
+      rep.param_bytes = sizeof(typename Engine::param_type);
+      rep.formula -= sizeof(typename Engine::param_type) * rep.nvme_owned;
+      rep.nvme_param_written_per_step =
+          rep.applied_steps ? (t.param_payload_written - nvme_param_written_before) / rep.applied_steps : 0;
+    }
     rep.nvme_staging = t.staging_bytes;
     rep.nvme_file_bytes = t.file_bytes;
   }
@@ -773,6 +786,13 @@ void print_nvme(const std::vector<stage_report>& reps) {
                 r.stage, r.nvme_backend.c_str(), r.nvme_owned, grouped(r.nvme_written_per_step).c_str(),
                 grouped(12 * r.nvme_owned).c_str(), r.nvme_written_per_step == 12 * r.nvme_owned ? ", equal" : ", DIFFERS",
                 grouped(r.nvme_staging).c_str(), grouped(r.nvme_file_bytes).c_str());
+    if (r.nvme_params)
+      std::printf("  16-bit parameter shard on disk too: written per step %s bytes (p x owned = %s%s); gathers read "
+                  "%llu slices from the tier, %llu of them started ahead; %.3f s waited for reads\n",
+                  grouped(r.nvme_param_written_per_step).c_str(), grouped(r.param_bytes * r.nvme_owned).c_str(),
+                  r.nvme_param_written_per_step == r.param_bytes * r.nvme_owned ? ", equal" : ", DIFFERS",
+                  static_cast<unsigned long long>(r.coord.tier_reads),
+                  static_cast<unsigned long long>(r.coord.tier_read_hits), r.coord.tier_read_wait_seconds);
   }
 }
 
@@ -830,7 +850,9 @@ int run(const options& opt) {
   // losses, gathered masters), so every rank returns the same status; rank 0 prints.
   const std::vector<float>* ref = opt.stage < 0 ? &reference : nullptr;
   bool ok = true;
-  for (const auto& r : reps) ok = ok && judge(r, opt, ref).ok() && (!r.nvme || r.nvme_written_per_step == 12 * r.nvme_owned);
+  for (const auto& r : reps)
+    ok = ok && judge(r, opt, ref).ok() && (!r.nvme || r.nvme_written_per_step == 12 * r.nvme_owned) &&
+         (!r.nvme_params || r.nvme_param_written_per_step == r.param_bytes * r.nvme_owned);
   if (rank == 0) {
     print_report(opt, world, reps, ref);
     print_coordinator(reps);

@@ -2,8 +2,11 @@
 // runs 1, 2, 3 and 4 ranks), through both swap backends:
 //  - the pipeline's results equal master::resident bit for bit (stages 1, 2 and 3, fp32,
 //    fp16 and bf16, clipping, an overflow-skipped step, gradient accumulation), with
-//    sub-groups that do not divide the shard and 2 or 4 staging buffers; the infinity
-//    preset equals stage 0;
+//    sub-groups that do not divide the shard and 2 or 4 staging buffers; stage 3 with
+//    the 16-bit parameters on the tier too (the infinity preset) equals stage 3 and
+//    stage 0;
+//  - parameters on the tier: no 16-bit shard in memory, 2 B per owned element written
+//    per applied step next to the state, gathers served by reads started ahead;
 //  - memory: no fp32 master, m or v in memory; the tier holds exactly its staging pool,
 //    and the estimate says so;
 //  - bytes per step: 12 B per owned element written and read (12Ψ/N), no gradient
@@ -55,7 +58,9 @@ using stage1_swapped = zb::engine<T, zb::host_space, zb::comm::mpi, zb::partitio
 template <class T, class Swap>
 using stage2_swapped = zb::stage2_nvme<zb::comm::mpi, T, Swap>;
 template <class T, class Swap>
-using stage3_swapped = zb::infinity<zb::comm::mpi, T, Swap>;
+using stage3_swapped = zb::stage3_nvme<zb::comm::mpi, T, Swap>;
+template <class T, class Swap>
+using infinity_swapped = zb::infinity<zb::comm::mpi, T, Swap>;
 
 void check_same(const zbt::run_output& ref, const zbt::run_output& got) {
   CHECK(zbt::first_difference(ref.master, got.master) == -1);
@@ -81,11 +86,16 @@ void equals_resident(const run_options& o, std::size_t sub_group, int buffers) {
   const auto r3 = zbt::run<zb::stage3<zb::comm::mpi, T>>(zb::comm::mpi(MPI_COMM_WORLD), o);
   const auto s3 = zbt::run<stage3_swapped<T, Swap>>(zb::comm::mpi(MPI_COMM_WORLD), o, cfg);
   check_same(r3, s3);
+  const auto i3 = zbt::run<infinity_swapped<T, Swap>>(zb::comm::mpi(MPI_COMM_WORLD), o, cfg);
+  check_same(r3, i3);
+  CHECK(i3.memory[zb::mem_category::params16] == 0);
+  CHECK(i3.first_step_traffic.payload() == r3.first_step_traffic.payload());
   // ... and stage 0 itself (exact with one micro-step, or with quantized gradients).
   const auto r0 = zbt::run<zb::stage0<zb::comm::mpi, T>>(zb::comm::mpi(MPI_COMM_WORLD), o);
   check_same(r0, s3);
+  check_same(r0, i3);
   // Memory: the master state lives on disk; in memory only the staging pool.
-  for (const auto* r : {&s1, &s2, &s3}) {
+  for (const auto* r : {&s1, &s2, &s3, &i3}) {
     CHECK(r->memory[zb::mem_category::master_fp32] == 0);
     CHECK(r->memory[zb::mem_category::adam_m] == 0);
     CHECK(r->memory[zb::mem_category::adam_v] == 0);
@@ -108,6 +118,62 @@ TEST_CASE_TEMPLATE("the NVMe pipeline equals master::resident bit for bit, stage
   q.gas = 2;
   q.quantized = true;
   equals_resident<T, zb::swap::uring>(q, 1u << 20, 4);  // one sub-group holds the whole shard
+  // A model whose shards span several sub-groups even when parameters on the tier round
+  // them to 4 KiB of 16-bit elements.
+  run_options w = o;
+  w.width = 40;
+  w.bucket_numel = 2000;
+  equals_resident<T, zb::swap::uring>(w, 3000, 3);
+}
+
+TEST_CASE_TEMPLATE("parameters on the tier: none in memory, written with the state, read ahead of the gathers",
+                   Swap, zb::swap::uring, zb::swap::posix) {
+  using T = zb::bfloat16;
+  zbt::synthetic_model model(40);
+  auto cfg = tier_config(2048, 3);
+  cfg.bucket_numel = 2000;
+  cfg.prefetch.persistence_threshold_numel = 0;  // every unit gathered from the tier
+  cfg.prefetch.max_reuse_distance_numel = 0;     // ... twice per step
+  zb::infinity<zb::comm::mpi, T, Swap> eng(model.reg, zb::comm::mpi(MPI_COMM_WORLD), cfg);
+  zbt::init_params(eng, model);
+  const auto& lay = eng.model_layout();
+  const std::size_t owned = lay.shard_numel();
+  CHECK(eng.memory()[zb::mem_category::params16] == 0);
+  CHECK(eng.master_state().stats().params_on_tier);
+  CHECK(eng.master_state().stats().sub_group_numel == 2048);
+  // Staging: the master's pool (record + parameters per buffer) and the coordinator's
+  // read buffers; both declared.
+  const auto est = decltype(eng)::estimate(lay, eng.config());
+  CHECK(eng.memory()[zb::mem_category::staging] == est[zb::mem_category::staging]);
+  std::size_t gathered_units = 0;
+  for (std::size_t u = 0; u < lay.unit_count(); ++u) gathered_units += lay.unit(u).slice_numel > 0;
+  run_options o;
+  for (int s = 0; s < 3; ++s) {
+    const auto tier0 = eng.master_state().stats();
+    const auto c0 = eng.coordination_stats();
+    zbt::run_micro_steps(eng, model, o, s);
+    const auto r = eng.step();
+    const auto tier1 = eng.master_state().stats();
+    const auto c1 = eng.coordination_stats();
+    CAPTURE(s);
+    REQUIRE(r.applied);
+    // The step writes the 16-bit shard with the state: 2 B per owned element.
+    CHECK(tier1.param_payload_written - tier0.param_payload_written == sizeof(T) * owned);
+    CHECK(tier1.payload_written - tier0.payload_written == 12 * owned);
+    // Each non-empty unit is gathered twice (forward, backward), each gather reads its slice.
+    CHECK(c1.tier_reads - c0.tier_reads == 2 * gathered_units);
+    if (s == 0) CHECK(c1.tier_read_hits == c0.tier_read_hits);  // recording: every read on demand
+    else CHECK(c1.tier_read_hits - c0.tier_read_hits > 0);      // following the trace: reads ahead
+  }
+  // The parameters gathered from the tier are those of stage 3 with the shard in memory.
+  zb::stage3<zb::comm::mpi, T> ref(model.reg, zb::comm::mpi(MPI_COMM_WORLD), cfg);
+  zbt::init_params(ref, model);
+  for (int s = 0; s < 3; ++s) {
+    zbt::run_micro_steps(ref, model, o, s);
+    (void)ref.step();
+  }
+  CHECK(zbt::first_difference(zbt::params_of(ref), zbt::params_of(eng)) == -1);
+  CHECK(zbt::first_difference(ref.gather_master(), eng.gather_master()) == -1);
 }
 
 TEST_CASE_TEMPLATE("bytes per step: 12 B per owned element each way, no gradients, none when skipped", Swap,
@@ -115,7 +181,7 @@ TEST_CASE_TEMPLATE("bytes per step: 12 B per owned element each way, no gradient
   zbt::synthetic_model model;
   auto cfg = tier_config(64, 3);
   cfg.bucket_numel = 100;
-  zb::infinity<zb::comm::mpi, zb::half, Swap> eng(model.reg, zb::comm::mpi(MPI_COMM_WORLD), cfg);
+  zb::stage3_nvme<zb::comm::mpi, zb::half, Swap> eng(model.reg, zb::comm::mpi(MPI_COMM_WORLD), cfg);
   zbt::init_params(eng, model);
   const std::size_t owned = eng.model_layout().shard_numel();
   const auto& tier = eng.master_state();
@@ -149,8 +215,8 @@ TEST_CASE_TEMPLATE("bytes per step: 12 B per owned element each way, no gradient
         0);
 }
 
-TEST_CASE_TEMPLATE("a failed write or read on one rank rolls the step back everywhere; a retry lands", Swap,
-                   zb::swap::uring, zb::swap::posix) {
+template <class Engine>
+void rollback_on_fault(std::size_t min_offset) {
   const int world = zb_world_size(), rank = zb_world_rank();
   run_options o;
   o.steps = 3;
@@ -163,7 +229,7 @@ TEST_CASE_TEMPLATE("a failed write or read on one rank rolls the step back every
   // The reference: the same run without faults.
   const auto ref = [&] {
     zbt::synthetic_model model;
-    zb::infinity<zb::comm::mpi, zb::bfloat16, Swap> eng(model.reg, zb::comm::mpi(MPI_COMM_WORLD), cfg);
+    Engine eng(model.reg, zb::comm::mpi(MPI_COMM_WORLD), cfg);
     zbt::init_params(eng, model);
     std::vector<std::vector<float>> params, masters;
     for (int s = 0; s < o.steps; ++s) {
@@ -180,16 +246,17 @@ TEST_CASE_TEMPLATE("a failed write or read on one rank rolls the step back every
     std::atomic<int> armed{0};
     std::atomic<int> injected{0};
     auto fcfg = cfg;
-    // The last rank fails one request of the second sub-group, once, when armed.
+    // The last rank fails one request (past min_offset: e.g. of the second sub-group),
+    // once, when armed.
     fcfg.swap.fault_hook = [&](const zb::swap_request_info& r) {
       zb::swap_fault f;
-      if (rank == world - 1 && armed.load() && r.write == fail_write && r.logical_offset >= zb::swap_round_up(12 * 50) &&
+      if (rank == world - 1 && armed.load() && r.write == fail_write && r.logical_offset >= min_offset &&
           injected.fetch_add(1) == 0)
         f.error = EIO;
       return f;
     };
     zbt::synthetic_model model;
-    zb::infinity<zb::comm::mpi, zb::bfloat16, Swap> eng(model.reg, zb::comm::mpi(MPI_COMM_WORLD), fcfg);
+    Engine eng(model.reg, zb::comm::mpi(MPI_COMM_WORLD), fcfg);
     zbt::init_params(eng, model);
     zbt::run_micro_steps(eng, model, o, 0);
     (void)eng.step();
@@ -215,6 +282,14 @@ TEST_CASE_TEMPLATE("a failed write or read on one rank rolls the step back every
     // New micro-steps before the retry are refused (the reduced gradients wait for it).
     CHECK(has(error_of([&] { eng.begin_micro_step(); }), "call step() again to retry it"));
   }
+}
+
+TEST_CASE_TEMPLATE("a failed write or read on one rank rolls the step back everywhere; a retry lands", Swap,
+                   zb::swap::uring, zb::swap::posix) {
+  // A request of the second sub-group fails (the first one's writes landed).
+  rollback_on_fault<zb::stage3_nvme<zb::comm::mpi, zb::bfloat16, Swap>>(zb::swap_round_up(12 * 50));
+  // Parameters on the tier (one sub-group here): the step's first request fails.
+  rollback_on_fault<zb::infinity<zb::comm::mpi, zb::bfloat16, Swap>>(0);
 }
 
 TEST_CASE("a failed step can be retried and then matches the run without a fault") {

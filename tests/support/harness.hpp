@@ -25,16 +25,18 @@ struct synthetic_model {
   std::vector<zb::param_id> params;
   std::vector<zb::unit_id> units;
 
-  synthetic_model() {
-    add("embed.w", {13, 7}, "embed");
+  /// `width` multiplies the first dimension of every non-empty parameter (a bigger model
+  /// with the same awkward shape).
+  explicit synthetic_model(std::size_t width = 1) {
+    add("embed.w", {13 * width, 7}, "embed");
     add("embed.empty", {0}, "embed");
-    add("l1.w", {5, 11}, "l1");
-    add("l1.b", {5}, "l1");
-    add("l2.w", {1}, "l2");
-    add("l3.w", {97, 3}, "l3");
-    add("l3.b", {3}, "l3");
+    add("l1.w", {5 * width, 11}, "l1");
+    add("l1.b", {5 * width}, "l1");
+    add("l2.w", {1 * width}, "l2");
+    add("l3.w", {97 * width, 3}, "l3");
+    add("l3.b", {3 * width}, "l3");
     add("nothing", {0}, "empty_unit");
-    add("head.w", {37}, "head");
+    add("head.w", {37 * width}, "head");
     for (auto& n : reg.units()) units.push_back(reg.unit(n));
   }
   void add(const char* n, std::vector<std::size_t> shape, const char* unit) {
@@ -52,6 +54,7 @@ struct run_options {
   int overflow_step = -1;      ///< inject +Inf on the last rank, micro-step 0, of this step
   float max_grad_norm = 0.0f;
   std::size_t bucket_numel = 100;  ///< small, so there are several buckets
+  std::size_t width = 1;           ///< synthetic_model's width
 };
 
 struct run_output {
@@ -127,7 +130,7 @@ std::vector<float> params_of(Engine& eng) {
 
 template <class Engine>
 run_output run(typename Engine::comm_type comm, const run_options& o, zb::engine_config cfg = {}) {
-  synthetic_model model;
+  synthetic_model model(o.width);
   cfg.max_grad_norm = o.max_grad_norm;
   cfg.bucket_numel = o.bucket_numel;
   cfg.optim.lr = 0.01f;

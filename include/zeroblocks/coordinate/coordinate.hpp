@@ -75,6 +75,11 @@ struct coordinator_stats {
   bool trace_complete = false;         ///< a verified trace is being followed
   double wait_seconds = 0.0;           ///< time the trainer spent inside the coordinator's acquire and
                                        ///< release: gather waits and the MPI progress work done there
+  // Parameters on NVMe (prefetch_trace_nvme):
+  std::uint64_t tier_reads = 0;        ///< slice reads from the parameter tier
+  std::uint64_t tier_read_hits = 0;    ///< gathers whose slice read had been started ahead
+  std::uint64_t tier_read_bytes = 0;   ///< bytes those reads moved (whole 4 KiB blocks)
+  double tier_read_wait_seconds = 0.0; ///< time gathers waited for their slice's read
 };
 
 ZB_NAMESPACE_END

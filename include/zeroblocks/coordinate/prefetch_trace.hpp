@@ -1,6 +1,7 @@
 /**
  * @file prefetch_trace.hpp
- * @brief `coordinate::prefetch_trace`: stage 3 whose all-gathers run ahead of use.
+ * @brief `coordinate::prefetch_trace`: stage 3 whose all-gathers run ahead of use;
+ *        `coordinate::prefetch_trace_nvme`: the same with the 16-bit shard on NVMe.
  *
  * Each rank keeps its 16-bit shard, as with `on_demand`. On top:
  *
@@ -40,16 +41,30 @@
  * Differences from DeepSpeed's coordinator: bounded by elements *and* by a request
  * count; a deviation is reported and counted (`coordinator_stats::invalidations`)
  * rather than silently turning prefetch off; the trace is verified across ranks.
+ *
+ * **Parameters on NVMe** (`prefetch_trace_nvme`, the `infinity` preset, with
+ * `master::swapped`): the rank's 16-bit shard is not in memory but in the master tier's
+ * parameter section (see `master/swapped.hpp`, which also writes it at each step). A
+ * gather then starts from the disk: the unit's slice is read (the 4 KiB blocks covering
+ * it) into one of `max_inflight + 1` staging buffers, copied to its place in the
+ * gathered buffer, and all-gathered in place. Following a trace, reads run ahead of the
+ * gathers — up to `max_inflight` of them, for the next units the gather scan will
+ * reach — so a gather finds its slice in memory instead of waiting on the disk
+ * (`coordinator_stats::tier_reads`, `tier_read_hits`, `tier_read_wait_seconds`). Off
+ * the trace each gather reads its slice first. Reads in flight are settled before the
+ * step (which changes the committed section) and on a deviation.
  */
 #pragma once
 
 #include "../engine/context.hpp"
 #include "../space/host_space.hpp"
+#include "../swap/swap.hpp"
 #include "coordinate.hpp"
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 #include <span>
 #include <vector>
@@ -57,11 +72,15 @@
 ZB_NAMESPACE_BEGIN
 namespace coordinate {
 
-/// @brief Stage 3 with a recorded fetch order, prefetch, reuse and persistence.
-struct prefetch_trace {
+/// @brief Stage 3 with a recorded fetch order, prefetch, reuse and persistence; with
+/// `ParamsOnTier` the 16-bit shard is read from the master tier (NVMe) ahead of use.
+template <bool ParamsOnTier>
+struct basic_prefetch_trace {
   using coordinator_concept = coordinator_tag;
   static constexpr bool shards_params = true;
-  static constexpr const char* name = "prefetch_trace";
+  /// The 16-bit shard lives in the master state's tier (needs `master::swapped`).
+  static constexpr bool params_on_tier = ParamsOnTier;
+  static constexpr const char* name = ParamsOnTier ? "prefetch_trace_nvme" : "prefetch_trace";
 
   /// @brief Units below the persistence threshold (padded elements).
   static bool persistent_unit(const layout& lay, const engine_config& cfg, std::size_t u) {
@@ -92,10 +111,17 @@ struct prefetch_trace {
     explicit impl(Ctx& ctx)
         : ctx_(ctx),
           knobs_(ctx.cfg.prefetch),
-          shard_(ctx.lay.shard_numel(), mem_category::params16, &ctx.tracker),
+          shard_(ParamsOnTier ? 0 : ctx.lay.shard_numel(), mem_category::params16, &ctx.tracker),
           slots_(ctx.lay.unit_count()),
           last_pos_(ctx.lay.unit_count(), npos) {
       shard_.zero();
+      if constexpr (ParamsOnTier) {
+        reads_ = staging_pool(read_buffers(ctx.cfg), read_buffer_bytes(ctx.lay), &ctx.tracker);
+        read_of_.assign(slots_.size(), -1);
+        for (int b = 0; b < reads_.count(); ++b) free_reads_.push_back(b);
+        read_ticket_.resize(static_cast<std::size_t>(reads_.count()));
+        read_unit_.assign(static_cast<std::size_t>(reads_.count()), npos);
+      }
       for (std::size_t u = 0; u < slots_.size(); ++u)
         if (persistent_unit(ctx.lay, ctx.cfg, u)) {
           slots_[u].persistent = true;
@@ -106,6 +132,7 @@ struct prefetch_trace {
     impl(const impl&) = delete;
     impl& operator=(const impl&) = delete;
     ~impl() {
+      settle_reads();
       // Gathers still in flight write into our buffers: finish them, unless the
       // communicator failed (then the engine has quarantined the memory).
       if (ctx_.gather_comm.failed()) return;
@@ -118,7 +145,11 @@ struct prefetch_trace {
 
     static void declare(const layout& lay, const engine_config& cfg, int, memory_report& r,
                         std::size_t elem_bytes) {
-      r.current[static_cast<std::size_t>(mem_category::params16)] += lay.shard_numel() * elem_bytes;
+      if constexpr (ParamsOnTier)
+        r.current[static_cast<std::size_t>(mem_category::staging)] +=
+            static_cast<std::size_t>(read_buffers(cfg)) * swap_round_up(read_buffer_bytes(lay));
+      else
+        r.current[static_cast<std::size_t>(mem_category::params16)] += lay.shard_numel() * elem_bytes;
       for (std::size_t u = 0; u < lay.unit_count(); ++u)
         if (persistent_unit(lay, cfg, u))
           r.current[static_cast<std::size_t>(mem_category::persistent)] += lay.unit(u).padded_numel * elem_bytes;
@@ -176,7 +207,17 @@ struct prefetch_trace {
       free(u);
     }
 
-    T* owned_slice(std::size_t u, int) { return shard_.data() + ctx_.lay.unit(u).shard_offset; }
+    /// Where the step writes this rank's slice of unit u; nullptr with the parameters on
+    /// the tier (the master tier writes them, see `master::swapped`).
+    T* owned_slice(std::size_t u, int) {
+      if constexpr (ParamsOnTier) return nullptr;
+      else return shard_.data() + ctx_.lay.unit(u).shard_offset;
+    }
+    /// The master tier's parameter section to gather from (the engine attaches it).
+    void attach_param_tier(param_tier_view v) {
+      static_assert(ParamsOnTier, "attach_param_tier: this coordinator keeps its shard in memory");
+      tier_ = std::move(v);
+    }
 
     /// After an applied step: every persistent copy is stale (the rest were dropped at
     /// `trace_agreed`).
@@ -192,6 +233,7 @@ struct prefetch_trace {
     /// The step's event sequence, the same on every rank: it becomes the trace.
     void trace_agreed(std::span<const std::uint32_t> events) {
       drain();
+      settle_reads();  // the step is about to change the committed parameter section
       if (mode_ == mode::following && pos_ != trace_units_.size()) {
         ++stats_.invalidations;
         warn(detail::concat("the step ended after ", pos_, " of the trace's ", trace_units_.size(), " acquires"),
@@ -209,6 +251,7 @@ struct prefetch_trace {
     /// The trainer wrote parameters: every gathered copy not in use is dropped.
     void params_changed() {
       drain();
+      settle_reads();
       drop_unheld();
       for (auto& s : slots_)
         if (s.persistent && !s.held) s.st = state::empty;
@@ -248,7 +291,15 @@ struct prefetch_trace {
         stats_.peak_live_numel = std::max(stats_.peak_live_numel, live_);
         if (live_ > knobs_.max_live_numel) ++stats_.over_limit;
       }
-      s.req = ctx_.gather_comm.iall_gather(shard_.data() + up.shard_offset, s.buf.data(), up.slice_numel);
+      if constexpr (ParamsOnTier) {
+        // The slice comes from the disk into its own place in the gathered buffer; the
+        // gather then runs in place.
+        T* mine = s.buf.data() + static_cast<std::size_t>(ctx_.rank()) * up.slice_numel;
+        load_slice(u, mine);
+        s.req = ctx_.gather_comm.iall_gather(mine, s.buf.data(), up.slice_numel);
+      } else {
+        s.req = ctx_.gather_comm.iall_gather(shard_.data() + up.shard_offset, s.buf.data(), up.slice_numel);
+      }
       s.st = state::in_flight;
       in_flight_.push_back(u);
       issue_order_.push_back(u);
@@ -278,9 +329,15 @@ struct prefetch_trace {
         if (ahead_count_ >= static_cast<std::size_t>(std::max(knobs_.max_inflight, 0))) break;
         if (ahead_numel_ + numel(u) > knobs_.prefetch_numel) break;
         if (!s.persistent && live_ + numel(u) > knobs_.max_live_numel) break;
+        // Parameters on the tier: the gather goes out once its slice is in memory; until
+        // then the scan stops here (a later acquire or release resumes it) and the reads
+        // below run ahead.
+        if constexpr (ParamsOnTier)
+          if (!slice_ready(u)) break;
         issue(u, true);
         ++issue_pos_;
       }
+      if constexpr (ParamsOnTier) read_ahead();
     }
 
     /// A live unit `u` is still gathered when position `j` is acquired: persistent, kept
@@ -362,6 +419,104 @@ struct prefetch_trace {
       ahead_numel_ = 0;
     }
 
+    // ---- parameters on the tier ----------------------------------------------------
+
+    /// Staging buffers for slice reads: max_inflight ahead, one more for a demand read.
+    static int read_buffers(const engine_config& cfg) { return std::max(cfg.prefetch.max_inflight, 0) + 1; }
+    /// The 4 KiB blocks covering any unit's slice, at most.
+    static std::size_t read_buffer_bytes(const layout& lay) {
+      std::size_t most = 0;
+      for (std::size_t u = 0; u < lay.unit_count(); ++u)
+        most = std::max(most, swap_round_up(lay.unit(u).slice_numel * sizeof(T)) + swap_block_align);
+      return most;
+    }
+    /// First byte of unit u's slice in the section, rounded down to a block.
+    std::size_t read_origin(std::size_t u) const {
+      return ctx_.lay.unit(u).shard_offset * sizeof(T) / swap_block_align * swap_block_align;
+    }
+    void start_read(std::size_t u, int b) {
+      const auto& up = ctx_.lay.unit(u);
+      const std::size_t begin = read_origin(u);
+      const std::size_t end = swap_round_up((up.shard_offset + up.slice_numel) * sizeof(T));
+      read_ticket_[static_cast<std::size_t>(b)] = tier_.read(begin, reads_.data(b), end - begin);
+      read_unit_[static_cast<std::size_t>(b)] = u;
+      read_of_[u] = b;
+      ++stats_.tier_reads;
+      stats_.tier_read_bytes += end - begin;
+    }
+    void finish_read(int b) {
+      read_unit_[static_cast<std::size_t>(b)] = npos;
+      free_reads_.push_back(b);
+    }
+    /// Whether unit u's slice is in memory (starts its read if none was started).
+    bool slice_ready(std::size_t u) {
+      if (ctx_.lay.unit(u).slice_numel == 0) return true;
+      if (read_of_[u] < 0) {
+        if (free_reads_.size() > 1) {
+          const int b = free_reads_.back();
+          free_reads_.pop_back();
+          start_read(u, b);
+        }
+        return false;
+      }
+      return read_ticket_[static_cast<std::size_t>(read_of_[u])].ready();
+    }
+    /// Unit u's slice into `dst`: from its read ahead if one was started, else read now.
+    void load_slice(std::size_t u, T* dst) {
+      const auto& up = ctx_.lay.unit(u);
+      if (up.slice_numel == 0) return;
+      int b = read_of_[u];
+      if (b >= 0) {
+        ++stats_.tier_read_hits;
+      } else {
+        b = free_reads_.back();  // read_ahead leaves one buffer free for this
+        free_reads_.pop_back();
+        start_read(u, b);
+      }
+      read_of_[u] = -1;
+      {
+        const timer time_it(stats_.tier_read_wait_seconds);
+        try {
+          tier_.wait(read_ticket_[static_cast<std::size_t>(b)]);
+        } catch (...) {
+          finish_read(b);
+          throw;
+        }
+      }
+      std::memcpy(static_cast<void*>(dst), reads_.data(b) + (up.shard_offset * sizeof(T) - read_origin(u)),
+                  up.slice_numel * sizeof(T));
+      finish_read(b);
+    }
+    /// Start reads for the units the gather scan reaches next (the same walk as
+    /// `issue_ahead`, past the gathers it issued), keeping one buffer for demand reads.
+    void read_ahead() {
+      for (std::size_t j = issue_pos_; j < trace_units_.size() && free_reads_.size() > 1; ++j) {
+        const std::size_t u = trace_units_[j];
+        const slot& s = slots_[u];
+        if (s.st != state::empty || s.held) {
+          if (!stays_until(u, j)) break;
+          continue;
+        }
+        if (read_of_[u] >= 0 || ctx_.lay.unit(u).slice_numel == 0) continue;
+        const int b = free_reads_.back();
+        free_reads_.pop_back();
+        start_read(u, b);
+      }
+    }
+    /// Wait out every read in flight and forget them (errors included: the data is
+    /// dropped, and a unit needing it reads again).
+    void settle_reads() {
+      if constexpr (ParamsOnTier) {
+        for (int b = 0; b < reads_.count(); ++b) {
+          const std::size_t u = read_unit_[static_cast<std::size_t>(b)];
+          if (u == npos) continue;
+          read_ticket_[static_cast<std::size_t>(b)].settle();
+          read_of_[u] = -1;
+          finish_read(b);
+        }
+      }
+    }
+
     void deviate(std::size_t u) {
       ++stats_.invalidations;
       warn(pos_ < trace_units_.size()
@@ -369,6 +524,7 @@ struct prefetch_trace {
                                 ctx_.lay.unit_name(trace_units_[pos_]), "'")
                : detail::concat("acquire #", pos_ + 1, " ('", ctx_.lay.unit_name(u), "') is past the trace's end"));
       drain();
+      settle_reads();
       drop_unheld();
       mode_ = mode::deviated;
     }
@@ -415,8 +571,21 @@ struct prefetch_trace {
     std::size_t issue_pos_ = 0;             // next trace position to consider for prefetch
     std::size_t ahead_count_ = 0, ahead_numel_ = 0, live_ = 0;
     coordinator_stats stats_;
+    // Parameters on the tier: slice reads in staging buffers.
+    param_tier_view tier_;
+    staging_pool reads_;
+    std::vector<int> read_of_;             // unit -> staging buffer of its read, -1: none
+    std::vector<int> free_reads_;          // staging buffers not in use
+    std::vector<swap_ticket> read_ticket_; // per staging buffer
+    std::vector<std::size_t> read_unit_;   // per staging buffer: its unit, npos: free
   };
 };
+
+/// @brief Stage 3 with the trace-following prefetch; 16-bit shard in memory.
+using prefetch_trace = basic_prefetch_trace<false>;
+/// @brief Stage 3 with the 16-bit shard on NVMe, read ahead along the trace (with
+/// `master::swapped`: the `infinity` preset).
+using prefetch_trace_nvme = basic_prefetch_trace<true>;
 
 }  // namespace coordinate
 ZB_NAMESPACE_END

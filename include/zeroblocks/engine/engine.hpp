@@ -107,6 +107,15 @@ inline std::size_t zero_formula_bytes(int stage, std::size_t psi, int world, std
   ZB_FAIL("zero_formula_bytes: stage ", stage, " is not 0..3");
 }
 
+/// @brief Whether coordinator policy C reads the 16-bit shard from the master tier.
+template <class C>
+consteval bool params_on_tier_of() {
+  if constexpr (requires { C::params_on_tier; }) return C::params_on_tier;
+  else return false;
+}
+template <class C>
+inline constexpr bool params_on_tier_v = params_on_tier_of<C>();
+
 template <class T, class Space, class Comm, class Partitioner = partition::even,
           class Coordinator = coordinate::resident, class Bucketer = bucket::all_reduce,
           class Master = master::resident<Space>, class Scaler = default_scaler_t<T>,
@@ -131,6 +140,10 @@ class engine {
                 "zeroblocks::engine: Scaler is not a loss-scaler policy (see zeroblocks/scale/scale.hpp)");
   static_assert(optimizer_policy<Optim>,
                 "zeroblocks::engine: Optim is not an optimizer policy (see zeroblocks/optim/adamw.hpp)");
+  static_assert(!params_on_tier_v<Coordinator> ||
+                    requires(typename Master::template impl<engine_context<T, Space, Comm>>& m) { m.param_tier(); },
+                "zeroblocks::engine: the Coordinator reads the 16-bit parameters from the master tier (NVMe), so "
+                "the Master must keep them there: use master::swapped (zeroblocks/master/swapped.hpp)");
   static_assert(!Coordinator::shards_params || Bucketer::shards_grads,
                 "zeroblocks::engine: the Coordinator shards parameters (stage 3), so the Bucketer must "
                 "shard gradients too: use bucket::reduce_scatter (zeroblocks/bucket/reduce_scatter.hpp)");
@@ -169,7 +182,12 @@ public:
     try {
       coord_.emplace(ctx_);
       bucketer_.emplace(ctx_);
-      master_.emplace(ctx_, owned_numel());
+      if constexpr (params_on_tier_v<Coordinator>) {
+        master_.emplace(ctx_, owned_numel(), true);
+        coord_->attach_param_tier(master_->param_tier());
+      } else {
+        master_.emplace(ctx_, owned_numel());
+      }
     } catch (const std::exception& e) {
       problem = std::string("engine: allocating the model state failed: ") + e.what();
     }
@@ -221,7 +239,8 @@ public:
       const std::size_t a = std::max(s0, pp.offset_in_unit), b = std::min(s1, pp.offset_in_unit + pp.numel);
       if (a >= b) continue;
       const float* src = values.data() + (a - pp.offset_in_unit);
-      if (!Coordinator::shards_params || r == comm_.rank()) {
+      // (Parameters on the tier: the master's set() writes them.)
+      if (!params_on_tier_v<Coordinator> && (!Coordinator::shards_params || r == comm_.rank())) {
         T* dst = coord_->owned_slice(pp.unit, r) + (a - s0);
         for (std::size_t i = 0; i < b - a; ++i) dst[i] = from_float<T>(src[i]);
       }
@@ -527,7 +546,10 @@ public:
     const int w = lay.world();
     Coordinator::template impl<Ctx>::declare(lay, cfg, w, r, sizeof(T));
     Bucketer::template impl<Ctx>::declare(lay, cfg, w, r, sizeof(T));
-    Master::template impl<Ctx>::declare(sharded_master ? lay.shard_numel() : lay.total_numel(), cfg, r);
+    if constexpr (params_on_tier_v<Coordinator>)
+      Master::template impl<Ctx>::declare(lay.shard_numel(), cfg, r, true);
+    else
+      Master::template impl<Ctx>::declare(sharded_master ? lay.shard_numel() : lay.total_numel(), cfg, r);
     return r;
   }
   /// @brief The ZeRO formula for this engine's stage and layout.

@@ -26,6 +26,18 @@
  *
  * `set()` and `read_master()` go through a one-record cache (initialisation and
  * inspection, not the step).
+ *
+ * Parameter tier (stage 3 with `coordinate::prefetch_trace_nvme`, the `infinity`
+ * preset): the rank's 16-bit parameter shard lives in the same file, as one contiguous
+ * section per slot after the records, and nowhere in memory. The step's fused pass
+ * writes each sub-group's new 16-bit parameters into the staging buffer next to its
+ * record, and they go to the other slot's section with the record, so the parameters
+ * share the state's commit: a rolled-back step leaves the committed section as it was,
+ * and nothing needs restoring. The coordinator reads unit slices from the committed
+ * section ahead of their gathers (`param_tier()`). Sub-groups are then a multiple of
+ * 4 KiB of parameters (2048 16-bit elements) so each one's chunk starts on a block. Per
+ * applied step the tier writes 12 + 2 B per owned element; the gathers read 2 B per
+ * owned element per gather.
  */
 #pragma once
 
@@ -55,7 +67,11 @@ struct swapped_stats {
   std::size_t sub_group_numel = 0;     ///< elements per sub-group (the last may be shorter)
   std::size_t staging_bytes = 0;       ///< the staging pool: all the memory the tier holds
   std::size_t file_bytes = 0;          ///< the tier's logical file space (two slots)
+  bool params_on_tier = false;         ///< the 16-bit parameter shard lives here too
+  std::uint64_t param_payload_written = 0;  ///< 16-bit parameter bytes the steps wrote
 };
+
+
 
 /// @brief Master state on NVMe through swap backend `Swap` (`swap::uring` by default).
 template <class Swap = swap::uring>
@@ -66,9 +82,15 @@ struct swapped {
   static_assert(swap_policy<Swap>,
                 "master::swapped<Swap>: Swap is not a swap-backend policy (see zeroblocks/swap/swap.hpp)");
 
-  /// @brief Elements per sub-group for `owned` elements.
-  static std::size_t sub_group(const engine_config& cfg, std::size_t owned) {
-    return std::max<std::size_t>(1, std::min(cfg.swap.sub_group_numel, owned));
+  /// @brief Elements per sub-group for `owned` elements; with the parameters on the tier
+  /// a multiple of 4 KiB of `elem_bytes`-byte parameters.
+  static std::size_t sub_group(const engine_config& cfg, std::size_t owned, std::size_t elem_bytes = 0) {
+    std::size_t s = std::max<std::size_t>(1, std::min(cfg.swap.sub_group_numel, owned));
+    if (elem_bytes) {
+      const std::size_t q = swap_block_align / elem_bytes;
+      s = (s + q - 1) / q * q;
+    }
+    return s;
   }
 
   template <class Ctx>
@@ -82,27 +104,52 @@ struct swapped {
     };
 
   public:
-    impl(Ctx& ctx, std::size_t owned_numel)
+    /// @param params_on_tier keep the 16-bit parameter shard in the tier as well (the
+    ///        engine passes true for a coordinator that reads it from here).
+    impl(Ctx& ctx, std::size_t owned_numel, bool params_on_tier = false)
         : ctx_(ctx),
+          params_(params_on_tier),
           n_(owned_numel),
-          s_(checked_sub_group(ctx.cfg, owned_numel)),
+          s_(checked_sub_group(ctx.cfg, owned_numel, params_on_tier ? sizeof(T) : 0)),
           g_((owned_numel + s_ - 1) / s_),
           rec_(swap_round_up(12 * s_)),
-          pool_(ctx.cfg.swap.buffer_count, rec_, &ctx.tracker),
-          io_(ctx.cfg.swap, "master", ctx.rank(), 2 * g_ * rec_),
+          prec_(params_on_tier ? swap_round_up(sizeof(T) * s_) : 0),
+          psec_(params_on_tier ? swap_round_up(sizeof(T) * owned_numel) : 0),
+          pool_(ctx.cfg.swap.buffer_count, rec_ + prec_, &ctx.tracker),
+          io_(ctx.cfg.swap, "master", ctx.rank(), 2 * g_ * rec_ + 2 * psec_),
           per_(g_) {
       io_.register_buffers(pool_.iovecs());
       stats_.sub_groups = g_;
       stats_.sub_group_numel = s_;
       stats_.staging_bytes = pool_.bytes() * static_cast<std::size_t>(pool_.count());
       stats_.file_bytes = io_.capacity();
+      stats_.params_on_tier = params_;
     }
     impl(const impl&) = delete;
     impl& operator=(const impl&) = delete;
 
-    static void declare(std::size_t owned_numel, const engine_config& cfg, memory_report& r) {
+    static void declare(std::size_t owned_numel, const engine_config& cfg, memory_report& r,
+                        bool params_on_tier = false) {
+      const std::size_t s = sub_group(cfg, owned_numel, params_on_tier ? sizeof(T) : 0);
       r.current[static_cast<std::size_t>(mem_category::staging)] +=
-          static_cast<std::size_t>(std::max(cfg.swap.buffer_count, 0)) * swap_round_up(12 * sub_group(cfg, owned_numel));
+          static_cast<std::size_t>(std::max(cfg.swap.buffer_count, 0)) *
+          (swap_round_up(12 * s) + (params_on_tier ? swap_round_up(sizeof(T) * s) : 0));
+    }
+
+    /// @brief Read access to the committed 16-bit parameter section (parameters on the
+    /// tier only): what `coordinate::prefetch_trace_nvme` gathers from.
+    param_tier_view param_tier() {
+      ZB_REQUIRE(params_, "master::swapped: param_tier() without parameters on the tier");
+      param_tier_view v;
+      v.read = [this](std::size_t offset, std::byte* buf, std::size_t bytes) {
+        ZB_REQUIRE(offset % swap_block_align == 0 && offset + bytes <= psec_,
+                   "master::swapped: parameter read of ", bytes, " bytes at ", offset, " is outside the section");
+        flush();  // values set() left in the one-record cache go to disk first
+        return io_.read(param_base(slot_) + offset, buf, bytes);
+      };
+      v.wait = [this](swap_ticket& t) { io_.wait(t); };
+      v.section_bytes = psec_;
+      return v;
     }
 
     /// @brief Initial master values (fp32), `n` from owned element `offset`.
@@ -111,6 +158,10 @@ struct swapped {
         const std::size_t g = offset / s_, at = offset % s_, len = std::min(n, numel_of(g) - at);
         float* rec = load(g);
         std::memcpy(rec + at, values, len * sizeof(float));
+        if (params_) {  // the 16-bit parameters a fresh master rounds to
+          T* p = param_area(0);
+          for (std::size_t i = 0; i < len; ++i) p[at + i] = from_float<T>(values[i]);
+        }
         dirty_ = true;
         offset += len;
         values += len;
@@ -149,26 +200,34 @@ struct swapped {
       pending_ = true;
       const std::size_t nb = static_cast<std::size_t>(pool_.count());
       const int from = slot_, to = 1 - slot_;
-      std::vector<swap_ticket> rt(nb), wt(nb);
+      std::vector<swap_ticket> rt(nb), wt(nb), pt(nb);
       try {
         for (std::size_t j = 0; j + 1 < nb && j < g_; ++j) rt[j] = read_record(from, j, pool_.data(static_cast<int>(j)));
         for (std::size_t g = 0; g < g_; ++g) {
           const std::size_t b = g % nb;
           io_.wait(rt[b]);
-          compute(g, reinterpret_cast<float*>(pool_.data(static_cast<int>(b))), a);
+          compute(g, static_cast<int>(b), a);
           wt[b] = io_.write(offset_of(to, g), pool_.data(static_cast<int>(b)), 12 * numel_of(g));
           stats_.payload_written += 12 * numel_of(g);
-          // The buffer of sub-group g-1 is next: once its write has landed, read ahead into it.
+          if (params_) {
+            pt[b] = io_.write(param_base(to) + sizeof(T) * g * s_, param_area(static_cast<int>(b)),
+                              sizeof(T) * numel_of(g));
+            stats_.param_payload_written += sizeof(T) * numel_of(g);
+          }
+          // The buffer of sub-group g-1 is next: once its writes have landed, read ahead into it.
           if (const std::size_t j = g + nb - 1; j < g_) {
             const std::size_t bj = j % nb;
             io_.wait(wt[bj]);
+            io_.wait(pt[bj]);
             rt[bj] = read_record(from, j, pool_.data(static_cast<int>(bj)));
           }
         }
         for (auto& t : wt) io_.wait(t);
+        for (auto& t : pt) io_.wait(t);
       } catch (...) {
         for (auto& t : rt) t.settle();  // the kernel may still write these buffers
         for (auto& t : wt) t.settle();
+        for (auto& t : pt) t.settle();
         throw;
       }
     }
@@ -181,12 +240,13 @@ struct swapped {
     }
     /// @brief Some rank's `apply` failed: restore the 16-bit parameters of the last
     /// `apply` from the committed master (its slot was not written). Throws if the
-    /// committed slot cannot be read either.
+    /// committed slot cannot be read either. With the parameters on the tier there is
+    /// nothing to restore: the committed section was not written either.
     void rollback() {
       if (!pending_) return;
       pending_ = false;
       cached_ = npos;
-      for (std::size_t g = 0; g < g_; ++g) {
+      for (std::size_t g = 0; g < g_ && !params_; ++g) {
         if (per_[g].empty()) continue;
         const float* rec = load(g);
         for (const auto& p : per_[g]) kernel::downcast(p.param, rec + p.at, p.numel, 1.0f, ctx_.cfg.threads);
@@ -204,11 +264,11 @@ struct swapped {
   private:
     static constexpr std::size_t npos = static_cast<std::size_t>(-1);
 
-    static std::size_t checked_sub_group(const engine_config& cfg, std::size_t owned) {
+    static std::size_t checked_sub_group(const engine_config& cfg, std::size_t owned, std::size_t elem_bytes) {
       ZB_REQUIRE(cfg.swap.sub_group_numel >= 1, "master::swapped: swap.sub_group_numel must be >= 1");
       ZB_REQUIRE(cfg.swap.buffer_count >= 2, "master::swapped: swap.buffer_count must be >= 2 (got ",
                  cfg.swap.buffer_count, "; 3 overlaps read, update and write)");
-      return sub_group(cfg, owned);
+      return sub_group(cfg, owned, elem_bytes);
     }
     std::size_t numel_of(std::size_t g) const { return std::min(s_, n_ - g * s_); }
     std::size_t offset_of(int slot, std::size_t g) const { return (static_cast<std::size_t>(slot) * g_ + g) * rec_; }
@@ -217,21 +277,35 @@ struct swapped {
       return io_.read(offset_of(slot, g), buf, 12 * numel_of(g));
     }
 
-    void compute(std::size_t g, float* rec, const kernel::adamw_step_args& a) {
+    /// Byte offset of a slot's 16-bit parameter section (after both slots' records).
+    std::size_t param_base(int slot) const { return 2 * g_ * rec_ + static_cast<std::size_t>(slot) * psec_; }
+    /// Where staging buffer b keeps its sub-group's 16-bit parameters (after the record).
+    T* param_area(int b) const { return reinterpret_cast<T*>(pool_.data(b) + rec_); }
+
+    void compute(std::size_t g, int b, const kernel::adamw_step_args& a) {
       const std::size_t n = numel_of(g);
+      float* rec = reinterpret_cast<float*>(pool_.data(b));
       float *master = rec, *m = rec + n, *v = rec + 2 * n;
+      // Elements no slice covers (none today: the slices tile the shard) stay zero
+      // rather than carrying another sub-group's values to disk.
+      if (params_) std::memset(static_cast<void*>(param_area(b)), 0, sizeof(T) * n);
       for (const auto& p : per_[g])
-        kernel::fused_adamw(master + p.at, m + p.at, v + p.at, p.grad, p.param, p.numel, a, ctx_.cfg.threads);
+        kernel::fused_adamw(master + p.at, m + p.at, v + p.at, p.grad, params_ ? param_area(b) + p.at : p.param,
+                            p.numel, a, ctx_.cfg.threads);
     }
 
-    /// The committed record of sub-group g in staging buffer 0 (one-record cache).
+    /// The committed record of sub-group g in staging buffer 0 (one-record cache), with
+    /// its 16-bit parameters when they live here.
     float* load(std::size_t g) {
       float* rec = reinterpret_cast<float*>(pool_.data(0));
       if (cached_ == g) return rec;
       flush();
       cached_ = npos;
       auto t = io_.read(offset_of(slot_, g), pool_.data(0), 12 * numel_of(g));
+      swap_ticket tp;
+      if (params_) tp = io_.read(param_base(slot_) + sizeof(T) * g * s_, param_area(0), sizeof(T) * numel_of(g));
       io_.wait(t);
+      io_.wait(tp);
       cached_ = g;
       return rec;
     }
@@ -239,11 +313,16 @@ struct swapped {
       if (!dirty_) return;
       dirty_ = false;
       auto t = io_.write(offset_of(slot_, cached_), pool_.data(0), 12 * numel_of(cached_));
+      swap_ticket tp;
+      if (params_)
+        tp = io_.write(param_base(slot_) + sizeof(T) * cached_ * s_, param_area(0), sizeof(T) * numel_of(cached_));
       io_.wait(t);
+      io_.wait(tp);
     }
 
     Ctx& ctx_;
-    std::size_t n_, s_, g_, rec_;
+    bool params_;
+    std::size_t n_, s_, g_, rec_, prec_, psec_;
     staging_pool pool_;  // before io_: the backend (and its I/O thread) goes first
     Swap io_;
     std::vector<std::vector<piece>> per_;  // the last apply's pieces, per sub-group

@@ -181,6 +181,19 @@ private:
   std::shared_ptr<detail::swap_job> job_;
 };
 
+/// @brief How a stage-3 coordinator reads the 16-bit parameter shard a master tier holds
+/// (`master::swapped` with parameters on the tier, read by `coordinate::prefetch_trace_nvme`). Type-erased: the coordinator does
+/// not know the master's type.
+struct param_tier_view {
+  /// Start reading `bytes` at byte `offset` of the committed parameter section (both
+  /// multiples of 4 KiB, `buf` aligned as `swap.hpp` requires).
+  std::function<swap_ticket(std::size_t offset, std::byte* buf, std::size_t bytes)> read;
+  /// Wait for a ticket from `read` (throws the swap error).
+  std::function<void(swap_ticket&)> wait;
+  /// Bytes of the section (the shard, padded to 4 KiB).
+  std::size_t section_bytes = 0;
+};
+
 /// @brief A swap backend: a tagged object that reads and writes its tier file.
 template <class S>
 concept swap_policy = std::same_as<typename S::swap_concept, swap_tag> &&
