@@ -1,16 +1,18 @@
 /**
  * @file nvme_step.cpp
- * @brief The optimizer step of the `infinity` preset (fp32 master, m, v on NVMe) on a
+ * @brief The optimizer step of the `infinity` preset (fp32 master, m, v and the 16-bit
+ *        parameter shard on NVMe) on a
  *        model whose state does not fit in this machine's memory, against the time the
  *        disk alone needs for the step's bytes.
  *
  * One rank (`comm::self`), bf16 parameters, Ψ = `--psi` elements (default 1.75e9: 16Ψ
- * = 28 GB of model state against 24 GiB of RAM; in memory stay the 2Ψ bf16 parameters,
- * the 2Ψ bf16 gradient shard and the staging pool) in units of `--unit` elements. Each
+ * = 28 GB of model state against 24 GiB of RAM; in memory stay the 2Ψ bf16 gradient
+ * shard, the staging pools and the gathered units; the bf16 parameters are on disk) in units of `--unit` elements. Each
  * step runs one micro-step that acquires every unit forward and backward and hands a
  * constant gradient over (this part is not timed), then `step()` is timed: the norm
  * pass over the gradient, then the pipeline — read each sub-group's 12 B/element
- * record, update it with the fused kernel, write it to the other slot.
+ * record, update it with the fused kernel, write it and the sub-group's new 2 B/element
+ * bf16 parameters to the other slot.
  *
  * Two I/O bounds, with the bytes the tier really moved in that step and fio's figures
  * (io_uring, O_DIRECT, same request size and depth) passed in by `bench/nvme_step.sh`:
@@ -100,8 +102,10 @@ int run(int argc, char** argv) {
     const auto after = tier.stats();
     const double rb = static_cast<double>(after.io.bytes_read - before.io.bytes_read);
     const double wb = static_cast<double>(after.io.bytes_written - before.io.bytes_written);
-    std::printf("step %d: applied %d  time %.2f s  read %.2f GB  written %.2f GB (payload %.2f GB = 12*psi)", s + 1,
-                r.applied, t, rb / 1e9, wb / 1e9, (after.payload_written - before.payload_written) / 1e9);
+    std::printf("step %d: applied %d  time %.2f s  read %.2f GB  written %.2f GB (payload: state %.2f GB = 12*psi, "
+                "16-bit params %.2f GB = 2*psi)",
+                s + 1, r.applied, t, rb / 1e9, wb / 1e9, (after.payload_written - before.payload_written) / 1e9,
+                (after.param_payload_written - before.param_payload_written) / 1e9);
     if (fio_r > 0 && fio_w > 0) {
       const double bound = rb / (fio_r * 1e9) + wb / (fio_w * 1e9);
       std::printf("  I/O bound (separate) %.2f s  ratio %.3f", bound, t / bound);
