@@ -230,11 +230,17 @@ int main(int argc, char** argv) {
     // DeepSpeed's defaults: everything fits the budgets, so forward's units are kept
     // for backward (one gather per unit per step instead of two).
     zb::engine_config defaults = base;
+    // Both again with the next step's first gathers started when step() returns (they
+    // then overlap the time between steps: here the barrier that starts each step).
+    zb::engine_config lean_x = lean, defaults_x = defaults;
+    lean_x.prefetch.prefetch_across_steps = defaults_x.prefetch.prefetch_across_steps = true;
 
     const auto s2 = run<zb::stage2<C, T>>(o, base);
     const auto s3d = run<zb::stage3_on_demand<C, T>>(o, base);
     const auto s3p = run<zb::stage3<C, T>>(o, lean);
     const auto s3k = run<zb::stage3<C, T>>(o, defaults);
+    const auto s3px = run<zb::stage3<C, T>>(o, lean_x);
+    const auto s3kx = run<zb::stage3<C, T>>(o, defaults_x);
     if (rank == 0) {
       const double gather = s3d.gathers > 0 ? s3d.wait / s3d.gathers : 0.0;
       const double unit_compute = s3d.compute / o.layers;
@@ -255,14 +261,23 @@ int main(int argc, char** argv) {
       row("stage 3 on demand", s3d, false);
       row("stage 3 prefetch (2 units ahead, 4 live, reuse distance 1)", s3p, true);
       row("stage 3 prefetch (DeepSpeed defaults: reuse keeps forward's units)", s3k, true);
+      row("stage 3 prefetch, lean, prefetch_across_steps", s3px, true);
+      row("stage 3 prefetch, defaults, prefetch_across_steps", s3kx, true);
       std::printf("# prefetch (lean): prefetch hits %llu, misses %llu, invalidations %llu, peak live %.1f units\n",
                   static_cast<unsigned long long>(s3p.st.prefetch_hits),
                   static_cast<unsigned long long>(s3p.st.misses),
                   static_cast<unsigned long long>(s3p.st.invalidations),
                   static_cast<double>(s3p.st.peak_live_numel) / static_cast<double>(unit));
-      const double ratio = s3p.step / s2.step, hidden = 1.0 - s3p.wait / s3d.wait;
-      std::printf("# goal (compute >= gather): prefetch step <= 1.10 x stage 2: %s (%.3f); hidden >= 0.90: %s (%.3f)\n",
-                  ratio <= 1.10 ? "met" : "NOT met", ratio, hidden >= 0.90 ? "met" : "NOT met", hidden);
+      auto goal = [&](const char* name, const result& r) {
+        const double ratio = r.step / s2.step, hidden = 1.0 - r.wait / s3d.wait;
+        std::printf("# goal (compute >= gather), %s: prefetch step <= 1.10 x stage 2: %s (%.3f); hidden >= 0.90: %s "
+                    "(%.3f)\n",
+                    name, ratio <= 1.10 ? "met" : "NOT met", ratio, hidden >= 0.90 ? "met" : "NOT met", hidden);
+      };
+      goal("lean", s3p);
+      goal("defaults", s3k);
+      goal("lean, across steps", s3px);
+      goal("defaults, across steps", s3kx);
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "rank %d: %s\n", rank, e.what());

@@ -3,7 +3,10 @@
 //  - the first step is recorded (served on demand), verified, then followed: gathers
 //    are issued in trace order, ahead of their acquires;
 //  - at every acquire: elements ahead <= prefetch_numel, gathers ahead <= max_inflight,
-//    live elements <= max_live_numel;
+//    live elements <= max_live_numel, and gathered memory (buffers kept for reuse
+//    included) <= max_live_numel elements;
+//  - prefetch_across_steps: the next step's first gathers start when step() returns,
+//    so no acquire of a followed step misses; results unchanged;
 //  - reuse distance and persistence: elements communicated per step equal 3Ψ minus
 //    what they save, computed here independently from the layout and the sequence;
 //  - a step that leaves the trace (a skipped layer, a step that ends early): counted,
@@ -216,6 +219,7 @@ TEST_CASE("prefetch_numel, max_inflight and max_live_numel hold at every acquire
       CHECK(st.ahead_numel <= c.prefetch);
       CHECK(st.ahead_gathers <= static_cast<std::size_t>(c.inflight));
       CHECK(st.live_numel <= c.live);
+      CHECK(eng.memory()[zb::mem_category::gathered] <= c.live * sizeof(T));
       ++checks;
     };
     for (int s = 0; s < 3; ++s) {
@@ -225,10 +229,42 @@ TEST_CASE("prefetch_numel, max_inflight and max_live_numel hold at every acquire
     const auto st = eng.coordination_stats();
     CHECK(checks == 36);
     CHECK(st.peak_live_numel <= c.live);
+    CHECK(eng.memory().peak_of(zb::mem_category::gathered) <= c.live * sizeof(T));
     CHECK(st.over_limit == 0);
     CHECK(st.prefetch_hits > 0);  // not vacuous: the bounds left room to prefetch
     CHECK(zbt::first_difference(eng.gather_master(), ref) == -1);
   }
+}
+
+TEST_CASE("prefetch_across_steps: the next step's first gathers start when step() returns") {
+  model m;
+  auto cfg = knobs(6000, big, 0, 0, 2);
+  cfg.prefetch.prefetch_across_steps = true;
+  const std::vector<plan_step> plan(3);
+  const auto ref = train<zb::stage3_on_demand<C, T>>(m, cfg, plan);
+  zb::stage3<C, T> eng(m.reg, C(MPI_COMM_WORLD), cfg);
+  init(eng, m);
+  const seq order = concat(fwd_all, bwd_all);
+  for (int s = 0; s < 3; ++s) {
+    const auto before = eng.coordination_stats();
+    if (s > 0) {
+      // Between steps: gathers of the next step are out already, within the bounds.
+      CHECK(before.ahead_gathers > 0);
+      CHECK(before.ahead_gathers <= 2);
+      CHECK(before.ahead_numel <= 6000);
+      CHECK(eng.memory()[zb::mem_category::gathered] > 0);
+    }
+    micro_step(eng, m, fwd_all, bwd_all, s);
+    const auto st = eng.coordination_stats();
+    CHECK(eng.coordinator().issue_order() == order);
+    if (s > 0) {
+      CHECK(st.misses - before.misses == 0);
+      CHECK(st.prefetch_hits - before.prefetch_hits == 12);
+    }
+    REQUIRE(eng.step().applied);
+  }
+  CHECK(eng.coordination_stats().invalidations == 0);
+  CHECK(zbt::first_difference(eng.gather_master(), ref) == -1);
 }
 
 TEST_CASE("reuse distance and persistence: elements per step are 3Ψ minus what they save") {

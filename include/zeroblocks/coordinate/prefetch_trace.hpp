@@ -229,6 +229,11 @@ struct basic_prefetch_trace {
     /// its first acquire. (Not at `publish`: memory between steps stays what `declare`
     /// says, and a run's last step gathers nothing it will not use.)
     void step_begins() { issue_ahead(); }
+    /// `step()` returned (applied or skipped): with `prefetch_across_steps` the next
+    /// step's first gathers start now, from the updated shard.
+    void step_ended() {
+      if (knobs_.prefetch_across_steps) issue_ahead();
+    }
 
     /// The step's event sequence, the same on every rank: it becomes the trace.
     void trace_agreed(std::span<const std::uint32_t> events) {
@@ -286,7 +291,7 @@ struct basic_prefetch_trace {
       slot& s = slots_[u];
       const auto& up = ctx_.lay.unit(u);
       if (!s.persistent) {
-        s.buf = buffer<T, Space>(up.padded_numel, mem_category::gathered, &ctx_.tracker);
+        s.buf = take_buffer(up.padded_numel);
         live_ += up.padded_numel;
         stats_.peak_live_numel = std::max(stats_.peak_live_numel, live_);
         if (live_ > knobs_.max_live_numel) ++stats_.over_limit;
@@ -401,11 +406,50 @@ struct basic_prefetch_trace {
       slot& s = slots_[u];
       if (s.persistent) return;
       if (s.st != state::empty) live_ -= numel(u);
-      s.buf.reset();
+      give_buffer(std::move(s.buf));
       s.st = state::empty;
       s.kept = false;
       s.ahead = false;
     }
+    /// A gathered buffer of n elements: a released one of the same size if there is one
+    /// (no fresh pages, no allocator call on the trainer's thread), else a new one.
+    buffer<T, Space> take_buffer(std::size_t n) {
+      for (std::size_t i = idle_.size(); i-- > 0;)
+        if (idle_[i].size() == n) {
+          buffer<T, Space> b = std::move(idle_[i]);
+          idle_.erase(idle_.begin() + static_cast<std::ptrdiff_t>(i));
+          idle_numel_ -= n;
+          return b;
+        }
+      // A new one: first give back parked buffers it would not fit beside.
+      while (!idle_.empty() && live_ + idle_numel_ + n > knobs_.max_live_numel) {
+        idle_numel_ -= idle_.front().size();
+        idle_.erase(idle_.begin());
+      }
+      return buffer<T, Space>(n, mem_category::gathered, &ctx_.tracker);
+    }
+    /// Keep a released buffer for reuse while idle + live elements stay within
+    /// max_live_numel (so gathered memory never exceeds it); free it otherwise.
+    void give_buffer(buffer<T, Space>&& b) {
+      if (b.size() == 0) return;
+      if (live_ + idle_numel_ + b.size() <= knobs_.max_live_numel) {
+        idle_numel_ += b.size();
+        idle_.push_back(std::move(b));
+      } else {
+        b.reset();
+      }
+      // Live elements grew since buffers were parked: give back what no longer fits.
+      while (!idle_.empty() && live_ + idle_numel_ > knobs_.max_live_numel) {
+        idle_numel_ -= idle_.front().size();
+        idle_.erase(idle_.begin());
+      }
+    }
+    /// Release the idle buffers (the step's end: memory at rest is what `declare` says).
+    void clear_idle() {
+      idle_.clear();
+      idle_numel_ = 0;
+    }
+
     /// Free every non-persistent copy nobody holds; count prefetches never used.
     void drop_unheld() {
       for (std::size_t u = 0; u < slots_.size(); ++u) {
@@ -417,6 +461,7 @@ struct basic_prefetch_trace {
       }
       ahead_count_ = 0;
       ahead_numel_ = 0;
+      clear_idle();
     }
 
     // ---- parameters on the tier ----------------------------------------------------
@@ -570,6 +615,8 @@ struct basic_prefetch_trace {
     std::size_t pos_ = 0;                   // acquires so far this step
     std::size_t issue_pos_ = 0;             // next trace position to consider for prefetch
     std::size_t ahead_count_ = 0, ahead_numel_ = 0, live_ = 0;
+    std::vector<buffer<T, Space>> idle_;    // released gathered buffers kept for reuse
+    std::size_t idle_numel_ = 0;
     coordinator_stats stats_;
     // Parameters on the tier: slice reads in staging buffers.
     param_tier_view tier_;

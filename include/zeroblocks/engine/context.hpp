@@ -45,6 +45,13 @@ struct prefetch_config {
   /// Prefetched gathers issued and not yet acquired, at most. Bounds outstanding MPI
   /// requests. (DeepSpeed has no such knob.)
   int max_inflight = 8;
+  /// Start the next step's first gathers when `step()` returns rather than at the next
+  /// `begin_micro_step`, so they overlap whatever the trainer does between steps (data
+  /// loading, logging) and the first unit is not waited for. Costs: up to
+  /// `prefetch_numel` gathered elements held between steps (memory at rest above the
+  /// estimate), and gathers a run's last step issues for nothing. (DeepSpeed has no
+  /// such knob; its prefetch starts inside the forward pass.)
+  bool prefetch_across_steps = false;
 };
 
 /// @brief Every runtime knob, with defaults. Validated once, collectively, at engine

@@ -739,6 +739,8 @@ private:
     micro_steps_ = 0;
     events_.clear();
     events_hash_ = events_hash_seed;
+    // Stage 3: the next step's first gathers may start now (prefetch_across_steps).
+    if constexpr (requires(coordinator_impl& c) { c.step_ended(); }) coord_->step_ended();
   }
 
   void check_param(param_id p, const char* what) {
