@@ -30,6 +30,7 @@
 #include <zeroblocks/kernel/host.hpp>
 
 #include "kernel/reference.hpp"
+#include "kernel/test_data.hpp"
 
 #include <cmath>
 #include <cstdint>
@@ -99,39 +100,9 @@ private:
 /// Sizes around the vector width (8), its tails, and a large odd one.
 const std::vector<std::size_t> sizes = {0, 1, 7, 8, 9, 15, 16, 17, 33, 1000, 4097, 1000003};
 
-/// Random float with a wide spread of exponents and both signs.
-float spread(std::mt19937& rng, float lo_exp, float hi_exp) {
-  std::uniform_real_distribution<float> e(lo_exp, hi_exp);
-  return std::exp2(e(rng)) * ((rng() & 1) ? -1.0f : 1.0f);
-}
-
-template <class T>
-std::vector<T> make(std::size_t n, std::mt19937& rng, float lo_exp, float hi_exp, bool positive = false) {
-  std::vector<T> out(n);
-  for (auto& x : out) {
-    float f = (rng() % 17 == 0) ? 0.0f : spread(rng, lo_exp, hi_exp);
-    if (positive) f = std::fabs(f);
-    x = zb::from_float<T>(f);
-  }
-  return out;
-}
-
-/// Values that hit every corner of the conversions: zeros, subnormals of every type,
-/// overflow thresholds, ±Inf, NaNs with payloads, rounding ties.
-std::vector<float> special_floats() {
-  const float inf = std::numeric_limits<float>::infinity();
-  std::vector<float> s = {0.0f, -0.0f, 1.0f, -1.0f, 65504.0f, 65519.0f, 65520.0f, -65520.0f, 1e-8f,
-                          5.96e-8f, 2.98e-8f, std::numeric_limits<float>::denorm_min(),
-                          std::numeric_limits<float>::min(), std::numeric_limits<float>::max(), inf, -inf,
-                          std::numeric_limits<float>::quiet_NaN(), -std::numeric_limits<float>::quiet_NaN()};
-  float f;
-  for (std::uint32_t u : {0x7f812345u, 0x3f808000u, 0x3f818000u, 0x00008000u, 0x00018000u, 0x7f7f8000u,
-                          0x33000000u, 0x33000001u, 0x387fe000u, 0x387ff000u, 0x477fefffu, 0x477ff000u}) {
-    std::memcpy(&f, &u, 4);
-    s.push_back(f);
-  }
-  return s;
-}
+using zbt::make;
+using zbt::special_floats;
+using zbt::spread;
 
 template <class T>
 std::uint32_t bits_of(T x) {

@@ -17,6 +17,7 @@
 #include <zeroblocks/kernel/host.hpp>
 
 #include "reference.hpp"
+#include "test_data.hpp"
 
 #include <cmath>
 #include <cstdint>
@@ -59,39 +60,9 @@ std::vector<std::size_t> test_sizes(std::mt19937& rng) {
   return s;
 }
 
-/// Random float with a wide spread of exponents and both signs.
-float spread(std::mt19937& rng, float lo_exp, float hi_exp) {
-  std::uniform_real_distribution<float> e(lo_exp, hi_exp);
-  return std::exp2(e(rng)) * ((rng() & 1) ? -1.0f : 1.0f);
-}
-
-template <class T>
-std::vector<T> make(std::size_t n, std::mt19937& rng, float lo_exp, float hi_exp, bool positive = false) {
-  std::vector<T> out(n);
-  for (auto& x : out) {
-    float f = (rng() % 17 == 0) ? 0.0f : spread(rng, lo_exp, hi_exp);
-    if (positive) f = std::fabs(f);
-    x = zb::from_float<T>(f);
-  }
-  return out;
-}
-
-/// Values that hit every corner of the conversions: zeros, subnormals of every type,
-/// overflow thresholds, ±Inf, NaNs with payloads.
-std::vector<float> special_floats() {
-  const float inf = std::numeric_limits<float>::infinity();
-  std::vector<float> s = {0.0f, -0.0f, 1.0f, -1.0f, 65504.0f, 65519.0f, 65520.0f, -65520.0f, 1e-8f,
-                          5.96e-8f, 2.98e-8f, std::numeric_limits<float>::denorm_min(),
-                          std::numeric_limits<float>::min(), std::numeric_limits<float>::max(), inf, -inf,
-                          std::numeric_limits<float>::quiet_NaN(), -std::numeric_limits<float>::quiet_NaN()};
-  std::uint32_t payload_nan = 0x7f812345u, bf16_tie = 0x3f808000u, bf16_tie_odd = 0x3f818000u;
-  float f;
-  for (std::uint32_t u : {payload_nan, bf16_tie, bf16_tie_odd, 0x00008000u, 0x00018000u, 0x7f7f8000u}) {
-    std::memcpy(&f, &u, 4);
-    s.push_back(f);
-  }
-  return s;
-}
+using zbt::make;
+using zbt::special_floats;
+using zbt::spread;
 
 template <class T>
 bool same_bits(const T* a, const T* b, std::size_t n) {
