@@ -1,7 +1,7 @@
 // Smoke test of the CUDA test plumbing: a kernel runs and the host sees its result.
 #include "cuda_test_main.hpp"
 
-#include <zeroblocks/zeroblocks.hpp>
+#include <zeroblocks/cuda.cuh>  // the umbrella: every CUDA header compiles together
 
 __global__ void zb_smoke_fill(int* p, int n) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;

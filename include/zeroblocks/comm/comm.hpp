@@ -2,8 +2,9 @@
  * @file comm.hpp
  * @brief The communicator role: how ranks exchange bytes.
  *
- * Policies: `comm::self` (one rank, `self.hpp`) and `comm::mpi` (host buffers over MPI,
- * `mpi.hpp`). A communicator is an object (it owns a communicator handle and counters)
+ * Policies: `comm::self` (one rank, `self.hpp`), `comm::mpi` (host buffers over MPI,
+ * `mpi.hpp`) and `comm::nccl` (device buffers over NCCL, stream-ordered, bootstrapped
+ * over MPI or a shared file; `nccl.hpp` / `nccl.cuh`, target `zeroblocks::cuda`). A communicator is an object (it owns a communicator handle and counters)
  * whose type carries `using communicator_concept = communicator_tag;`.
  *
  * Collectives, for element types float, half and bfloat16:

@@ -5,9 +5,15 @@
  * A space is a tag type with `using space_concept = space_tag;` and static
  * `allocate(bytes, alignment)`, `deallocate(p, bytes)`, `copy`, `fill`. `host_space`
  * is pageable host memory aligned for the widest vector loads; `pinned_space` is
- * page-locked host memory (`mlock`ed here; the CUDA backend will register it with
- * CUDA instead, at exact size — no power-of-two rounding). `buffer<T, Space>` is the
- * owning, tracked allocation every component uses.
+ * page-locked host memory: `mlock`ed in a host-only build, registered with CUDA
+ * (`cudaHostRegister`, so copies to and from the GPU run at full speed and
+ * asynchronously) when `ZB_HAVE_CUDA` is 1 — always at the exact size asked for, never
+ * rounded to a power of two. `cuda_space` (device memory) is in `cuda_space.hpp`.
+ * `buffer<T, Space>` is the owning, tracked allocation every component uses.
+ *
+ * `ZB_HAVE_CUDA` is defined to 1 by the `zeroblocks::cuda` CMake target. It changes
+ * `pinned_space`'s implementation, so every translation unit of one program must see the
+ * same value (link every target of the program against the same zeroblocks target).
  */
 #pragma once
 
@@ -16,6 +22,11 @@
 #include "memory.hpp"
 
 #include <sys/mman.h>
+#include <unistd.h>
+
+#if defined(ZB_HAVE_CUDA) && ZB_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
 
 #include <concepts>
 #include <cstdlib>
@@ -64,34 +75,66 @@ struct host_space {
   }
 };
 
-/// @brief Page-locked host memory (without CUDA: `mlock`, best effort under RLIMIT_MEMLOCK).
+/// @brief Page-locked host memory.
 ///
-/// The allocation is exactly `bytes` rounded to the alignment — never to a power of
-/// two (DeepSpeed issue #3000: pinned OOM from rounding). When the process may not lock
-/// more memory, the pages stay pageable and `locked()` tells; correctness never
-/// depends on locking.
+/// Without CUDA: `mlock`, best effort under RLIMIT_MEMLOCK. With CUDA (`ZB_HAVE_CUDA`
+/// is 1): `cudaHostRegister` (portable: pinned for every device and context), so the GPU
+/// reads and writes it by DMA and `cudaMemcpyAsync` from it does not block the host.
+///
+/// The allocation is `bytes` rounded up to the alignment (with CUDA: to whole pages,
+/// each allocation on pages of its own), and exactly `bytes` are locked or registered —
+/// never a power of two (DeepSpeed issue #3000: pinned OOM from the caching host
+/// allocator's rounding). When the pages cannot be locked or registered
+/// (RLIMIT_MEMLOCK, no usable GPU), they stay pageable and `last_lock_ok()` tells;
+/// correctness never depends on pinning, only copy speed does.
 struct pinned_space {
   using space_concept = space_tag;
   static constexpr const char* name = "pinned";
   static constexpr bool host_accessible = true;
 
   static void* allocate(std::size_t bytes, std::size_t alignment = default_alignment) {
-    void* p = host_space::allocate(bytes, alignment);
-    if (p && ::mlock(p, bytes) == 0) last_lock_ok() = true;
-    else last_lock_ok() = false;
+    void* p = host_space::allocate(bytes, lock_alignment(alignment));
+    last_lock_ok() = p != nullptr && lock(p, bytes);
     return p;
   }
   static void deallocate(void* p, std::size_t bytes) {
-    if (p) ::munlock(p, bytes);
+    if (p) unlock(p, bytes);
     std::free(p);
   }
   static void copy(void* dst, const void* src, std::size_t bytes) { host_space::copy(dst, src, bytes); }
   static void fill_zero(void* p, std::size_t bytes) { host_space::fill_zero(p, bytes); }
-  /// @brief Whether the most recent allocation could be page-locked.
+  /// @brief Whether the most recent allocation (on this thread) could be page-locked.
   static bool& last_lock_ok() {
     static thread_local bool ok = false;
     return ok;
   }
+
+private:
+#if defined(ZB_HAVE_CUDA) && ZB_HAVE_CUDA
+  /// CUDA registers whole pages and refuses a range that overlaps one registered
+  /// before, so two small buffers must never share a page: start each on its own page
+  /// (at most a page minus one byte of slack at the end — not a power-of-two rounding).
+  static std::size_t lock_alignment(std::size_t alignment) {
+    static const std::size_t page = [] {
+      const long v = ::sysconf(_SC_PAGESIZE);
+      return v > 0 ? static_cast<std::size_t>(v) : std::size_t{4096};
+    }();
+    return alignment > page ? alignment : page;
+  }
+  static bool lock(void* p, std::size_t bytes) {
+    if (cudaHostRegister(p, bytes, cudaHostRegisterPortable) == cudaSuccess) return true;
+    (void)cudaGetLastError();  // registration errors are not sticky: leave no trace for the next call
+    return false;
+  }
+  static void unlock(void* p, std::size_t /*bytes*/) {
+    // Not registered (registration failed): cudaErrorHostMemoryNotRegistered, cleared.
+    if (cudaHostUnregister(p) != cudaSuccess) (void)cudaGetLastError();
+  }
+#else
+  static std::size_t lock_alignment(std::size_t alignment) { return alignment; }
+  static bool lock(void* p, std::size_t bytes) { return ::mlock(p, bytes) == 0; }
+  static void unlock(void* p, std::size_t bytes) { ::munlock(p, bytes); }
+#endif
 };
 
 static_assert(space_policy<host_space>);
