@@ -192,7 +192,15 @@ public:
 
   template <class T>
   request iall_gather(const T* send, T* recv, std::size_t count) {
-    ensure_usable();
+    // With a progress thread, no MPI call here: an MPI_Test on this thread (the abort
+    // poll) can end up doing in-flight transfers' copies for the progress engine —
+    // milliseconds on the trainer's thread. A peer's abort is then seen by the wait,
+    // which polls for it.
+    if (progress_) {
+      if (failed_) ensure_usable();
+    } else {
+      ensure_usable();
+    }
     counters_.count(collective::all_gather, count * size_);
     if (count == 0) return {};
     const int n = checked_count(count);
