@@ -8,6 +8,8 @@
  * compute, release. The loss is ½‖y‖²/batch. Every configuration trains the same
  * steps from the same weights; timings are taken after `--warmup` steps and are the
  * median over `--steps` of the slowest rank's step (each step starts after a barrier).
+ * The configurations take turns step by step (all engines live at once), so drift in
+ * the machine's speed hits them alike.
  *
  * Printed per configuration: step time, time spent in the trainer's own compute,
  * acquire wait (time inside the coordinator's acquire and release: gather waits and
@@ -30,6 +32,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -100,88 +103,119 @@ double max_over_ranks(double x) {
   return m;
 }
 
+/// One configuration's engine and trainer state; steps are run one at a time so the
+/// configurations can take turns (see main).
+struct runner {
+  virtual ~runner() = default;
+  virtual void one_step(int s, bool record) = 0;
+  virtual result summary() const = 0;
+};
+
 template <class E>
-result run(const options& o, const zb::engine_config& cfg) {
-  const std::size_t d = o.dim, b = o.batch;
-  zb::param_registry reg;
-  std::vector<zb::param_id> w;
-  std::vector<zb::unit_id> units;
-  for (int l = 0; l < o.layers; ++l) {
-    w.push_back(reg.add("w" + std::to_string(l), {d, d}, "layer" + std::to_string(l)));
-    units.push_back(reg.unit("layer" + std::to_string(l)));
-  }
-  E eng(reg, C(MPI_COMM_WORLD), cfg);
-  {
+class runner_of final : public runner {
+public:
+  runner_of(const options& o, const zb::engine_config& cfg) : o_(o), eng_(make_registry(), C(MPI_COMM_WORLD), cfg) {
+    const std::size_t d = o.dim;
     std::vector<float> v(d * d);
     for (int l = 0; l < o.layers; ++l) {
       for (std::size_t i = 0; i < v.size(); ++i)
         v[i] = std::sin(0.7f * static_cast<float>(i) + static_cast<float>(l)) / std::sqrt(static_cast<float>(d));
-      eng.set_param(w[l], v);
+      eng_.set_param(w_[l], v);
     }
+    act_.assign(o.layers + 1, std::vector<float>(o.batch * d));
+    wf_.resize(d * d);
+    dw_.resize(d * d);
+    dy_.resize(o.batch * d);
+    dx_.resize(o.batch * d);
+    g16_.resize(d * d);
+    progress_ = eng_.communicator().async_progress();
   }
-  const int rank = eng.rank();
-  std::vector<std::vector<float>> act(o.layers + 1, std::vector<float>(b * d));
-  std::vector<float> wf(d * d), dw(d * d), dy(b * d), dx(b * d);
-  std::vector<T> g16(d * d);
-  std::vector<double> steps, computes, waits, gathers;
-  for (int s = 0; s < o.warmup + o.steps; ++s) {
+
+  void one_step(int s, bool record) override {
+    const std::size_t d = o_.dim, b = o_.batch;
+    const int rank = eng_.rank();
     MPI_Barrier(MPI_COMM_WORLD);
-    const auto before = eng.coordination_stats();
+    const auto before = eng_.coordination_stats();
     const auto t0 = clk::now();
     double compute = 0;
     // begin_micro_step before preparing the batch: stage 3 starts its first gathers.
-    eng.begin_micro_step();
+    eng_.begin_micro_step();
     {
       const auto t = clk::now();
       for (std::size_t i = 0; i < b * d; ++i)
-        act[0][i] = std::cos(0.01f * static_cast<float>(i + 977 * (s + 1) + 31 * rank));
+        act_[0][i] = std::cos(0.01f * static_cast<float>(i + 977 * (s + 1) + 31 * rank));
       compute += seconds_since(t);
     }
-    for (int l = 0; l < o.layers; ++l) {
-      auto g = eng.acquire(units[l]);
+    for (int l = 0; l < o_.layers; ++l) {
+      auto g = eng_.acquire(units_[l]);
       const auto t = clk::now();
-      auto p = g.param(w[l]);
-      for (std::size_t i = 0; i < d * d; ++i) wf[i] = zb::to_float(p[i]);
-      matmul(act[l].data(), wf.data(), act[l + 1].data(), b, d);
+      auto p = g.param(w_[l]);
+      for (std::size_t i = 0; i < d * d; ++i) wf_[i] = zb::to_float(p[i]);
+      matmul(act_[l].data(), wf_.data(), act_[l + 1].data(), b, d);
       compute += seconds_since(t);
     }
     {
       const auto t = clk::now();
-      for (std::size_t i = 0; i < b * d; ++i) dy[i] = act[o.layers][i] / static_cast<float>(b);
+      for (std::size_t i = 0; i < b * d; ++i) dy_[i] = act_[o_.layers][i] / static_cast<float>(b);
       compute += seconds_since(t);
     }
-    for (int l = o.layers - 1; l >= 0; --l) {
-      auto g = eng.acquire(units[l]);
+    for (int l = o_.layers - 1; l >= 0; --l) {
+      auto g = eng_.acquire(units_[l]);
       const auto t = clk::now();
-      auto p = g.param(w[l]);
-      for (std::size_t i = 0; i < d * d; ++i) wf[i] = zb::to_float(p[i]);
-      outer(act[l].data(), dy.data(), dw.data(), b, d);
-      matmul_t(dy.data(), wf.data(), dx.data(), b, d);
-      std::swap(dy, dx);
-      for (std::size_t i = 0; i < d * d; ++i) g16[i] = zb::from_float<T>(dw[i]);
+      auto p = g.param(w_[l]);
+      for (std::size_t i = 0; i < d * d; ++i) wf_[i] = zb::to_float(p[i]);
+      outer(act_[l].data(), dy_.data(), dw_.data(), b, d);
+      matmul_t(dy_.data(), wf_.data(), dx_.data(), b, d);
+      std::swap(dy_, dx_);
+      for (std::size_t i = 0; i < d * d; ++i) g16_[i] = zb::from_float<T>(dw_[i]);
       compute += seconds_since(t);
-      eng.grad_ready(w[l], g16);
+      eng_.grad_ready(w_[l], g16_);
     }
-    eng.end_micro_step();
-    eng.step();
+    eng_.end_micro_step();
+    eng_.step();
     const double dt = seconds_since(t0);
-    const auto after = eng.coordination_stats();
-    if (s >= o.warmup) {
-      steps.push_back(max_over_ranks(dt));
-      computes.push_back(max_over_ranks(compute));
-      waits.push_back(max_over_ranks(after.wait_seconds - before.wait_seconds));
-      gathers.push_back(static_cast<double>(after.gathers - before.gathers));
+    const auto after = eng_.coordination_stats();
+    const double step = max_over_ranks(dt), comp = max_over_ranks(compute),
+                 wait = max_over_ranks(after.wait_seconds - before.wait_seconds);
+    if (record) {
+      steps_.push_back(step);
+      computes_.push_back(comp);
+      waits_.push_back(wait);
+      gathers_.push_back(static_cast<double>(after.gathers - before.gathers));
     }
   }
-  result r;
-  r.step = median(steps);
-  r.compute = median(computes);
-  r.wait = median(waits);
-  r.gathers = median(gathers);
-  r.st = eng.coordination_stats();
-  r.progress = eng.communicator().async_progress();
-  return r;
-}
+
+  result summary() const override {
+    result r;
+    r.step = median(steps_);
+    r.compute = median(computes_);
+    r.wait = median(waits_);
+    r.gathers = median(gathers_);
+    r.st = eng_.coordination_stats();
+    r.progress = progress_;
+    return r;
+  }
+
+private:
+  zb::param_registry& make_registry() {
+    for (int l = 0; l < o_.layers; ++l) {
+      w_.push_back(reg_.add("w" + std::to_string(l), {o_.dim, o_.dim}, "layer" + std::to_string(l)));
+      units_.push_back(reg_.unit("layer" + std::to_string(l)));
+    }
+    return reg_;
+  }
+
+  const options o_;
+  zb::param_registry reg_;
+  std::vector<zb::param_id> w_;
+  std::vector<zb::unit_id> units_;
+  E eng_;
+  std::vector<std::vector<float>> act_;
+  std::vector<float> wf_, dw_, dy_, dx_;
+  std::vector<T> g16_;
+  std::vector<double> steps_, computes_, waits_, gathers_;
+  bool progress_ = false;
+};
 
 bool parse(int argc, char** argv, options& o) {
   for (int i = 1; i < argc; ++i) {
@@ -235,12 +269,20 @@ int main(int argc, char** argv) {
     zb::engine_config lean_x = lean, defaults_x = defaults;
     lean_x.prefetch.prefetch_across_steps = defaults_x.prefetch.prefetch_across_steps = true;
 
-    const auto s2 = run<zb::stage2<C, T>>(o, base);
-    const auto s3d = run<zb::stage3_on_demand<C, T>>(o, base);
-    const auto s3p = run<zb::stage3<C, T>>(o, lean);
-    const auto s3k = run<zb::stage3<C, T>>(o, defaults);
-    const auto s3px = run<zb::stage3<C, T>>(o, lean_x);
-    const auto s3kx = run<zb::stage3<C, T>>(o, defaults_x);
+    // The configurations take turns, one step each, the first of each round rotating:
+    // on a shared machine whose speed drifts (this one's compute time moves by a third
+    // over seconds), every configuration then sees the same slow and fast periods.
+    std::vector<std::unique_ptr<runner>> runs;
+    runs.push_back(std::make_unique<runner_of<zb::stage2<C, T>>>(o, base));
+    runs.push_back(std::make_unique<runner_of<zb::stage3_on_demand<C, T>>>(o, base));
+    runs.push_back(std::make_unique<runner_of<zb::stage3<C, T>>>(o, lean));
+    runs.push_back(std::make_unique<runner_of<zb::stage3<C, T>>>(o, defaults));
+    runs.push_back(std::make_unique<runner_of<zb::stage3<C, T>>>(o, lean_x));
+    runs.push_back(std::make_unique<runner_of<zb::stage3<C, T>>>(o, defaults_x));
+    for (int s = 0; s < o.warmup + o.steps; ++s)
+      for (std::size_t k = 0; k < runs.size(); ++k) runs[(k + static_cast<std::size_t>(s)) % runs.size()]->one_step(s, s >= o.warmup);
+    const auto s2 = runs[0]->summary(), s3d = runs[1]->summary(), s3p = runs[2]->summary(),
+               s3k = runs[3]->summary(), s3px = runs[4]->summary(), s3kx = runs[5]->summary();
     if (rank == 0) {
       const double gather = s3d.gathers > 0 ? s3d.wait / s3d.gathers : 0.0;
       const double unit_compute = s3d.compute / o.layers;
