@@ -149,10 +149,13 @@ private:
     const int fd = ::open(path.c_str(), flags, 0600);
     if (fd < 0) {
       const int err = errno;
-      if (err == EINVAL && cfg_.direct_io)
+      if (err == EINVAL && cfg_.direct_io) {
+        // Linux creates the file before it checks O_DIRECT: remove it (O_EXCL made it ours).
+        ::unlink(path.c_str());
         ZB_FAIL("swap: the filesystem of ", dir, " does not support O_DIRECT (open of ", path, ": ",
                 errno_text(err), "); put the tier on an NVMe filesystem such as ext4 or xfs, or set "
                 "swap_config::direct_io = false to go through the page cache");
+      }
       ZB_FAIL("swap: cannot create ", path, ": ", errno_text(err));
     }
     fds_.push_back(fd);
