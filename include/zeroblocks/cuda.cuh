@@ -2,6 +2,7 @@
  * @file cuda.cuh
  * @brief Everything of the CUDA backend, for a translation unit compiled by nvcc: the
  * host-side library (`zeroblocks.hpp`), `cuda_space` and its streams and events,
+ * `space_ops<cuda_space>` (so engines run on `cuda_space`),
  * `comm::nccl` with its deterministic-reduction kernel, and the fused optimizer,
  * sum-of-squares and cast kernels. Link `zeroblocks::cuda`.
  *
@@ -16,6 +17,7 @@
 #endif
 
 #include "comm/nccl.cuh"
+#include "space/cuda_ops.cuh"
 #include "kernel/cuda/kernels.cuh"
 #include "space/cuda_space.hpp"
 #include "zeroblocks.hpp"

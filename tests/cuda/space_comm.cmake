@@ -3,3 +3,5 @@ zb_add_cuda_test(test_cuda_space SOURCES test_cuda_space.cu)
 zb_add_cuda_test(test_comm_nccl SOURCES test_comm_nccl.cu RANKS 1 2)
 # Compiled by the plain C++ compiler: proves space/cuda_space.hpp and comm/nccl.hpp need no nvcc.
 zb_add_cuda_test(test_cuda_headers_cxx SOURCES test_cuda_headers_cxx.cpp)
+# The engine (stage 0-3 presets) on cuda_space with comm::nccl against the host engine.
+zb_add_cuda_test(test_engine_cuda SOURCES test_engine_cuda.cu)

@@ -9,6 +9,7 @@
 #include "../engine/context.hpp"
 #include "../kernel/host.hpp"
 #include "../space/host_space.hpp"
+#include "../space/ops.hpp"
 
 #include <cstring>
 #include <vector>
@@ -19,6 +20,7 @@ namespace bucket::detail {
 template <class Ctx>
 class full_grads {
   using T = typename Ctx::param_type;
+  using ops = space_ops<typename Ctx::space>;
 
 public:
   explicit full_grads(Ctx& ctx)
@@ -35,8 +37,8 @@ public:
     if (pp.numel == 0) return;  // (an empty span may carry a null pointer)
     T* dst = grads_.data() + pp.offset;
     // The first micro-step of a step copies; later ones add with one rounding.
-    if (micro_steps_ == 0) std::memcpy(dst, g, pp.numel * sizeof(T));
-    else kernel::accumulate(dst, g, pp.numel, ctx_.cfg.threads);
+    if (micro_steps_ == 0) ops::copy(dst, g, pp.numel * sizeof(T));
+    else ops::accumulate(dst, g, pp.numel, ctx_.cfg.threads);
   }
   void end_micro_step() { ++micro_steps_; }
   void zero() {

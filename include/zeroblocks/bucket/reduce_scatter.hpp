@@ -27,6 +27,7 @@
 #include "../engine/context.hpp"
 #include "../kernel/host.hpp"
 #include "../space/host_space.hpp"
+#include "../space/ops.hpp"
 #include "bucket.hpp"
 
 #include <algorithm>
@@ -80,6 +81,7 @@ struct reduce_scatter {
   template <class Ctx>
   class impl {
     using T = typename Ctx::param_type;
+    using ops = space_ops<typename Ctx::space>;
     using buf_t = buffer<T, typename Ctx::space>;
     using request = typename Ctx::comm_type::request;
 
@@ -161,7 +163,7 @@ struct reduce_scatter {
         const std::size_t pos = pp.offset_in_unit + done;
         const std::size_t r = pos / slice, in_slice = pos % slice;
         const std::size_t n = std::min(pp.numel - done, slice - in_slice);
-        std::memcpy(buf + r * plan.block_numel + unit_block_off + in_slice, g + done, n * sizeof(T));
+        ops::copy(buf + r * plan.block_numel + unit_block_off + in_slice, g + done, n * sizeof(T));
         done += n;
       }
     }
@@ -209,8 +211,8 @@ struct reduce_scatter {
       auto& st = state_[b];
       const std::size_t blk = plans_[b].block_numel;
       const T* mine = st.buf->data() + static_cast<std::size_t>(ctx_.rank()) * blk;
-      kernel::accumulate(shard_.data() + ctx_.lay.unit(plans_[b].first_unit).shard_offset, mine, blk,
-                         ctx_.cfg.threads);
+      ops::accumulate(shard_.data() + ctx_.lay.unit(plans_[b].first_unit).shard_offset, mine, blk,
+                      ctx_.cfg.threads);
       free_.push_back(std::move(*st.buf));
       st.buf.reset();
       // Keep at most bucket_count buffers; extra ones grown under pressure are freed.

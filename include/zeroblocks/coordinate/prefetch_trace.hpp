@@ -58,6 +58,7 @@
 
 #include "../engine/context.hpp"
 #include "../space/host_space.hpp"
+#include "../space/ops.hpp"
 #include "../swap/swap.hpp"
 #include "coordinate.hpp"
 
@@ -528,8 +529,8 @@ struct basic_prefetch_trace {
           throw;
         }
       }
-      std::memcpy(static_cast<void*>(dst), reads_.data(b) + (up.shard_offset * sizeof(T) - read_origin(u)),
-                  up.slice_numel * sizeof(T));
+      space_ops<Space>::from_host(dst, reads_.data(b) + (up.shard_offset * sizeof(T) - read_origin(u)),
+                                  up.slice_numel * sizeof(T));
       finish_read(b);
     }
     /// Start reads for the units the gather scan reaches next (the same walk as

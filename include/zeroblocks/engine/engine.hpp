@@ -64,6 +64,7 @@
 #include "../partition/even.hpp"
 #include "../scale/scale.hpp"
 #include "../space/host_space.hpp"
+#include "../space/ops.hpp"
 #include "context.hpp"
 
 #include <bit>
@@ -107,6 +108,28 @@ inline std::size_t zero_formula_bytes(int stage, std::size_t psi, int world, std
   ZB_FAIL("zero_formula_bytes: stage ", stage, " is not 0..3");
 }
 
+/// @brief The space a master-state policy keeps its state in (void when it names none).
+template <class M>
+struct master_space {
+  using type = void;
+};
+template <class M>
+  requires requires { typename M::space; }
+struct master_space<M> {
+  using type = typename M::space;
+};
+template <class M>
+using master_space_t = typename master_space<M>::type;
+
+/// @brief A master keeping its state in its own space fits an engine on `Space` when the
+/// fused step can reach both: the same space, or two host-accessible ones.
+template <class M, class Space>
+consteval bool master_space_fits() {
+  using MS = master_space_t<M>;
+  if constexpr (std::is_void_v<MS> || std::is_same_v<MS, Space>) return true;
+  else return MS::host_accessible && Space::host_accessible;
+}
+
 /// @brief Whether coordinator policy C reads the 16-bit shard from the master tier.
 template <class C>
 consteval bool params_on_tier_of() {
@@ -126,6 +149,13 @@ class engine {
                 "(see zeroblocks/core/numeric.hpp)");
   static_assert(space_policy<Space>,
                 "zeroblocks::engine: Space is not a space policy (see zeroblocks/space/host_space.hpp)");
+  static_assert(has_space_ops<Space>,
+                "zeroblocks::engine: no space_ops for this Space; for cuda_space include zeroblocks/cuda.cuh "
+                "(space/cuda_ops.cuh) before instantiating the engine, in a translation unit compiled by nvcc");
+  static_assert(master_space_fits<Master, Space>(),
+                "zeroblocks::engine: master::resident<S> keeps its state in S, and the fused step reads the "
+                "gradients and writes the parameters of the engine's Space: use the same space (for fp32 state "
+                "in host memory with parameters on the GPU, ZeRO-Offload's master::offloaded is planned)");
   static_assert(communicator_policy<Comm>,
                 "zeroblocks::engine: Comm is not a communicator policy (see zeroblocks/comm/comm.hpp)");
   static_assert(partitioner_policy<Partitioner>,
@@ -155,6 +185,8 @@ public:
   using context = engine_context<T, Space, Comm>;
   using coordinator_impl = typename Coordinator::template impl<context>;
   using master_impl = typename Master::template impl<context>;
+  /// @brief The operations on `Space` memory (copies, kernels) the engine uses.
+  using ops = space_ops<Space>;
 
   /// @brief Optimizer state is sharded (stages 1–3) or replicated (stage 0).
   static constexpr bool sharded_master = Bucketer::shards_master;
@@ -241,8 +273,9 @@ public:
       const float* src = values.data() + (a - pp.offset_in_unit);
       // (Parameters on the tier: the master's set() writes them.)
       if (!params_on_tier_v<Coordinator> && (!Coordinator::shards_params || r == comm_.rank())) {
-        T* dst = coord_->owned_slice(pp.unit, r) + (a - s0);
-        for (std::size_t i = 0; i < b - a; ++i) dst[i] = from_float<T>(src[i]);
+        std::vector<T> rounded(b - a);
+        for (std::size_t i = 0; i < b - a; ++i) rounded[i] = from_float<T>(src[i]);
+        ops::from_host(coord_->owned_slice(pp.unit, r) + (a - s0), rounded.data(), rounded.size() * sizeof(T));
       }
       if (!sharded_master || r == comm_.rank()) {
         const std::size_t moff = sharded_master ? up.shard_offset : up.offset + s0;
@@ -427,7 +460,7 @@ private:
     std::vector<double> partial(n, 0.0);
     bool nonfinite = false;
     for (const auto& s : owned_) {
-      auto st = kernel::grad_sumsq(bucketer_->grad_slice(s.unit, s.rank), s.numel, cfg_.threads);
+      auto st = ops::grad_sumsq(bucketer_->grad_slice(s.unit, s.rank), s.numel, cfg_.threads);
       partial[s.rank] += st.sumsq;
       nonfinite = nonfinite || st.nonfinite;
     }
@@ -566,12 +599,26 @@ public:
       const auto& up = layout_.unit(s.unit);
       master_->read_master(s.master_offset, out.data() + up.offset + s.rank * up.slice_numel, s.numel);
     }
-    if constexpr (sharded_master)
-      for (std::size_t u = 0; u < layout_.unit_count(); ++u) {
-        const auto& up = layout_.unit(u);
-        comm_.all_gather(out.data() + up.offset + comm_.rank() * up.slice_numel, out.data() + up.offset,
-                         up.slice_numel);
+    if constexpr (sharded_master) {
+      if constexpr (Space::host_accessible) {
+        for (std::size_t u = 0; u < layout_.unit_count(); ++u) {
+          const auto& up = layout_.unit(u);
+          comm_.all_gather(out.data() + up.offset + comm_.rank() * up.slice_numel, out.data() + up.offset,
+                           up.slice_numel);
+        }
+      } else {
+        // The communicator moves memory of the engine's space (comm::nccl: device
+        // memory): gather there, then copy the result to the host.
+        buffer<float, Space> dev(layout_.total_numel(), mem_category::other, nullptr);
+        ops::from_host(dev.data(), out.data(), out.size() * sizeof(float));
+        for (std::size_t u = 0; u < layout_.unit_count(); ++u) {
+          const auto& up = layout_.unit(u);
+          comm_.all_gather(dev.data() + up.offset + comm_.rank() * up.slice_numel, dev.data() + up.offset,
+                           up.slice_numel);
+        }
+        ops::to_host(out.data(), dev.data(), out.size() * sizeof(float));
       }
+    }
     return std::move(out);
   }
   /// @brief The full parameters (type T) in layout order. Collective for stage 3.
@@ -580,7 +627,7 @@ public:
     for (std::size_t u = 0; u < layout_.unit_count(); ++u) {
       auto g = acquire({u});
       if (layout_.unit(u).padded_numel)
-        std::memcpy(out.data() + layout_.unit(u).offset, bases_[u], layout_.unit(u).padded_numel * sizeof(T));
+        ops::to_host(out.data() + layout_.unit(u).offset, bases_[u], layout_.unit(u).padded_numel * sizeof(T));
     }
     return out;
   }

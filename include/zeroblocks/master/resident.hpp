@@ -1,13 +1,15 @@
 /**
  * @file resident.hpp
  * @brief `master::resident<Space>`: fp32 master, Adam m and v of the rank's owned
- * elements held in `Space`; the step runs `kernel::fused_adamw` on them.
+ * elements held in `Space` (the engine's); the step runs the fused kernel of `space_ops<Space>`
+ * on them (host loops, or the CUDA kernel for `cuda_space`).
  */
 #pragma once
 
 #include "../engine/context.hpp"
 #include "../kernel/host.hpp"
 #include "../space/host_space.hpp"
+#include "../space/ops.hpp"
 #include "master.hpp"
 
 #include <cstring>
@@ -24,12 +26,11 @@ struct resident {
   static constexpr const char* name = "resident";
   static_assert(space_policy<Space>,
                 "master::resident<Space>: Space is not a space policy (see zeroblocks/space/host_space.hpp)");
-  static_assert(Space::host_accessible,
-                "master::resident<Space>: the host step needs host-accessible memory");
 
   template <class Ctx>
   class impl {
     using T = typename Ctx::param_type;
+    using ops = space_ops<Space>;
 
   public:
     impl(Ctx& ctx, std::size_t owned_numel)
@@ -48,12 +49,12 @@ struct resident {
     }
 
     void set(std::size_t offset, const float* values, std::size_t n) {
-      std::memcpy(master_.data() + offset, values, n * sizeof(float));
+      ops::from_host(master_.data() + offset, values, n * sizeof(float));
     }
     const float* master(std::size_t offset) const { return master_.data() + offset; }
     /// @brief Copy `n` master values from owned element `offset` into `out`.
     void read_master(std::size_t offset, float* out, std::size_t n) const {
-      std::memcpy(out, master_.data() + offset, n * sizeof(float));
+      ops::to_host(out, master_.data() + offset, n * sizeof(float));
     }
     const float* moment1(std::size_t offset) const { return m_.data() + offset; }
     const float* moment2(std::size_t offset) const { return v_.data() + offset; }
@@ -62,8 +63,8 @@ struct resident {
     void apply(const std::vector<step_slice<T>>& slices, const kernel::adamw_step_args& a) {
       for (const auto& s : slices) {
         const std::size_t o = s.master_offset;
-        kernel::fused_adamw(master_.data() + o, m_.data() + o, v_.data() + o, s.grad, s.param, s.numel, a,
-                            ctx_.cfg.threads);
+        ops::fused_adamw(master_.data() + o, m_.data() + o, v_.data() + o, s.grad, s.param, s.numel, a,
+                         ctx_.cfg.threads);
       }
     }
 

@@ -172,6 +172,17 @@ struct cuda_space {
   /// @brief The largest alignment allocations guarantee (the CUDA allocators' 256 B).
   static constexpr std::size_t max_alignment = 256;
 
+  // ---- the compute stream ---------------------------------------------------------
+
+  /// @brief The stream on which the engine's operations on `cuda_space` memory run
+  /// (`space_ops<cuda_space>`: copies, accumulation, the optimizer kernels), per host
+  /// thread; the legacy default stream (0) until set. Set it to the trainer's stream
+  /// before building an engine, and give `comm::nccl::set_compute_stream` the same one
+  /// (the engine's `dup()`s inherit it), so gradients, collectives and the step follow
+  /// the trainer's kernels in stream order.
+  static cudaStream_t compute_stream() { return compute_stream_slot(); }
+  static void set_compute_stream(cudaStream_t s) { compute_stream_slot() = s; }
+
   // ---- stream-ordered -------------------------------------------------------------
 
   /// @brief Allocate `bytes` from the current device's pool, ordered on stream `s`: the
@@ -284,6 +295,10 @@ private:
     cudaStream_t sync_stream = nullptr;
   };
 
+  static cudaStream_t& compute_stream_slot() {
+    static thread_local cudaStream_t s = nullptr;
+    return s;
+  }
   static void check_alignment(std::size_t alignment) {
     ZB_REQUIRE(alignment != 0 && (alignment & (alignment - 1)) == 0 && alignment <= max_alignment,
                "cuda_space: alignment ", alignment, " must be a power of two no larger than ", max_alignment);

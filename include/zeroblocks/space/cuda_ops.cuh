@@ -1,0 +1,97 @@
+/**
+ * @file cuda_ops.cuh
+ * @brief `space_ops<cuda_space>`: the engine's operations on device memory (see
+ *        `space/ops.hpp`), on the calling thread's compute stream
+ *        (`cuda_space::compute_stream()`). Needs nvcc.
+ *
+ * Copies are `cudaMemcpyAsync` on the compute stream; copies from or to host memory
+ * synchronise that stream before they return (the host buffer may be reused at once).
+ * The numeric operations are the `.cuh` kernels, which give the host kernels' bits
+ * (the headers in `kernel/cuda/` state the bounds: fused pass and casts 0 ulp, sum of squares
+ * within 1e-12 relative). `grad_sumsq` synchronises the stream (the host needs the
+ * norm); its 8 KiB workspace comes from the `cuda_space` pool, stream-ordered.
+ * `accumulate` is a grid-stride kernel with the host's per-element expression
+ * (`T(float(dst) + float(src))`, one rounding — a single add nvcc cannot contract).
+ */
+#pragma once
+
+#if !defined(__CUDACC__)
+#error "zeroblocks/space/cuda_ops.cuh needs nvcc"
+#endif
+
+#include "../core/cuda_check.hpp"
+#include "../core/numeric.hpp"
+#include "../kernel/cuda/kernels.cuh"
+#include "cuda_space.hpp"
+#include "ops.hpp"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstddef>
+
+ZB_NAMESPACE_BEGIN
+namespace detail {
+
+template <class T>
+__global__ void cuda_accumulate_kernel(T* __restrict__ dst, const T* __restrict__ src, std::size_t n) {
+  const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
+  for (std::size_t i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
+    dst[i] = from_float<T>(to_float(dst[i]) + to_float(src[i]));
+}
+
+}  // namespace detail
+
+template <>
+struct space_ops<cuda_space> {
+  static cudaStream_t stream() { return cuda_space::compute_stream(); }
+
+  static void copy(void* dst, const void* src, std::size_t bytes) { cuda_space::copy_async(dst, src, bytes, stream()); }
+  static void from_host(void* dst, const void* host_src, std::size_t bytes) {
+    if (!bytes) return;
+    cuda_space::copy_async(dst, host_src, bytes, stream());
+    ZB_CUDA_CHECK(cudaStreamSynchronize(stream()));
+  }
+  static void to_host(void* host_dst, const void* src, std::size_t bytes) {
+    if (!bytes) return;
+    cuda_space::copy_async(host_dst, src, bytes, stream());
+    ZB_CUDA_CHECK(cudaStreamSynchronize(stream()));
+  }
+  static void fill_zero(void* p, std::size_t bytes) { cuda_space::fill_zero_async(p, bytes, stream()); }
+
+  template <class T>
+  static void accumulate(T* dst, const T* src, std::size_t n, int /*threads*/) {
+    if (n == 0) return;
+    constexpr int threads = 256;
+    const std::size_t blocks = std::min<std::size_t>((n + threads - 1) / threads, 65535);
+    detail::cuda_accumulate_kernel<T><<<static_cast<unsigned>(blocks), threads, 0, stream()>>>(dst, src, n);
+    ZB_CUDA_CHECK_LAUNCH("zeroblocks accumulate");
+  }
+  template <class G>
+  static kernel::grad_stats grad_sumsq(const G* g, std::size_t n, int /*threads*/) {
+    if (n == 0) return {};
+    auto* ws = static_cast<kernel::cuda::sumsq_workspace*>(
+        cuda_space::allocate_async(sizeof(kernel::cuda::sumsq_workspace), stream()));
+    try {
+      const auto st = kernel::cuda::grad_sumsq_sync(g, n, ws, stream());
+      cuda_space::deallocate_async(ws, stream());
+      return st;
+    } catch (...) {
+      cuda_space::deallocate_async(ws, stream());
+      throw;
+    }
+  }
+  template <class G, class P>
+  static void fused_adamw(float* master, float* m, float* v, const G* grad, P* param, std::size_t n,
+                          const kernel::adamw_step_args& a, int /*threads*/) {
+    if (n == 0) return;
+    kernel::cuda::fused_adamw(master, m, v, grad, param, n, a, stream());
+  }
+  template <class T>
+  static void downcast(T* dst, const float* src, std::size_t n, float scale, int /*threads*/) {
+    if (n == 0) return;
+    kernel::cuda::downcast(dst, src, n, scale, stream());
+  }
+};
+
+ZB_NAMESPACE_END

@@ -1,0 +1,82 @@
+/**
+ * @file ops.hpp
+ * @brief `space_ops<Space>`: every operation the engine and its policies perform on
+ *        memory of a space — copies across the host boundary, fills, and the numeric
+ *        kernels — so that no policy dereferences memory it cannot reach.
+ *
+ * The engine never touches parameter, gradient or optimizer memory directly: it calls
+ * `space_ops<Space>`. For host spaces (`host_space`, `pinned_space`) these are
+ * `memcpy`/`memset` and the vectorised host kernels of `kernel/host.hpp`, exactly what
+ * the engine called before this layer existed. For `cuda_space` the specialisation is
+ * in `space/cuda_ops.cuh` (nvcc): the `.cuh` kernels and `cudaMemcpyAsync` on the
+ * calling thread's compute stream (`cuda_space::compute_stream()`), with a stream
+ * synchronisation only where the host needs a result (`grad_sumsq`, `to_host`). A
+ * translation unit that instantiates an engine on `cuda_space` must include
+ * `zeroblocks/cuda.cuh` (or `space/cuda_ops.cuh`) first.
+ *
+ * Operations (n elements; "in the space" = memory of `Space`):
+ *  - `copy(dst, src, bytes)`: within the space;
+ *  - `from_host(dst, host_src, bytes)`, `to_host(host_dst, src, bytes)`: across;
+ *  - `fill_zero(p, bytes)`;
+ *  - `accumulate(dst, src, n, threads)`: `dst = T(float(dst) + float(src))`;
+ *  - `grad_sumsq(g, n, threads) -> kernel::grad_stats` (on the host when it returns);
+ *  - `fused_adamw(master, m, v, grad, param, n, args, threads)`;
+ *  - `downcast(dst, src, n, scale, threads)`.
+ * `threads` is the host kernels' thread count (ignored on the GPU).
+ */
+#pragma once
+
+#include "../core/config.hpp"
+#include "../kernel/host.hpp"
+#include "host_space.hpp"
+
+#include <cstddef>
+#include <cstring>
+#include <type_traits>
+
+ZB_NAMESPACE_BEGIN
+
+/// @brief The operations on memory of `Space` (no definition: a space without
+/// operations cannot hold an engine's state; `cuda_space`'s are in `cuda_ops.cuh`).
+template <class Space>
+struct space_ops;
+
+/// @brief Host spaces: `memcpy` and the host kernels.
+struct host_ops {
+  static void copy(void* dst, const void* src, std::size_t bytes) {
+    if (bytes) std::memcpy(dst, src, bytes);
+  }
+  static void from_host(void* dst, const void* src, std::size_t bytes) { copy(dst, src, bytes); }
+  static void to_host(void* dst, const void* src, std::size_t bytes) { copy(dst, src, bytes); }
+  static void fill_zero(void* p, std::size_t bytes) {
+    if (bytes) std::memset(p, 0, bytes);
+  }
+  template <class T>
+  static void accumulate(T* dst, const T* src, std::size_t n, int threads) {
+    kernel::accumulate(dst, src, n, threads);
+  }
+  template <class G>
+  static kernel::grad_stats grad_sumsq(const G* g, std::size_t n, int threads) {
+    return kernel::grad_sumsq(g, n, threads);
+  }
+  template <class G, class P>
+  static void fused_adamw(float* master, float* m, float* v, const G* grad, P* param, std::size_t n,
+                          const kernel::adamw_step_args& a, int threads) {
+    kernel::fused_adamw(master, m, v, grad, param, n, a, threads);
+  }
+  template <class T>
+  static void downcast(T* dst, const float* src, std::size_t n, float scale, int threads) {
+    kernel::downcast(dst, src, n, scale, threads);
+  }
+};
+
+template <>
+struct space_ops<host_space> : host_ops {};
+template <>
+struct space_ops<pinned_space> : host_ops {};
+
+/// @brief Whether `space_ops<Space>` is defined (complete) at this point.
+template <class Space>
+concept has_space_ops = requires { sizeof(space_ops<Space>); };
+
+ZB_NAMESPACE_END
