@@ -17,6 +17,7 @@
 #endif
 
 #include "comm/nccl.cuh"
+#include "engine/presets_cuda.hpp"
 #include "space/cuda_ops.cuh"
 #include "kernel/cuda/kernels.cuh"
 #include "space/cuda_space.hpp"

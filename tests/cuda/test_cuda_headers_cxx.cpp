@@ -8,6 +8,8 @@
 #include "cuda_test_main.hpp"
 
 #include <zeroblocks/comm/nccl.hpp>
+#include <zeroblocks/engine/presets_cuda.hpp>
+#include <zeroblocks/master/offloaded.hpp>
 #include <zeroblocks/space/cuda_space.hpp>
 #include <zeroblocks/space/host_space.hpp>
 

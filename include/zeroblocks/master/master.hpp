@@ -8,8 +8,9 @@
  *    host kernels.
  *  - `master::swapped<Swap>` (`swapped.hpp`): on NVMe through a swap backend, the step a
  *    read · update · write pipeline over sub-groups (ZeRO-Infinity).
- *  - ZeRO-Offload (`master::offloaded`, pinned host + CPU step for GPU ranks) joins with
- *    the CUDA backend.
+ *  - `master::offloaded` (`offloaded.hpp`, needs the CUDA runtime): ZeRO-Offload for
+ *    GPU ranks — state in pinned host memory, the host step, 16-bit gradients down and
+ *    16-bit parameters up, pipelined over chunks.
  *
  * An `impl<Ctx>` is built for the rank's owned numel (Ψ for stage 0, Ψ/N otherwise) and
  * provides `set(offset, values, n)`, `read_master(offset, out, n)`,
