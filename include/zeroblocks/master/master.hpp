@@ -23,6 +23,8 @@
 #pragma once
 
 #include "../core/config.hpp"
+#include "../space/host_space.hpp"
+#include "../space/memory.hpp"
 
 #include <concepts>
 #include <cstddef>
@@ -34,6 +36,28 @@ struct master_tag {};
 
 template <class M>
 concept master_policy = std::same_as<typename M::master_concept, master_tag>;
+
+/// @brief fp32 master, Adam m and v of `n` owned elements in `Space`, zeroed, tracked as
+/// `master_fp32`, `adam_m`, `adam_v` (the state `master::resident` and
+/// `master::offloaded` hold in memory).
+template <class Space>
+struct adam_state {
+  buffer<float, Space> master, m, v;
+  adam_state(std::size_t n, memory_tracker* tracker)
+      : master(n, mem_category::master_fp32, tracker),
+        m(n, mem_category::adam_m, tracker),
+        v(n, mem_category::adam_v, tracker) {
+    master.zero();
+    m.zero();
+    v.zero();
+  }
+  /// @brief What it holds, for the estimator: 12 B per element.
+  static void declare(std::size_t n, memory_report& r) {
+    r.current[static_cast<std::size_t>(mem_category::master_fp32)] += n * 4;
+    r.current[static_cast<std::size_t>(mem_category::adam_m)] += n * 4;
+    r.current[static_cast<std::size_t>(mem_category::adam_v)] += n * 4;
+  }
+};
 
 /// @brief One contiguous piece of the step: a slice's gradient, its 16-bit parameter
 /// destination, its length and where it sits in the master arrays.

@@ -66,29 +66,22 @@ struct offloaded {
     impl(Ctx& ctx, std::size_t owned_numel)
         : ctx_(ctx),
           chunk_(chunk(ctx.cfg, owned_numel)),
-          master_(owned_numel, mem_category::master_fp32, &ctx.tracker),
-          m_(owned_numel, mem_category::adam_m, &ctx.tracker),
-          v_(owned_numel, mem_category::adam_v, &ctx.tracker) {
-      master_.zero();
-      m_.zero();
-      v_.zero();
+          st_(owned_numel, &ctx.tracker) {
       for (int b = 0; b < 2; ++b) {
         grad_[b] = buffer<T, pinned_space>(chunk_, mem_category::staging, &ctx.tracker);
         param_[b] = buffer<T, pinned_space>(chunk_, mem_category::staging, &ctx.tracker);
       }
     }
     static void declare(std::size_t owned_numel, const engine_config& cfg, memory_report& r) {
-      r.current[static_cast<std::size_t>(mem_category::master_fp32)] += owned_numel * 4;
-      r.current[static_cast<std::size_t>(mem_category::adam_m)] += owned_numel * 4;
-      r.current[static_cast<std::size_t>(mem_category::adam_v)] += owned_numel * 4;
+      adam_state<pinned_space>::declare(owned_numel, r);
       r.current[static_cast<std::size_t>(mem_category::staging)] += 4 * chunk(cfg, owned_numel) * sizeof(T);
     }
 
     void set(std::size_t offset, const float* values, std::size_t n) {
-      std::memcpy(master_.data() + offset, values, n * sizeof(float));
+      std::memcpy(st_.master.data() + offset, values, n * sizeof(float));
     }
     void read_master(std::size_t offset, float* out, std::size_t n) const {
-      std::memcpy(out, master_.data() + offset, n * sizeof(float));
+      std::memcpy(out, st_.master.data() + offset, n * sizeof(float));
     }
 
     /// @brief The step: gradients down, host fused pass, parameters up, pipelined.
@@ -122,8 +115,9 @@ struct offloaded {
         // Staging b's parameters (chunk k-2's) must have gone up before they are overwritten.
         if (k >= 2) uploaded_[b].synchronize();
         const auto& w = work[k];
-        kernel::fused_adamw(master_.data() + w.master_offset, m_.data() + w.master_offset,
-                            v_.data() + w.master_offset, grad_[b].data(), param_[b].data(), w.n, a, ctx_.cfg.threads);
+        kernel::fused_adamw(st_.master.data() + w.master_offset, st_.m.data() + w.master_offset,
+                            st_.v.data() + w.master_offset, grad_[b].data(), param_[b].data(), w.n, a,
+                            ctx_.cfg.threads);
         cuda_space::copy_async(w.param, param_[b].data(), w.n * sizeof(T), up_);
         uploaded_[b].record(up_);
       }
@@ -137,7 +131,7 @@ struct offloaded {
   private:
     Ctx& ctx_;
     std::size_t chunk_;
-    buffer<float, pinned_space> master_, m_, v_;
+    adam_state<pinned_space> st_;
     buffer<T, pinned_space> grad_[2], param_[2];
     cuda_stream down_, up_;
     cuda_event ready_, fetched_[2], uploaded_[2], done_;

@@ -33,44 +33,34 @@ struct resident {
     using ops = space_ops<Space>;
 
   public:
-    impl(Ctx& ctx, std::size_t owned_numel)
-        : ctx_(ctx),
-          master_(owned_numel, mem_category::master_fp32, &ctx.tracker),
-          m_(owned_numel, mem_category::adam_m, &ctx.tracker),
-          v_(owned_numel, mem_category::adam_v, &ctx.tracker) {
-      master_.zero();
-      m_.zero();
-      v_.zero();
-    }
+    impl(Ctx& ctx, std::size_t owned_numel) : ctx_(ctx), st_(owned_numel, &ctx.tracker) {}
     static void declare(std::size_t owned_numel, const engine_config&, memory_report& r) {
-      r.current[static_cast<std::size_t>(mem_category::master_fp32)] += owned_numel * 4;
-      r.current[static_cast<std::size_t>(mem_category::adam_m)] += owned_numel * 4;
-      r.current[static_cast<std::size_t>(mem_category::adam_v)] += owned_numel * 4;
+      adam_state<Space>::declare(owned_numel, r);
     }
 
     void set(std::size_t offset, const float* values, std::size_t n) {
-      ops::from_host(master_.data() + offset, values, n * sizeof(float));
+      ops::from_host(st_.master.data() + offset, values, n * sizeof(float));
     }
-    const float* master(std::size_t offset) const { return master_.data() + offset; }
+    const float* master(std::size_t offset) const { return st_.master.data() + offset; }
     /// @brief Copy `n` master values from owned element `offset` into `out`.
     void read_master(std::size_t offset, float* out, std::size_t n) const {
-      ops::to_host(out, master_.data() + offset, n * sizeof(float));
+      ops::to_host(out, st_.master.data() + offset, n * sizeof(float));
     }
-    const float* moment1(std::size_t offset) const { return m_.data() + offset; }
-    const float* moment2(std::size_t offset) const { return v_.data() + offset; }
+    const float* moment1(std::size_t offset) const { return st_.m.data() + offset; }
+    const float* moment2(std::size_t offset) const { return st_.v.data() + offset; }
 
     /// @brief The fused pass: upcast, unscale, clip, AdamW, write master, m, v, param.
     void apply(const std::vector<step_slice<T>>& slices, const kernel::adamw_step_args& a) {
       for (const auto& s : slices) {
         const std::size_t o = s.master_offset;
-        ops::fused_adamw(master_.data() + o, m_.data() + o, v_.data() + o, s.grad, s.param, s.numel, a,
+        ops::fused_adamw(st_.master.data() + o, st_.m.data() + o, st_.v.data() + o, s.grad, s.param, s.numel, a,
                          ctx_.cfg.threads);
       }
     }
 
   private:
     Ctx& ctx_;
-    buffer<float, Space> master_, m_, v_;
+    adam_state<Space> st_;
   };
 };
 
