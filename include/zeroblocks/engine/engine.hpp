@@ -5,7 +5,11 @@
  * ```
  * engine<T, Space, Comm, Partitioner, Coordinator, Bucketer, Master, Scaler, Optim>
  * ```
- * T is the parameter/gradient type (half, bfloat16 or float). The stage follows from
+ * T is the parameter/gradient type (half, bfloat16 or float). Space is where the
+ * parameters, gradients and buckets live: `host_space` (CPU ranks, `comm::mpi` /
+ * `comm::self`) or `cuda_space` (GPU ranks, `comm::nccl`; the translation unit must
+ * include `zeroblocks/cuda.cuh`); every operation on that memory goes through
+ * `space_ops<Space>`. The stage follows from
  * the policies: `bucket::all_reduce` → stage 0; `reduce_at_boundary` → 1;
  * `reduce_scatter` with `coordinate::resident` → 2; with `coordinate::on_demand` or
  * `coordinate::prefetch_trace` → 3.
@@ -155,7 +159,7 @@ class engine {
   static_assert(master_space_fits<Master, Space>(),
                 "zeroblocks::engine: master::resident<S> keeps its state in S, and the fused step reads the "
                 "gradients and writes the parameters of the engine's Space: use the same space (for fp32 state "
-                "in host memory with parameters on the GPU, ZeRO-Offload's master::offloaded is planned)");
+                "in host memory with parameters on the GPU: master::offloaded, zeroblocks/master/offloaded.hpp)");
   static_assert(communicator_policy<Comm>,
                 "zeroblocks::engine: Comm is not a communicator policy (see zeroblocks/comm/comm.hpp)");
   static_assert(partitioner_policy<Partitioner>,
