@@ -9,7 +9,9 @@
  *    (stage 3); acquiring a unit all-gathers it into a buffer that releasing frees.
  *  - `coordinate::prefetch_trace` (`prefetch_trace.hpp`): stage 3 that records the order
  *    of acquires in the first step, then gathers ahead of use along that trace, keeps
- *    units that are reused soon and small units for good (the `stage3` preset).
+ *    units that are reused soon and small units for good (the `stage3` preset);
+ *    `coordinate::prefetch_trace_nvme` is the same with the 16-bit shard in the master
+ *    tier on NVMe, read ahead of each gather (the `infinity` preset).
  *
  * A coordinator's `impl<Ctx>` provides: `acquire(u) -> const T*` (the unit's full
  * parameters, laid out as in the flat layout), `release(u)`, `owned_slice(u, r) -> T*`
