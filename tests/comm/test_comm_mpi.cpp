@@ -16,6 +16,7 @@
 
 #include <zeroblocks/comm/mpi.hpp>
 
+#include "comm_patterns.hpp"
 #include "error_of.hpp"
 #include <zeroblocks/comm/self.hpp>
 #include <zeroblocks/core/numeric.hpp>
@@ -37,21 +38,9 @@ using C = zb::comm::mpi;
 
 namespace {
 
-template <class T>
-std::uint32_t bits_of(T x) {
-  std::uint32_t b = 0;
-  std::memcpy(&b, &x, sizeof(T));
-  return b;
-}
-
-/// Rank j's value at index k: magnitudes spread over 2^-6 .. 2^5, so the order of an
-/// fp32 summation matters and the final rounding to 16 bits is not trivial.
-template <class T>
-T pattern(int j, std::size_t k) {
-  const float v = std::sin(0.37f * static_cast<float>(k) + 1.9f * static_cast<float>(j) + 0.05f) *
-                  std::ldexp(1.0f, static_cast<int>((k * 7 + static_cast<std::size_t>(j) * 3) % 12) - 6);
-  return zb::from_float<T>(v);
-}
+using zbt::bits_of;
+using zbt::expected_reduction;
+using zbt::pattern;
 
 /// A value no pattern produces (a NaN with a recognisable payload for 16-bit types).
 template <class T>
@@ -66,17 +55,6 @@ T sentinel() {
   }
 }
 
-/// The documented reduction, computed here: for element i of rank r's block,
-/// acc = float(x_0) + float(x_1) + ... + float(x_{N-1}) in that order, in fp32;
-/// the result is from_float<T>(acc * scale).
-template <class T>
-T expected_reduction(int world, int r, std::size_t count, std::size_t i, float scale) {
-  const std::size_t k = static_cast<std::size_t>(r) * count + i;
-  float acc = zb::to_float(pattern<T>(0, k));
-  for (int j = 1; j < world; ++j) acc += zb::to_float(pattern<T>(j, k));
-  const float scaled = acc * scale;
-  return zb::from_float<T>(scaled);
-}
 
 template <class T>
 std::vector<T> filled(int j, std::size_t n) {

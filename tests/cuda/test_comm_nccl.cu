@@ -20,6 +20,7 @@
 #include <zeroblocks/core/numeric.hpp>
 #include <zeroblocks/space/cuda_space.hpp>
 
+#include "comm_patterns.hpp"
 #include "error_of.hpp"
 
 #include <unistd.h>
@@ -75,21 +76,10 @@ void require_gpu_per_rank() {
   }
 }
 
-template <class T>
-std::uint32_t bits_of(T x) {
-  std::uint32_t b = 0;
-  std::memcpy(&b, &x, sizeof(T));
-  return b;
-}
+using zbt::bits_of;
+using zbt::expected_reduction;
+using zbt::pattern;
 
-/// Rank j's value at index k (as tests/comm/test_comm_mpi.cpp): magnitudes 2^-6 .. 2^5,
-/// so the order of an fp32 sum matters and the final rounding is not trivial.
-template <class T>
-T pattern(int j, std::size_t k) {
-  const float v = std::sin(0.37f * static_cast<float>(k) + 1.9f * static_cast<float>(j) + 0.05f) *
-                  std::ldexp(1.0f, static_cast<int>((k * 7 + static_cast<std::size_t>(j) * 3) % 12) - 6);
-  return zb::from_float<T>(v);
-}
 template <class T>
 std::vector<T> filled(int j, std::size_t n) {
   std::vector<T> v(n);
@@ -102,16 +92,6 @@ T sentinel() {
   else return T::from_bits(0x7e55u);
 }
 
-/// The documented reduction, here: element i of block r, fp32 sum over ranks in order,
-/// times scale, rounded once.
-template <class T>
-T expected_reduction(int world, int r, std::size_t count, std::size_t i, float scale) {
-  const std::size_t k = static_cast<std::size_t>(r) * count + i;
-  float acc = zb::to_float(pattern<T>(0, k));
-  for (int j = 1; j < world; ++j) acc += zb::to_float(pattern<T>(j, k));
-  const float scaled = acc * scale;
-  return zb::from_float<T>(scaled);
-}
 /// The exact-ish value a native reduction approximates: the fp32 sum of the inputs as
 /// stored in T, times scale, not rounded to T.
 template <class T>
