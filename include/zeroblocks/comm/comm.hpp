@@ -23,6 +23,10 @@
  *  - `i`-prefixed variants return a `request` to `wait()` on.
  *  - control helpers used by the engine for small agreements (`all_gather_values`,
  *    `agree`): these are counted separately (`control`), not as payload.
+ *  - optional `static constexpr bool device_memory`: whether the payload buffers it
+ *    takes are GPU memory (`comm::nccl`, `comm::cuda_self`) or host memory (`comm::mpi`,
+ *    `comm::self`). The engine refuses at compile time a communicator that cannot reach
+ *    its Space's memory (`comm_reaches`); one that does not say is not checked.
  *
  * Counting convention (elements, per rank): all-gather counts its output
  * (`count * size()`), reduce-scatter its input (`count * size()`), all-reduce twice its
@@ -114,5 +118,14 @@ concept communicator_policy =
       { cc.counters() } -> std::same_as<const comm_counters&>;
       typename C::request;
     };
+
+/// @brief Whether communicator `C` can move buffers of memory space `Space`: a
+/// communicator of device memory for a space the host cannot read, and the reverse.
+/// (A host-memory communicator on `cuda_space` would hand device pointers to MPI.)
+template <class C, class Space>
+constexpr bool comm_reaches() {
+  if constexpr (requires { C::device_memory; }) return C::device_memory == !Space::host_accessible;
+  else return true;
+}
 
 ZB_NAMESPACE_END

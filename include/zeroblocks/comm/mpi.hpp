@@ -42,6 +42,8 @@ class mpi {
 public:
   using communicator_concept = communicator_tag;
   static constexpr const char* name = "mpi";
+  /// Payload buffers are host buffers (no CUDA-aware MPI assumed).
+  static constexpr bool device_memory = false;
 
   /// @brief A pending non-blocking collective; `wait()` completes it (and any local
   /// reduction that follows the transfer). Dropping a pending request abandons it.

@@ -875,6 +875,8 @@ class nccl {
 public:
   using communicator_concept = communicator_tag;
   static constexpr const char* name = "nccl";
+  /// Payload buffers are device buffers.
+  static constexpr bool device_memory = true;
   /// @brief RAII group guard (see `nccl_group`).
   using group = nccl_group;
 

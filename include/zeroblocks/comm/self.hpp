@@ -1,28 +1,42 @@
 /**
  * @file self.hpp
- * @brief `comm::self`: the communicator of a single rank.
+ * @brief `comm::basic_self<Space>`: the communicator of a single rank, over memory of
+ *        `Space`. `comm::self` is the host one; `comm::cuda_self` moves device memory
+ *        (`cuda_space`) and needs `zeroblocks/cuda.cuh` where the engine is instantiated.
  *
- * Every collective is a local copy (or a scaled rounding, for reductions) and is
+ * Every collective is a local copy (or a scaled rounding, for reductions) done with
+ * `space_ops<Space>` — for `cuda_space` on the calling thread's compute stream, so it is
+ * ordered with the engine's other work and its requests are complete at once — and is
  * counted exactly like `comm::mpi` counts, so a one-rank run reports the same
  * elements-communicated figures as a one-rank MPI run.
  */
 #pragma once
 
+#include "../space/host_space.hpp"
+#include "../space/ops.hpp"
 #include "comm.hpp"
-#include "detail_reduce.hpp"
 
-#include <cstring>
 #include <string>
 #include <vector>
 
 ZB_NAMESPACE_BEGIN
+
+struct cuda_space;  // space/cuda_space.hpp (needs the CUDA runtime)
+
 namespace comm {
 
-/// @brief One rank; collectives are local.
-class self {
+/// @brief One rank; collectives are local operations on memory of `Space`.
+template <class Space>
+class basic_self {
+  /// Used only when a collective is instantiated (`space_ops<cuda_space>` is in
+  /// `space/cuda_ops.cuh`).
+  using ops = space_ops<Space>;
+
 public:
   using communicator_concept = communicator_tag;
-  static constexpr const char* name = "self";
+  static constexpr const char* name = Space::host_accessible ? "self" : "cuda_self";
+  /// The buffers it moves are device memory (see `comm_reaches`).
+  static constexpr bool device_memory = !Space::host_accessible;
 
   /// @brief Already complete.
   struct request {
@@ -30,14 +44,14 @@ public:
     bool test() { return true; }
   };
 
-  self dup() const { return {}; }
+  basic_self dup() const { return {}; }
   int rank() const { return 0; }
   int size() const { return 1; }
   const comm_counters& counters() const { return counters_; }
 
   template <class T>
   void all_gather(const T* send, T* recv, std::size_t count) {
-    if (send != recv && count) std::memcpy(recv, send, count * sizeof(T));
+    if (send != recv && count) ops::copy(recv, send, count * sizeof(T));
     counters_.count(collective::all_gather, count);
   }
   template <class T>
@@ -47,7 +61,7 @@ public:
   }
   template <class T>
   void reduce_scatter(T* buf, T* recv, std::size_t count, float scale) {
-    detail::reduce_blocks(buf, count, 1, count, scale, recv);
+    ops::scale(recv, buf, count, scale, 1);
     counters_.count(collective::reduce_scatter, count);
   }
   template <class T>
@@ -57,7 +71,7 @@ public:
   }
   template <class T>
   void all_reduce(T* buf, std::size_t count, float scale) {
-    detail::reduce_blocks(buf, count, 1, count, scale, buf);
+    ops::scale(buf, buf, count, scale, 1);
     counters_.count(collective::all_reduce, 2 * count);
   }
   template <class T>
@@ -104,6 +118,11 @@ public:
 private:
   comm_counters counters_;
 };
+
+/// @brief One rank, host memory.
+using self = basic_self<host_space>;
+/// @brief One rank, device memory (`cuda_space`): a GPU run without NCCL.
+using cuda_self = basic_self<cuda_space>;
 
 static_assert(communicator_policy<self>);
 

@@ -10,8 +10,9 @@
  * (the headers in `kernel/cuda/` state the bounds: fused pass and casts 0 ulp, sum of squares
  * within 1e-12 relative). `grad_sumsq` synchronises the stream (the host needs the
  * norm); its 8 KiB workspace comes from the `cuda_space` pool, stream-ordered.
- * `accumulate` is a grid-stride kernel with the host's per-element expression
- * (`T(float(dst) + float(src))`, one rounding — a single add nvcc cannot contract).
+ * `accumulate` and `scale` are grid-stride kernels with the host's per-element
+ * expressions (`T(float(dst) + float(src))`, `T(float(src) * s)`: one operation, one
+ * rounding — nothing nvcc can contract into an FMA).
  */
 #pragma once
 
@@ -40,6 +41,18 @@ __global__ void cuda_accumulate_kernel(T* __restrict__ dst, const T* __restrict_
     dst[i] = from_float<T>(to_float(dst[i]) + to_float(src[i]));
 }
 
+template <class T>
+__global__ void cuda_scale_kernel(T* dst, const T* src, std::size_t n, float scale) {
+  const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
+  for (std::size_t i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
+    dst[i] = from_float<T>(to_float(src[i]) * scale);
+}
+
+/// Blocks for a grid-stride kernel of 256 threads over n elements.
+inline unsigned grid_stride_blocks(std::size_t n) {
+  return static_cast<unsigned>(std::min<std::size_t>((n + 255) / 256, 65535));
+}
+
 }  // namespace detail
 
 template <>
@@ -62,10 +75,15 @@ struct space_ops<cuda_space> {
   template <class T>
   static void accumulate(T* dst, const T* src, std::size_t n, int /*threads*/) {
     if (n == 0) return;
-    constexpr int threads = 256;
-    const std::size_t blocks = std::min<std::size_t>((n + threads - 1) / threads, 65535);
-    detail::cuda_accumulate_kernel<T><<<static_cast<unsigned>(blocks), threads, 0, stream()>>>(dst, src, n);
+    detail::cuda_accumulate_kernel<T><<<detail::grid_stride_blocks(n), 256, 0, stream()>>>(dst, src, n);
     ZB_CUDA_CHECK_LAUNCH("zeroblocks accumulate");
+  }
+  /// `dst = T(float(src) * s)`, one rounding (`dst` may equal `src`): the host's bits.
+  template <class T>
+  static void scale(T* dst, const T* src, std::size_t n, float s, int /*threads*/) {
+    if (n == 0) return;
+    detail::cuda_scale_kernel<T><<<detail::grid_stride_blocks(n), 256, 0, stream()>>>(dst, src, n, s);
+    ZB_CUDA_CHECK_LAUNCH("zeroblocks scale");
   }
   template <class G>
   static kernel::grad_stats grad_sumsq(const G* g, std::size_t n, int /*threads*/) {

@@ -21,7 +21,9 @@
  *  - `accumulate(dst, src, n, threads)`: `dst = T(float(dst) + float(src))`;
  *  - `grad_sumsq(g, n, threads) -> kernel::grad_stats` (on the host when it returns);
  *  - `fused_adamw(master, m, v, grad, param, n, args, threads)`;
- *  - `downcast(dst, src, n, scale, threads)`.
+ *  - `downcast(dst, src, n, scale, threads)`;
+ *  - `scale(dst, src, n, scale, threads)`: `dst = T(scale * float(src))`, rounded once
+ *    (a one-rank reduction: what `comm::basic_self` does for a reduce-scatter).
  * `threads` is the host kernels' thread count (ignored on the GPU).
  */
 #pragma once
@@ -30,6 +32,7 @@
 #include "../kernel/host.hpp"
 #include "host_space.hpp"
 
+#include <algorithm>
 #include <cstddef>
 #include <cstring>
 #include <type_traits>
@@ -67,6 +70,18 @@ struct host_ops {
   template <class T>
   static void downcast(T* dst, const float* src, std::size_t n, float scale, int threads) {
     kernel::downcast(dst, src, n, scale, threads);
+  }
+  /// `dst` may equal `src`. The upcast is exact, so this is the same single rounding
+  /// as the N-rank reduction (`comm/detail_reduce.hpp`) with one block.
+  template <class T>
+  static void scale(T* dst, const T* src, std::size_t n, float s, int threads) {
+    constexpr std::size_t chunk = 2048;
+    alignas(64) float acc[chunk];
+    for (std::size_t c0 = 0; c0 < n; c0 += chunk) {
+      const std::size_t k = std::min(chunk, n - c0);
+      kernel::upcast(acc, src + c0, k, 1.0f, threads);
+      kernel::downcast(dst + c0, acc, k, s, threads);
+    }
   }
 };
 
