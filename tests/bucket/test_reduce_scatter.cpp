@@ -141,3 +141,104 @@ TEST_CASE("gradients reported in forward order (worst case) stay correct and bou
   const auto ref = train<zb::stage0<C>>(reverse_order);
   CHECK(train<zb::stage2<C>>(forward) == ref);
 }
+
+// ---- the shard stream: what master::offloaded builds its backward-time copies on ----
+
+namespace {
+
+struct stream_log {
+  std::size_t blocks = 0, changes = 0, applies = 0, mismatched = 0, uncovered = 0;
+};
+stream_log g_log;
+
+/// master::resident, plus a copy of the gradient shard kept only from `shard_updated`
+/// (as master::offloaded keeps its host copy). `apply` checks that copy against the
+/// shard the engine hands it: every block must have been reported, after its last
+/// accumulation.
+struct streaming_probe {
+  using master_concept = zb::master_tag;
+  using space = zb::host_space;
+  static constexpr const char* name = "streaming_probe";
+  template <class Ctx>
+  class impl : public zb::master::resident<zb::host_space>::impl<Ctx> {
+    using base = zb::master::resident<zb::host_space>::template impl<Ctx>;
+    using P = typename Ctx::param_type;
+
+  public:
+    impl(Ctx& ctx, std::size_t owned) : base(ctx, owned), copy_(owned), owned_(owned) {}
+    void shard_updated(std::size_t offset, const P* data, std::size_t n) {
+      REQUIRE(offset + n <= owned_);
+      std::copy(data, data + n, copy_.begin() + static_cast<std::ptrdiff_t>(offset));
+      streamed_ += n;
+      ++g_log.blocks;
+    }
+    void shard_will_change() {
+      streamed_ = 0;
+      ++g_log.changes;
+    }
+    void apply(const std::vector<zb::step_slice<P>>& slices, const zb::kernel::adamw_step_args& a) {
+      ++g_log.applies;
+      if (streamed_ != owned_) ++g_log.uncovered;
+      for (const auto& s : slices)
+        if (!std::equal(s.grad, s.grad + s.numel, copy_.begin() + static_cast<std::ptrdiff_t>(s.master_offset),
+                        [](P x, P y) { return std::memcmp(&x, &y, sizeof(P)) == 0; }))
+          ++g_log.mismatched;
+      base::apply(slices, a);
+    }
+
+  private:
+    std::vector<P> copy_;
+    std::size_t owned_, streamed_ = 0;
+  };
+};
+
+template <class Coord>
+using probed = zb::engine<T, zb::host_space, C, zb::partition::even, Coord, zb::bucket::reduce_scatter, streaming_probe>;
+
+/// Like train(), with `micro` micro-steps per step whose gradients differ.
+template <class E>
+std::vector<float> train_micro(int micro) {
+  auto reg = model();
+  zb::engine_config cfg;
+  cfg.bucket_numel = 150;
+  cfg.optim.lr = 0.01f;
+  E eng(reg, C(MPI_COMM_WORLD), cfg);
+  for (std::size_t p = 0; p < reg.size(); ++p)
+    eng.set_param({p}, std::vector<float>(reg.params()[p].numel, 0.1f * static_cast<float>(p)));
+  for (int s = 0; s < 3; ++s) {
+    for (int m = 0; m < micro; ++m) {
+      eng.begin_micro_step();
+      for (std::size_t p : reverse_order(eng.rank(), s)) {
+        std::vector<T> g(reg.params()[p].numel);
+        for (std::size_t i = 0; i < g.size(); ++i) g[i] = T(grad_of(p, i, eng.rank(), 7 * s + m));
+        eng.grad_ready({p}, g);
+      }
+      eng.end_micro_step();
+    }
+    REQUIRE(eng.step().applied);
+  }
+  return eng.gather_master();
+}
+
+}  // namespace
+
+TEST_CASE("each reduced block is handed to a streaming master after its last accumulation") {
+  for (int micro : {1, 2, 3}) {
+    CAPTURE(micro);
+    const auto ref = train_micro<zb::stage2<C>>(micro);
+    for (int stage : {2, 3}) {
+      CAPTURE(stage);
+      g_log = {};
+      const auto got = stage == 2 ? train_micro<probed<zb::coordinate::resident>>(micro)
+                                  : train_micro<probed<zb::coordinate::prefetch_trace>>(micro);
+      CHECK(got == ref);
+      CHECK(g_log.applies == 3);
+      CHECK(g_log.uncovered == 0);   // every owned element streamed in the last micro-step
+      CHECK(g_log.mismatched == 0);  // and streamed with its final value
+      // One shard_will_change per micro-step (before its accumulation) and one per step
+      // (before the shard is zeroed).
+      CHECK(g_log.changes == static_cast<std::size_t>(3 * micro + 3));
+      CHECK(g_log.blocks > 0);
+    }
+  }
+}

@@ -21,6 +21,11 @@
  * allocated (it shows in the `buckets` peak) rather than deadlocking.
  *
  * Parameters never reported in a micro-step contribute zeros (an unused layer).
+ *
+ * `on_shard_updated(f)` registers `f(shard_offset, data, n)`, called after each bucket's
+ * reduced block was accumulated into the shard (ordered on the space's stream): the
+ * engine passes it to a master that moves gradients during backward
+ * (`master::offloaded` copies them to the host).
  */
 #pragma once
 
@@ -33,6 +38,7 @@
 #include <algorithm>
 #include <cstring>
 #include <deque>
+#include <functional>
 #include <optional>
 #include <vector>
 
@@ -140,6 +146,8 @@ struct reduce_scatter {
     const T* grad_slice(std::size_t u, int) { return shard_.data() + ctx_.lay.unit(u).shard_offset; }
     void zero() { shard_.zero(); }
     const std::vector<bucket_plan>& plans() const { return plans_; }
+    /// @brief Call `f(shard_offset, data, n)` after each block lands in the shard.
+    void on_shard_updated(std::function<void(std::size_t, const T*, std::size_t)> f) { listener_ = std::move(f); }
 
   private:
     struct bucket_state {
@@ -211,8 +219,9 @@ struct reduce_scatter {
       auto& st = state_[b];
       const std::size_t blk = plans_[b].block_numel;
       const T* mine = st.buf->data() + static_cast<std::size_t>(ctx_.rank()) * blk;
-      ops::accumulate(shard_.data() + ctx_.lay.unit(plans_[b].first_unit).shard_offset, mine, blk,
-                      ctx_.cfg.threads);
+      const std::size_t off = ctx_.lay.unit(plans_[b].first_unit).shard_offset;
+      ops::accumulate(shard_.data() + off, mine, blk, ctx_.cfg.threads);
+      if (listener_) listener_(off, shard_.data() + off, blk);
       free_.push_back(std::move(*st.buf));
       st.buf.reset();
       // Keep at most bucket_count buffers; extra ones grown under pressure are freed.
@@ -228,6 +237,7 @@ struct reduce_scatter {
     std::deque<flight> in_flight_;
     std::size_t next_issue_ = 0;
     std::size_t buffer_numel_ = 0;
+    std::function<void(std::size_t, const T*, std::size_t)> listener_;
   };
 };
 

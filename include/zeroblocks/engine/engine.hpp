@@ -7,9 +7,17 @@
  * ```
  * T is the parameter/gradient type (half, bfloat16 or float). Space is where the
  * parameters, gradients and buckets live: `host_space` (CPU ranks, `comm::mpi` /
- * `comm::self`) or `cuda_space` (GPU ranks, `comm::nccl`; the translation unit must
- * include `zeroblocks/cuda.cuh`); every operation on that memory goes through
- * `space_ops<Space>`. The stage follows from
+ * `comm::self`) or `cuda_space` (GPU ranks, `comm::nccl` / `comm::cuda_self`; the
+ * translation unit must include `zeroblocks/cuda.cuh`); every operation on that memory
+ * goes through `space_ops<Space>`, and a communicator that cannot reach it is refused at
+ * compile time.
+ *
+ * On `cuda_space` the engine's work is stream-ordered on the calling thread's compute
+ * stream (`cuda_space::compute_stream()`; communicators order their own streams against
+ * it with events): the views `acquire` hands out are ready for kernels on that stream,
+ * and `grad_ready` copies the gradient out on it — the trainer may overwrite the buffer
+ * with later work on that stream, but from the host or another stream only after
+ * synchronising it. The stage follows from
  * the policies: `bucket::all_reduce` → stage 0; `reduce_at_boundary` → 1;
  * `reduce_scatter` with `coordinate::resident` → 2; with `coordinate::on_demand` or
  * `coordinate::prefetch_trace` → 3.
@@ -162,6 +170,9 @@ class engine {
                 "in host memory with parameters on the GPU: master::offloaded, zeroblocks/master/offloaded.hpp)");
   static_assert(communicator_policy<Comm>,
                 "zeroblocks::engine: Comm is not a communicator policy (see zeroblocks/comm/comm.hpp)");
+  static_assert(comm_reaches<Comm, Space>(),
+                "zeroblocks::engine: Comm cannot move memory of this Space: on cuda_space use comm::nccl or "
+                "comm::cuda_self; on host spaces comm::mpi or comm::self (see zeroblocks/comm/comm.hpp)");
   static_assert(partitioner_policy<Partitioner>,
                 "zeroblocks::engine: Partitioner is not a partitioner policy (see zeroblocks/partition/even.hpp)");
   static_assert(coordinator_policy<Coordinator>,
@@ -189,6 +200,7 @@ public:
   using context = engine_context<T, Space, Comm>;
   using coordinator_impl = typename Coordinator::template impl<context>;
   using master_impl = typename Master::template impl<context>;
+  using bucketer_impl = typename Bucketer::template impl<context>;
   /// @brief The operations on `Space` memory (copies, kernels) the engine uses.
   using ops = space_ops<Space>;
 
@@ -228,6 +240,12 @@ public:
       problem = std::string("engine: allocating the model state failed: ") + e.what();
     }
     comm_.agree(problem.empty(), problem);
+    // A master that moves gradients elsewhere (master::offloaded: to the host) starts
+    // as each bucket's reduced block lands in the shard, during backward.
+    if constexpr (streams_shard_v) {
+      bucketer_->on_shard_updated(
+          [m = &*master_](std::size_t offset, const T* data, std::size_t n) { m->shard_updated(offset, data, n); });
+    }
     for (std::size_t u = 0; u < layout_.unit_count(); ++u) {
       const auto& up = layout_.unit(u);
       for (int r = 0; r < comm_.size(); ++r) {
@@ -409,6 +427,7 @@ public:
       if constexpr (requires(coordinator_impl& c) { c.step_begins(); })
         if (micro_steps_ == 0) coord_->step_begins();
       std::fill(reported_.begin(), reported_.end(), 0);
+      shard_will_change();
       bucketer_->begin_micro_step();
     });
   }
@@ -782,10 +801,23 @@ private:
     events_hash_ = (events_hash_ ^ (static_cast<std::uint64_t>(e) + 1)) * 1099511628211ull;
   }
 
+  /// The bucketer reports each reduced block and the master takes it (see the constructor).
+  static constexpr bool streams_shard_v =
+      requires(bucketer_impl& b, master_impl& m, const T* p, std::size_t n) {
+        b.on_shard_updated([](std::size_t, const T*, std::size_t) {});
+        m.shard_updated(n, p, n);
+      };
+  /// The gradient shard is about to be written (accumulated or zeroed): a master still
+  /// reading it asynchronously must finish first.
+  void shard_will_change() {
+    if constexpr (streams_shard_v) master_->shard_will_change();
+  }
+
   std::size_t owned_numel() const { return sharded_master ? layout_.shard_numel() : layout_.total_numel(); }
 
   void finish_step() {
     grads_reduced_ = false;
+    shard_will_change();
     bucketer_->zero();
     micro_steps_ = 0;
     events_.clear();
@@ -898,7 +930,7 @@ private:
   memory_tracker tracker_;
   context ctx_;
   std::optional<typename Coordinator::template impl<context>> coord_;
-  std::optional<typename Bucketer::template impl<context>> bucketer_;
+  std::optional<bucketer_impl> bucketer_;
   std::optional<typename Master::template impl<context>> master_;
   Scaler scaler_;
   std::vector<int> holds_;

@@ -1,28 +1,36 @@
 /**
  * @file offloaded.hpp
  * @brief `master::offloaded`: ZeRO-Offload for GPU ranks — fp32 master, Adam m and v in
- *        pinned host memory, the step on the host kernels, 16-bit gradients down and
- *        16-bit parameters up.
+ *        pinned host memory, the step on the host kernels, 16-bit gradients down during
+ *        backward and 16-bit parameters up.
  *
  * The engine runs on `cuda_space` (gradients and parameters on the GPU); this policy
  * keeps the rank's optimizer state (12 B per owned element) in `pinned_space` memory,
- * registered with CUDA. `apply()` cuts the owned slices into chunks of
- * `swap_config::sub_group_numel` elements and runs a pipeline over two pinned staging
- * buffers: the 16-bit gradient of chunk k+1 is copied down (device → host) on a copy
- * stream while the host's fused kernel updates chunk k — upcast, unscale, clip, AdamW,
- * writing master, m, v and the new 16-bit parameters into staging — and the parameters
- * of chunk k−1 go up (host → device) on a second stream. Only 16-bit values cross PCIe:
- * 2 B down and 2 B up per element and step (DeepSpeed's CPU offload moves fp32 gradients
- * down: 4 B). The parameters' upload is ordered before later work on the compute stream
- * (`cuda_space::compute_stream()`) with an event, so the next forward waits for exactly
- * what it needs.
+ * registered with CUDA, plus a pinned copy of the 16-bit gradient shard (2 B per owned
+ * element; DeepSpeed keeps an fp32 one, 4 B).
+ *
+ * Gradients go down during backward. With the stage 2/3 bucketer
+ * (`bucket::reduce_scatter`) the engine hands this policy each bucket's block as soon as
+ * it has been reduced and accumulated into the shard (`shard_updated`): the block is
+ * copied device → host on a copy stream of its own, ordered after the accumulation by
+ * an event, while backward goes on. Every micro-step copies its blocks (the shard
+ * accumulates on the GPU; the last micro-step's copies carry the final sums), and before
+ * the shard is written again (`shard_will_change`: the next micro-step, or the zeroing
+ * after the step) the compute stream waits for the copies in flight. With other
+ * bucketers (stages 0/1 reduce at the step) the copies start at `step()`, chunk by
+ * chunk, overlapped with the host kernel.
+ *
+ * `apply()` cuts the owned slices into chunks of `swap_config::sub_group_numel` elements
+ * and runs the host's fused kernel on each — upcast, unscale, clip, AdamW, writing
+ * master, m, v and the new 16-bit parameters into one of two pinned staging buffers —
+ * while the previous chunk's parameters go up (host → device) on a second stream. Only
+ * 16-bit values cross PCIe: 2 B down (per micro-step) and 2 B up per element (DeepSpeed
+ * moves fp32 gradients down: 4 B). The parameters' upload is ordered before later work
+ * on the compute stream (`cuda_space::compute_stream()`) with an event, so the next
+ * forward waits for exactly what it needs. `stats()` counts the bytes each way.
  *
  * Results equal `master::resident` on the host bit for bit: the same host kernel on the
  * same 16-bit gradients.
- *
- * Differences from the design's plan: the copies start at `step()`, not as each bucket
- * is reduced during backward (that needs a bucketer hook; the bytes moved are the same,
- * the overlap with backward is not there yet).
  *
  * Needs the CUDA runtime headers (not nvcc): link `zeroblocks::cuda`.
  */
@@ -37,11 +45,20 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <vector>
 
 ZB_NAMESPACE_BEGIN
 namespace master {
+
+/// @brief Bytes `master::offloaded` moved over PCIe (per rank, since construction).
+struct offloaded_stats {
+  std::uint64_t grad_bytes_down_backward = 0;  ///< 16-bit gradient blocks copied during backward
+  std::uint64_t grad_bytes_down_step = 0;      ///< 16-bit gradients copied at step() (stages 0/1)
+  std::uint64_t param_bytes_up = 0;            ///< 16-bit parameters copied up after the host step
+  std::uint64_t steps = 0;                     ///< applied steps
+};
 
 /// @brief fp32 master, m, v in pinned host memory; host step; 16-bit copies over PCIe.
 struct offloaded {
@@ -65,16 +82,16 @@ struct offloaded {
   public:
     impl(Ctx& ctx, std::size_t owned_numel)
         : ctx_(ctx),
+          owned_(owned_numel),
           chunk_(chunk(ctx.cfg, owned_numel)),
-          st_(owned_numel, &ctx.tracker) {
-      for (int b = 0; b < 2; ++b) {
-        grad_[b] = buffer<T, pinned_space>(chunk_, mem_category::staging, &ctx.tracker);
-        param_[b] = buffer<T, pinned_space>(chunk_, mem_category::staging, &ctx.tracker);
-      }
+          st_(owned_numel, &ctx.tracker),
+          grad_(owned_numel, mem_category::staging, &ctx.tracker) {
+      for (auto& p : param_) p = buffer<T, pinned_space>(chunk_, mem_category::staging, &ctx.tracker);
     }
     static void declare(std::size_t owned_numel, const engine_config& cfg, memory_report& r) {
       adam_state<pinned_space>::declare(owned_numel, r);
-      r.current[static_cast<std::size_t>(mem_category::staging)] += 4 * chunk(cfg, owned_numel) * sizeof(T);
+      r.current[static_cast<std::size_t>(mem_category::staging)] +=
+          (owned_numel + 2 * chunk(cfg, owned_numel)) * sizeof(T);
     }
 
     void set(std::size_t offset, const float* values, std::size_t n) {
@@ -83,8 +100,33 @@ struct offloaded {
     void read_master(std::size_t offset, float* out, std::size_t n) const {
       std::memcpy(out, st_.master.data() + offset, n * sizeof(float));
     }
+    const offloaded_stats& stats() const { return stats_; }
 
-    /// @brief The step: gradients down, host fused pass, parameters up, pipelined.
+    /// @brief A reduced block of the gradient shard (device memory, owned elements
+    /// `[offset, offset + n)`) is final for this micro-step: copy it down now.
+    void shard_updated(std::size_t offset, const T* data, std::size_t n) {
+      if (n == 0) return;
+      ZB_REQUIRE(offset <= owned_ && n <= owned_ - offset, "master::offloaded: gradient block [", offset, ", ",
+                 offset + n, ") outside the ", owned_, " owned elements");
+      ready_.record(cuda_space::compute_stream());
+      ready_.enqueue_wait(down_);
+      cuda_space::copy_async(grad_.data() + offset, data, n * sizeof(T), down_);
+      streamed_ += n;
+      in_flight_ = true;
+      stats_.grad_bytes_down_backward += n * sizeof(T);
+    }
+    /// @brief The shard is about to be written (next micro-step, or zeroed): the copies
+    /// reading it must be done first, and the next micro-step copies it anew.
+    void shard_will_change() {
+      if (in_flight_) {
+        copied_.record(down_);
+        copied_.enqueue_wait(cuda_space::compute_stream());
+        in_flight_ = false;
+      }
+      streamed_ = 0;
+    }
+
+    /// @brief The step: (gradients down,) host fused pass, parameters up, pipelined.
     void apply(const std::vector<step_slice<T>>& slices, const kernel::adamw_step_args& a) {
       struct piece {
         const T* grad;
@@ -97,44 +139,56 @@ struct offloaded {
           work.push_back({s.grad + d, s.param + d, std::min(chunk_, s.numel - d), s.master_offset + d});
       if (work.empty()) return;
       const cudaStream_t compute = cuda_space::compute_stream();
-      // The gradients are final once the compute stream's work so far is done.
-      ready_.record(compute);
-      down_.wait(ready_);
-      auto fetch = [&](std::size_t k) {
-        const int b = static_cast<int>(k % 2);
-        cuda_space::copy_async(grad_[b].data(), work[k].grad, work[k].n * sizeof(T), down_);
-        fetched_[b].record(down_);
-      };
-      fetch(0);
+      // Streamed during backward: every owned element's final block went down already.
+      const bool streamed = streamed_ == owned_;
+      if (streamed) {
+        down_.synchronize();
+      } else {
+        // The gradients are final once the compute stream's work so far is done.
+        ready_.record(compute);
+        ready_.enqueue_wait(down_);
+        while (fetched_.size() < work.size()) fetched_.emplace_back();
+        for (std::size_t k = 0; k < work.size(); ++k) {
+          cuda_space::copy_async(grad_.data() + work[k].master_offset, work[k].grad, work[k].n * sizeof(T), down_);
+          fetched_[k].record(down_);
+          stats_.grad_bytes_down_step += work[k].n * sizeof(T);
+        }
+      }
       for (std::size_t k = 0; k < work.size(); ++k) {
         const int b = static_cast<int>(k % 2);
-        // Chunk k+1's gradient goes down into the other buffer (its last user, chunk
-        // k-1, finished on the host) while this chunk is computed.
-        if (k + 1 < work.size()) fetch(k + 1);
-        fetched_[b].synchronize();
+        if (!streamed) fetched_[k].synchronize();
         // Staging b's parameters (chunk k-2's) must have gone up before they are overwritten.
         if (k >= 2) uploaded_[b].synchronize();
         const auto& w = work[k];
-        kernel::fused_adamw(st_.master.data() + w.master_offset, st_.m.data() + w.master_offset,
-                            st_.v.data() + w.master_offset, grad_[b].data(), param_[b].data(), w.n, a,
-                            ctx_.cfg.threads);
+        const std::size_t o = w.master_offset;
+        kernel::fused_adamw(st_.master.data() + o, st_.m.data() + o, st_.v.data() + o, grad_.data() + o,
+                            param_[b].data(), w.n, a, ctx_.cfg.threads);
         cuda_space::copy_async(w.param, param_[b].data(), w.n * sizeof(T), up_);
         uploaded_[b].record(up_);
+        stats_.param_bytes_up += w.n * sizeof(T);
       }
       // Later work on the compute stream (the next forward, the parameter all-gather)
       // follows the last upload.
       done_.record(up_);
-      ZB_CUDA_CHECK(cudaStreamWaitEvent(compute, done_.get(), 0));
+      done_.enqueue_wait(compute);
       up_.synchronize();  // staging is reused by the next step; nothing is left in flight
+      in_flight_ = false;  // every copy down was waited for above
+      ++stats_.steps;
     }
 
   private:
     Ctx& ctx_;
+    std::size_t owned_;
     std::size_t chunk_;
     adam_state<pinned_space> st_;
-    buffer<T, pinned_space> grad_[2], param_[2];
+    buffer<T, pinned_space> grad_;      ///< the 16-bit gradient shard, on the host
+    buffer<T, pinned_space> param_[2];  ///< new 16-bit parameters of chunk k, k+1
     cuda_stream down_, up_;
-    cuda_event ready_, fetched_[2], uploaded_[2], done_;
+    cuda_event ready_, copied_, uploaded_[2], done_;
+    std::vector<cuda_event> fetched_;  ///< per chunk, for copies started at step()
+    std::size_t streamed_ = 0;         ///< elements copied down in this micro-step
+    bool in_flight_ = false;           ///< copies down may still be reading the shard
+    offloaded_stats stats_;
   };
 };
 
