@@ -329,8 +329,12 @@ std::vector<float> widen(std::span<const T> p) {
   std::vector<T> host;
   if (on_device(p.data())) {
 #if defined(ZB_DEMO_CUDA)
+    // On the compute stream, after the gather that filled it (a plain cudaMemcpy would run
+    // on the legacy stream, which does not wait for the engine's non-blocking streams).
     host.resize(p.size());
-    ZB_CUDA_CHECK(cudaMemcpy(host.data(), p.data(), p.size_bytes(), cudaMemcpyDeviceToHost));
+    const cudaStream_t cs = zb::cuda_space::compute_stream();
+    ZB_CUDA_CHECK(cudaMemcpyAsync(host.data(), p.data(), p.size_bytes(), cudaMemcpyDeviceToHost, cs));
+    ZB_CUDA_CHECK(cudaStreamSynchronize(cs));
     p = host;
 #endif
   }
@@ -340,19 +344,19 @@ std::vector<float> widen(std::span<const T> p) {
 }
 
 /// Hand a gradient to the engine: from host memory, or (engines on the GPU) through a
-/// device copy, which the engine copies into its buckets before `grad_ready` returns
-/// in stream order; freeing it synchronises the device, so that copy is done.
+/// device buffer filled on the compute stream, which `grad_ready` copies into its
+/// buckets in stream order; the stream is synchronised before the buffer goes back.
 template <class Engine, class T>
 void give_grad(Engine& eng, zb::param_id p, const std::vector<T>& g) {
   if constexpr (Engine::space::host_accessible) {
     eng.grad_ready(p, std::span<const T>(g));
   } else {
 #if defined(ZB_DEMO_CUDA)
-    T* d = nullptr;
-    ZB_CUDA_CHECK(cudaMalloc(&d, std::max<std::size_t>(g.size(), 1) * sizeof(T)));
-    ZB_CUDA_CHECK(cudaMemcpy(d, g.data(), g.size() * sizeof(T), cudaMemcpyHostToDevice));
-    eng.grad_ready(p, std::span<const T>(d, g.size()));
-    ZB_CUDA_CHECK(cudaFree(d));
+    const cudaStream_t cs = zb::cuda_space::compute_stream();
+    zb::buffer<T, zb::cuda_space> d(std::max<std::size_t>(g.size(), 1), zb::mem_category::other, nullptr);
+    ZB_CUDA_CHECK(cudaMemcpyAsync(d.data(), g.data(), g.size() * sizeof(T), cudaMemcpyHostToDevice, cs));
+    eng.grad_ready(p, std::span<const T>(d.data(), g.size()));
+    ZB_CUDA_CHECK(cudaStreamSynchronize(cs));
 #endif
   }
 }

@@ -5,3 +5,5 @@ zb_add_cuda_test(test_comm_nccl SOURCES test_comm_nccl.cu RANKS 1 2)
 zb_add_cuda_test(test_cuda_headers_cxx SOURCES test_cuda_headers_cxx.cpp)
 # The engine (stage 0-3 presets) on cuda_space with comm::nccl against the host engine.
 zb_add_cuda_test(test_engine_cuda SOURCES test_engine_cuda.cu)
+# The same on comm::cuda_self (one rank without NCCL), and master::offloaded's PCIe traffic.
+zb_add_cuda_test(test_engine_cuda_self SOURCES test_engine_cuda_self.cu)

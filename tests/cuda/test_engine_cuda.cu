@@ -1,155 +1,21 @@
-// The engine on the GPU: the stage 0-3 presets on cuda_space with comm::nccl (one rank,
-// file bootstrap) against the same presets on the host (host_space, comm::self), from
-// the same parameters and gradients. Reductions (one rank: scale and round once), the
-// fused step and the casts give the host's bits, so fp32 master weights and 16-bit
-// parameters must be bit-identical after several steps; the gradient norm (CUB's
-// summation order) within 1e-12 relative. Skipped without a GPU.
-#include "cuda_test_main.hpp"
+// The engine on the GPU with comm::nccl (one rank, file bootstrap): the stage 0-3 presets
+// and the ZeRO-Offload presets on cuda_space against the same presets on the host
+// (host_space, comm::self), from the same parameters and gradients, bit for bit (see
+// engine_compare.cuh). Skipped without a GPU.
+#include "engine_compare.cuh"
 
-#include <zeroblocks/cuda.cuh>
-
-#include <cmath>
-#include <filesystem>
-#include <string>
-#include <unistd.h>
-#include <vector>
-
-namespace zb = zeroblocks;
-
-namespace {
-
-struct model {
-  zb::param_registry reg;
-  std::vector<zb::param_id> params;
-  std::vector<zb::unit_id> units;
-  model() {
-    params.push_back(reg.add("embed.w", {13, 7}, "embed"));
-    params.push_back(reg.add("embed.empty", {0}, "embed"));
-    params.push_back(reg.add("l1.w", {5, 11}, "l1"));
-    params.push_back(reg.add("l1.b", {5}, "l1"));
-    params.push_back(reg.add("l2.w", {97, 3}, "l2"));
-    params.push_back(reg.add("head.w", {37}, "head"));
-    for (auto& n : reg.units()) units.push_back(reg.unit(n));
-  }
-};
-
-float init_value(std::size_t p, std::size_t i) {
-  return 0.5f * std::sin(0.37f * static_cast<float>(i) + 1.3f * static_cast<float>(p) + 0.1f);
-}
-
-/// Copies a parameter view (host or device memory) to the host.
-template <class T>
-std::vector<T> to_host(std::span<const T> v, bool device) {
-  std::vector<T> h(v.size());
-  if (v.empty()) return h;
-  if (device) REQUIRE(cudaMemcpy(h.data(), v.data(), v.size_bytes(), cudaMemcpyDeviceToHost) == cudaSuccess);
-  else std::copy(v.begin(), v.end(), h.begin());
-  return h;
-}
-
-struct outcome {
-  std::vector<float> master, params;
-  std::vector<double> norms;
-};
-
-/// K steps: forward acquires, backward acquires with gradients from the gathered
-/// values (copied to the host, computed, copied back to the engine's space).
-template <class E>
-outcome train(E& eng, const model& m, bool device, int steps) {
-  using T = typename E::param_type;
-  for (std::size_t p = 0; p < m.params.size(); ++p) {
-    std::vector<float> v(eng.model_layout().param(p).numel);
-    for (std::size_t i = 0; i < v.size(); ++i) v[i] = init_value(p, i);
-    eng.set_param(m.params[p], v);
-  }
-  outcome out;
-  T* dgrad = nullptr;
-  if (device) REQUIRE(cudaMalloc(&dgrad, eng.model_layout().total_numel() * sizeof(T) + 64) == cudaSuccess);
-  for (int s = 0; s < steps; ++s) {
-    eng.begin_micro_step();
-    for (auto u : m.units) auto g = eng.acquire(u);
-    for (auto it = m.units.rbegin(); it != m.units.rend(); ++it) {
-      auto g = eng.acquire(*it);
-      for (auto pi : eng.model_layout().unit(it->index).params) {
-        const auto x = to_host(g.param({pi}), device);
-        std::vector<T> grad(x.size());
-        for (std::size_t i = 0; i < x.size(); ++i)
-          grad[i] = zb::from_float<T>(0.3f * zb::to_float(x[i]) +
-                                      0.05f * std::sin(1.7f * static_cast<float>(i) + 0.3f * static_cast<float>(s) +
-                                                       static_cast<float>(pi)));
-        if (device && !grad.empty()) {
-          REQUIRE(cudaMemcpy(dgrad, grad.data(), grad.size() * sizeof(T), cudaMemcpyHostToDevice) == cudaSuccess);
-          eng.grad_ready({pi}, std::span<const T>(dgrad, grad.size()));
-        } else {
-          eng.grad_ready({pi}, grad);
-        }
-      }
-    }
-    eng.end_micro_step();
-    const auto r = eng.step();
-    REQUIRE(r.applied);
-    out.norms.push_back(r.grad_norm);
-  }
-  if (dgrad) cudaFree(dgrad);
-  out.master = eng.gather_master();
-  for (auto x : eng.gather_params()) out.params.push_back(zb::to_float(x));
-  return out;
-}
-
-zb::comm::nccl one_rank_nccl(const std::string& tag) {
-  const auto dir = std::filesystem::path(ZB_SWAP_TEST_DIR) / "nccl-engine";
-  std::filesystem::create_directories(dir);
-  return zb::comm::nccl(zb::comm::file_bootstrap{dir.string(), tag + "-" + std::to_string(::getpid()), 0, 1});
-}
-
-/// The host engine `Host` and the GPU engine `Gpu` train alike; compare.
-template <class Host, class Gpu>
-void compare(const char* name, zb::engine_config cfg = {}) {
-  using T = typename Host::param_type;
-  INFO(name << " " << zb::dtype_name<T>());
-  model m;
-  cfg.optim.lr = 0.01f;
-  cfg.bucket_numel = 100;  // several buckets
-  Host host(m.reg, zb::comm::self{}, cfg);
-  const auto want = train(host, m, false, 3);
-  Gpu gpu(m.reg, one_rank_nccl(name), cfg);
-  const auto got = train(gpu, m, true, 3);
-  REQUIRE(got.master.size() == want.master.size());
-  CHECK(std::memcmp(got.master.data(), want.master.data(), want.master.size() * sizeof(float)) == 0);
-  REQUIRE(got.params.size() == want.params.size());
-  CHECK(std::memcmp(got.params.data(), want.params.data(), want.params.size() * sizeof(float)) == 0);
-  for (std::size_t s = 0; s < want.norms.size(); ++s)
-    CHECK(std::fabs(got.norms[s] - want.norms[s]) <= 1e-12 * std::fabs(want.norms[s]));
-  // Traffic is counted alike: the same elements per collective kind.
-  CHECK(gpu.counters().payload() == host.counters().payload());
-}
-
-template <template <class, class, class> class Preset, class T>
-void gpu_equals_host(const char* name) {
-  compare<Preset<zb::comm::self, T, zb::host_space>, Preset<zb::comm::nccl, T, zb::cuda_space>>(name);
-}
-
-template <class Comm, class T, class Space>
-using stage0_p = zb::stage0<Comm, T, Space>;
-template <class Comm, class T, class Space>
-using stage1_p = zb::stage1<Comm, T, Space>;
-template <class Comm, class T, class Space>
-using stage2_p = zb::stage2<Comm, T, Space>;
-template <class Comm, class T, class Space>
-using stage3_p = zb::stage3<Comm, T, Space>;
-
-}  // namespace
+using namespace zbgt;
 
 TEST_CASE_TEMPLATE("stages 0-3 on cuda_space with comm::nccl equal the host engine bit for bit", T, float,
                    zeroblocks::half, zeroblocks::bfloat16) {
-  gpu_equals_host<stage0_p, T>("stage0");
-  gpu_equals_host<stage1_p, T>("stage1");
-  gpu_equals_host<stage2_p, T>("stage2");
-  gpu_equals_host<stage3_p, T>("stage3");
+  gpu_equals_host<stage0_p, T, zb::comm::nccl>("stage0");
+  gpu_equals_host<stage1_p, T, zb::comm::nccl>("stage1");
+  gpu_equals_host<stage2_p, T, zb::comm::nccl>("stage2");
+  gpu_equals_host<stage3_p, T, zb::comm::nccl>("stage3");
 }
 
-TEST_CASE_TEMPLATE("ZeRO-Offload (master::offloaded) equals the host engine bit for bit", T, float, zeroblocks::half,
-                   zeroblocks::bfloat16) {
+TEST_CASE_TEMPLATE("ZeRO-Offload (master::offloaded) with comm::nccl equals the host engine bit for bit", T, float,
+                   zeroblocks::half, zeroblocks::bfloat16) {
   zb::engine_config cfg;
   cfg.swap.sub_group_numel = 50;  // several pipeline chunks per slice, a short last one
   compare<zb::stage2<zb::comm::self, T>, zb::stage2_offload<zb::comm::nccl, T>>("stage2_offload", cfg);

@@ -1,0 +1,68 @@
+// The engine on the GPU with comm::cuda_self (one rank, no NCCL: collectives are copies
+// and scaled roundings on the compute stream): the stage 0-3 presets and the ZeRO-Offload
+// presets on cuda_space against the host engine bit for bit (see engine_compare.cuh), and
+// master::offloaded's PCIe traffic: gradients go down during backward with the stage 2/3
+// bucketer, at step() with stage 1's. Skipped without a GPU.
+#include "engine_compare.cuh"
+
+using namespace zbgt;
+
+TEST_CASE_TEMPLATE("stages 0-3 on cuda_space with comm::cuda_self equal the host engine bit for bit", T, float,
+                   zeroblocks::half, zeroblocks::bfloat16) {
+  gpu_equals_host<stage0_p, T, zb::comm::cuda_self>("stage0");
+  gpu_equals_host<stage1_p, T, zb::comm::cuda_self>("stage1");
+  gpu_equals_host<stage2_p, T, zb::comm::cuda_self>("stage2");
+  gpu_equals_host<stage3_p, T, zb::comm::cuda_self>("stage3");
+}
+
+namespace {
+/// Stage 1 with the offloaded master (no preset): its bucketer reduces at the step, so
+/// the gradients go down then.
+template <class Comm, class T>
+using stage1_offload = zb::engine<T, zb::cuda_space, Comm, zb::partition::even, zb::coordinate::resident,
+                                  zb::bucket::reduce_at_boundary, zb::master::offloaded>;
+}  // namespace
+
+TEST_CASE_TEMPLATE("ZeRO-Offload (master::offloaded) with comm::cuda_self equals the host engine bit for bit", T,
+                   float, zeroblocks::half, zeroblocks::bfloat16) {
+  zb::engine_config cfg;
+  cfg.swap.sub_group_numel = 50;  // several pipeline chunks per slice, a short last one
+  compare<zb::stage2<zb::comm::self, T>, zb::stage2_offload<zb::comm::cuda_self, T>>("stage2_offload", cfg);
+  compare<zb::stage3<zb::comm::self, T>, zb::stage3_offload<zb::comm::cuda_self, T>>("stage3_offload", cfg);
+  compare<zb::stage1<zb::comm::self, T>, stage1_offload<zb::comm::cuda_self, T>>("stage1 + offloaded", cfg);
+}
+
+TEST_CASE("master::offloaded moves 16-bit gradients down during backward and 16-bit parameters up") {
+  using T = zb::bfloat16;
+  constexpr int steps = 3, micro = 2;
+  zb::engine_config cfg;
+  cfg.bucket_numel = 100;
+  cfg.swap.sub_group_numel = 50;
+  model m;
+  {
+    zb::stage2_offload<zb::comm::cuda_self, T> eng(m.reg, {}, cfg);
+    const std::uint64_t owned_bytes = eng.model_layout().shard_numel() * sizeof(T);
+    train(eng, m, true, steps, micro);
+    const auto& st = eng.master_state().stats();
+    // Every micro-step's reduced blocks went down as they landed; nothing at step().
+    CHECK(st.grad_bytes_down_backward == steps * micro * owned_bytes);
+    CHECK(st.grad_bytes_down_step == 0);
+    CHECK(st.param_bytes_up == steps * owned_bytes);
+    CHECK(st.steps == steps);
+    // 12 B of host state per owned element, and the host copy of the gradient shard
+    // (2 B per owned element) counted as staging.
+    CHECK(eng.memory()[zb::mem_category::master_fp32] == eng.model_layout().shard_numel() * 4);
+    CHECK(eng.memory()[zb::mem_category::staging] ==
+          (eng.model_layout().shard_numel() + 2 * zb::master::offloaded::chunk(cfg, eng.model_layout().shard_numel())) *
+              sizeof(T));
+  }
+  {
+    stage1_offload<zb::comm::cuda_self, T> eng(m.reg, {}, cfg);
+    const std::uint64_t owned_bytes = eng.model_layout().shard_numel() * sizeof(T);
+    train(eng, m, true, steps, micro);
+    const auto& st = eng.master_state().stats();
+    CHECK(st.grad_bytes_down_backward == 0);
+    CHECK(st.grad_bytes_down_step == steps * owned_bytes);
+    CHECK(st.param_bytes_up == steps * owned_bytes);
+  }
+}
