@@ -2,17 +2,10 @@
 // fused step reads device gradients and would write device parameters from the host.
 #include <zeroblocks/zeroblocks.hpp>
 
+#include "fake_device_space.hpp"
+
 namespace zb = zeroblocks;
 
-struct fake_device_space {
-  using space_concept = zb::space_tag;
-  static constexpr const char* name = "fake_device";
-  static constexpr bool host_accessible = false;
-  static void* allocate(std::size_t, std::size_t = 64) { return nullptr; }
-  static void deallocate(void*, std::size_t) {}
-  static void copy(void*, const void*, std::size_t) {}
-  static void fill_zero(void*, std::size_t) {}
-};
 template <>
 struct zb::space_ops<fake_device_space> : zb::host_ops {};
 

@@ -1,4 +1,4 @@
-// Shared by the GPU engine tests: a small model with awkward sizes, a trainer loop whose
+// Shared by the GPU engine tests: the host tests' synthetic model, a trainer loop whose
 // gradients depend on the gathered parameters (copied to the host, computed, copied
 // back to the engine's space), and `compare<Host, Gpu>`, which trains a host engine and
 // a GPU engine alike and checks fp32 master weights and 16-bit parameters bit for bit
@@ -8,6 +8,7 @@
 #pragma once
 
 #include "cuda_test_main.hpp"
+#include "harness.hpp"
 
 #include <zeroblocks/cuda.cuh>
 
@@ -20,24 +21,9 @@
 namespace zbgt {
 namespace zb = zeroblocks;
 
-struct model {
-  zb::param_registry reg;
-  std::vector<zb::param_id> params;
-  std::vector<zb::unit_id> units;
-  model() {
-    params.push_back(reg.add("embed.w", {13, 7}, "embed"));
-    params.push_back(reg.add("embed.empty", {0}, "embed"));
-    params.push_back(reg.add("l1.w", {5, 11}, "l1"));
-    params.push_back(reg.add("l1.b", {5}, "l1"));
-    params.push_back(reg.add("l2.w", {97, 3}, "l2"));
-    params.push_back(reg.add("head.w", {37}, "head"));
-    for (auto& n : reg.units()) units.push_back(reg.unit(n));
-  }
-};
-
-float init_value(std::size_t p, std::size_t i) {
-  return 0.5f * std::sin(0.37f * static_cast<float>(i) + 1.3f * static_cast<float>(p) + 0.1f);
-}
+/// The host tests' synthetic model: sizes that do not divide, zero-size parameters, a
+/// unit with nothing in it.
+using model = zbt::synthetic_model;
 
 /// Copies a parameter view (host or device memory) to the host.
 template <class T>
@@ -58,6 +44,7 @@ std::vector<T> to_host(std::span<const T> v, bool device) {
 struct outcome {
   std::vector<float> master, params;
   std::vector<double> norms;
+  std::vector<float> clips;
 };
 
 /// K steps of `micro` micro-steps: forward acquires, backward acquires with gradients
@@ -68,7 +55,7 @@ outcome train(E& eng, const model& m, bool device, int steps, int micro = 2) {
   using T = typename E::param_type;
   for (std::size_t p = 0; p < m.params.size(); ++p) {
     std::vector<float> v(eng.model_layout().param(p).numel);
-    for (std::size_t i = 0; i < v.size(); ++i) v[i] = init_value(p, i);
+    for (std::size_t i = 0; i < v.size(); ++i) v[i] = model::init(p, i);
     eng.set_param(m.params[p], v);
   }
   outcome out;
@@ -105,6 +92,7 @@ outcome train(E& eng, const model& m, bool device, int steps, int micro = 2) {
     const auto r = eng.step();
     REQUIRE(r.applied);
     out.norms.push_back(r.grad_norm);
+    out.clips.push_back(r.clip_factor);
   }
   if (dgrad) cudaFree(dgrad);
   out.master = eng.gather_master();
@@ -125,9 +113,23 @@ C one_rank(const std::string& tag) {
   else return C{};
 }
 
-/// The host engine `Host` and the GPU engine `Gpu` train alike; compare.
+/// The GPU engine runs on a non-blocking stream of its own, as a trainer's would (the
+/// legacy default stream would hide missing stream ordering by synchronising).
+struct compute_stream_scope {
+  zb::cuda_stream stream;
+  compute_stream_scope() { zb::cuda_space::set_compute_stream(stream); }
+  ~compute_stream_scope() {
+    (void)cudaStreamSynchronize(stream);
+    zb::cuda_space::set_compute_stream(nullptr);
+  }
+};
+
+/// The host engine `Host` and the GPU engine `Gpu` train alike; compare. With
+/// `rel_tol` 0, master weights and parameters must be bit-identical; otherwise (gradient
+/// clipping: its factor comes from the GPU's norm, CUB's summation order) within
+/// `rel_tol` relative.
 template <class Host, class Gpu>
-void compare(const char* name, zb::engine_config cfg = {}) {
+void compare(const char* name, zb::engine_config cfg = {}, double rel_tol = 0.0) {
   using T = typename Host::param_type;
   INFO(name << " " << zb::dtype_name<T>() << " on " << Gpu::comm_type::name);
   model m;
@@ -135,14 +137,23 @@ void compare(const char* name, zb::engine_config cfg = {}) {
   cfg.bucket_numel = 100;  // several buckets
   Host host(m.reg, zb::comm::self{}, cfg);
   const auto want = train(host, m, false, 3);
+  compute_stream_scope scope;
   Gpu gpu(m.reg, one_rank<typename Gpu::comm_type>(name), cfg);
   const auto got = train(gpu, m, true, 3);
-  REQUIRE(got.master.size() == want.master.size());
-  CHECK(std::memcmp(got.master.data(), want.master.data(), want.master.size() * sizeof(float)) == 0);
-  REQUIRE(got.params.size() == want.params.size());
-  CHECK(std::memcmp(got.params.data(), want.params.data(), want.params.size() * sizeof(float)) == 0);
-  for (std::size_t s = 0; s < want.norms.size(); ++s)
+  auto same = [rel_tol](const std::vector<float>& a, const std::vector<float>& b) {
+    if (a.size() != b.size()) return false;
+    if (rel_tol == 0.0) return std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+    for (std::size_t i = 0; i < a.size(); ++i)
+      if (!(std::fabs(double(a[i]) - double(b[i])) <= rel_tol * std::fabs(double(b[i])) + 1e-30)) return false;
+    return true;
+  };
+  CHECK(same(got.master, want.master));
+  CHECK(same(got.params, want.params));
+  REQUIRE(got.norms.size() == want.norms.size());
+  for (std::size_t s = 0; s < want.norms.size(); ++s) {
     CHECK(std::fabs(got.norms[s] - want.norms[s]) <= 1e-12 * std::fabs(want.norms[s]));
+    if (cfg.max_grad_norm > 0.0f) CHECK(want.clips[s] < 1.0f);  // the clipping case clips
+  }
   // Traffic is counted alike: the same elements per collective kind.
   CHECK(gpu.counters().payload() == host.counters().payload());
 }
@@ -160,6 +171,20 @@ using stage3_p = zb::stage3<Comm, T, Space>;
 template <template <class, class, class> class Preset, class T, class GpuComm>
 void gpu_equals_host(const char* name) {
   compare<Preset<zb::comm::self, T, zb::host_space>, Preset<GpuComm, T, zb::cuda_space>>(name);
+}
+
+/// Stages 0-3 and the ZeRO-Offload presets (several pipeline chunks per slice, a short
+/// last one) on `GpuComm` against the host.
+template <class T, class GpuComm>
+void presets_equal_host() {
+  gpu_equals_host<stage0_p, T, GpuComm>("stage0");
+  gpu_equals_host<stage1_p, T, GpuComm>("stage1");
+  gpu_equals_host<stage2_p, T, GpuComm>("stage2");
+  gpu_equals_host<stage3_p, T, GpuComm>("stage3");
+  zb::engine_config cfg;
+  cfg.swap.sub_group_numel = 50;
+  compare<zb::stage2<zb::comm::self, T>, zb::stage2_offload<GpuComm, T>>("stage2_offload", cfg);
+  compare<zb::stage3<zb::comm::self, T>, zb::stage3_offload<GpuComm, T>>("stage3_offload", cfg);
 }
 
 }  // namespace zbgt

@@ -155,7 +155,9 @@ zb::comm::nccl_config native() {
   return c;
 }
 
-const std::size_t counts[] = {1, 7, 1000, 4099};
+// The last is past one grid-stride pass of the deterministic reduction's kernel
+// (4096 blocks of 256 threads).
+const std::size_t counts[] = {1, 7, 1000, 4099, (std::size_t{1} << 21) + 3};
 
 std::string test_dir() {
   const std::string d = std::string(ZB_SWAP_TEST_DIR) + "/nccl_bootstrap";
@@ -220,6 +222,24 @@ TEST_CASE_TEMPLATE("comm::nccl: all_gather out of place and in place", T, float,
     CHECK(!req.pending());
     CHECK(first_bad(inplace.download(compute), want) == -1);
   }
+}
+
+TEST_CASE("comm::nccl: without set_compute_stream, collectives follow cuda_space::compute_stream()") {
+  require_gpu_per_rank();
+  N comm(MPI_COMM_WORLD);
+  zb::cuda_stream a, b;
+  zb::cuda_space::set_compute_stream(a);
+  CHECK(comm.compute_stream() == a.get());
+  const N child = comm.dup();
+  zb::cuda_space::set_compute_stream(b);  // read at each call, by the dup too
+  CHECK(comm.compute_stream() == b.get());
+  CHECK(child.compute_stream() == b.get());
+  comm.set_compute_stream(a);  // fixed for this one; its dups made later inherit it
+  CHECK(comm.compute_stream() == a.get());
+  CHECK(comm.dup().compute_stream() == a.get());
+  comm.follow_space_compute_stream();
+  CHECK(comm.compute_stream() == b.get());
+  zb::cuda_space::set_compute_stream(nullptr);
 }
 
 TEST_CASE_TEMPLATE("comm::nccl: deterministic reduce_scatter equals comm::mpi bit for bit", T, float, zb::half,

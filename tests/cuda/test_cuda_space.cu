@@ -97,8 +97,8 @@ TEST_CASE("cuda_space: stream-ordered allocate, copy, fill, free on one stream")
   void* d = zb::cuda_space::allocate_async(n, s);
   zb::cuda_space::copy_async(d, host, n, s);
   zb::cuda_space::fill_zero_async(static_cast<std::uint8_t*>(d) + 10, 100, s);
-  std::memset(host, 0xee, n);  // overwritten below only after the stream got there
-  s.synchronize();
+  s.synchronize();             // the upload read `host`: only now may it change
+  std::memset(host, 0xee, n);  // so the download below must write every byte
   zb::cuda_space::copy_async(host, d, n, s);
   zb::cuda_space::deallocate_async(d, s);
   s.synchronize();

@@ -48,7 +48,12 @@ int main(int argc, char** argv) {
     MPI_Finalize();
     return zb_skip_return_code;
   }
+  // One GPU per rank of this node: the rank among the ranks sharing this node's memory.
+  MPI_Comm node = MPI_COMM_NULL;
+  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node);
   int node_rank = rank, devices = 0;
+  MPI_Comm_rank(node, &node_rank);
+  MPI_Comm_free(&node);
   cudaGetDeviceCount(&devices);
   cudaSetDevice(node_rank % devices);
   doctest::Context ctx(argc, argv);

@@ -42,7 +42,7 @@ public:
   }
   void end_micro_step() { ++micro_steps_; }
   void zero() {
-    grads_.zero();
+    ops::fill_zero(grads_.data(), grads_.bytes());  // stream-ordered on the GPU
     micro_steps_ = 0;
   }
   T* unit_base(std::size_t u) { return grads_.data() + ctx_.lay.unit(u).offset; }

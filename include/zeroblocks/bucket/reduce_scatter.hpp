@@ -144,7 +144,7 @@ struct reduce_scatter {
     }
     void reduce_for_step() {}
     const T* grad_slice(std::size_t u, int) { return shard_.data() + ctx_.lay.unit(u).shard_offset; }
-    void zero() { shard_.zero(); }
+    void zero() { ops::fill_zero(shard_.data(), shard_.bytes()); }  // stream-ordered on the GPU
     const std::vector<bucket_plan>& plans() const { return plans_; }
     /// @brief Call `f(shard_offset, data, n)` after each block lands in the shard.
     void on_shard_updated(std::function<void(std::size_t, const T*, std::size_t)> f) { listener_ = std::move(f); }
@@ -187,7 +187,9 @@ struct reduce_scatter {
         // the layout's reverse. Grow rather than deadlock; the peak shows it.
         b = buf_t(buffer_numel_, mem_category::buckets, &ctx_.tracker);
       }
-      b.zero();  // padding and unreported parameters reduce as zeros
+      // Padding and unreported parameters reduce as zeros. (ops: on the GPU a stream-
+      // ordered fill, where buffer::zero() would synchronise the device mid-backward.)
+      ops::fill_zero(b.data(), b.bytes());
       return b;
     }
 

@@ -62,7 +62,7 @@ cudaError_t nccl_block_reduce_launch(const void* mine, const void* others, int s
   const unsigned blocks = static_cast<unsigned>(std::min<std::size_t>(wanted, 4096));
   nccl_block_reduce_kernel<T><<<blocks, threads, 0, s>>>(static_cast<const T*>(mine), static_cast<const T*>(others),
                                                          self, nblocks, count, scale, static_cast<T*>(out));
-  return cudaGetLastError();
+  return launch_status();
 }
 
 /// @brief Registers the launchers during static initialisation of any translation unit

@@ -7,8 +7,9 @@
  *
  * Every communicator owns a CUDA stream (non-blocking, `nccl_config::stream_priority`)
  * and runs its collectives there, so they overlap the trainer's computation. The
- * trainer's stream is the *compute stream* (`set_compute_stream`; the default stream
- * until set). A collective is ordered after the work already submitted to the compute
+ * trainer's stream is the *compute stream*: `cuda_space::compute_stream()` of the calling
+ * thread — the stream the engine's own copies and kernels run on — unless
+ * `set_compute_stream` fixes another for this communicator. A collective is ordered after the work already submitted to the compute
  * stream — it first makes the communicator's stream wait on an event recorded on the
  * compute stream — and `request::wait()` orders the compute stream after the collective
  * by making it wait on the collective's completion event. All of this is stream-ordered:
@@ -442,8 +443,10 @@ struct nccl_state : std::enable_shared_from_this<nccl_state> {
   comm::nccl_config cfg;
   std::shared_ptr<nccl_abort_channel> channel;
   cudaStream_t stream = nullptr;   ///< owned: where the collectives run
-  cudaStream_t compute = nullptr;  ///< the trainer's stream (not owned)
-  cudaEvent_t ready = nullptr;     ///< recorded on `compute` before each collective
+  /// The trainer's stream (not owned); unset: `cuda_space::compute_stream()` of the
+  /// calling thread, the stream the engine's own copies and kernels run on.
+  std::optional<cudaStream_t> compute;
+  cudaEvent_t ready = nullptr;  ///< recorded on the compute stream before each collective
   std::vector<cudaEvent_t> spare_events;
   void* barrier_word = nullptr;  ///< a few bytes of device memory barriers reduce
   bool aborted = false;          ///< ncclCommAbort was called
@@ -453,13 +456,16 @@ struct nccl_state : std::enable_shared_from_this<nccl_state> {
 
   nccl_state() = default;
   nccl_state(const nccl_state&) = delete;
+  /// @brief The stream collectives follow and `wait()` orders, now.
+  cudaStream_t compute_now() const { return compute ? *compute : cuda_space::compute_stream(); }
   nccl_state& operator=(const nccl_state&) = delete;
 
   /// @brief Wrap an NCCL communicator being initialised (`ncclCommInitRankConfig` or
   /// `ncclCommSplit` returned it): wait for it (non-blocking), then make the stream,
   /// events and barrier word. On failure the communicator is aborted, peers are told.
   static std::shared_ptr<nccl_state> make(ncclComm_t c, int rank, int size, const comm::nccl_config& cfg,
-                                          std::shared_ptr<nccl_abort_channel> channel, cudaStream_t compute,
+                                          std::shared_ptr<nccl_abort_channel> channel,
+                                          std::optional<cudaStream_t> compute,
                                           const char* what) {
     auto s = std::make_shared<nccl_state>();
     s->comm = c;
@@ -468,6 +474,9 @@ struct nccl_state : std::enable_shared_from_this<nccl_state> {
     s->cfg = cfg;
     s->channel = std::move(channel);
     s->compute = compute;
+    // The current device is the communicator's (checked below): if settling fails, the
+    // destructor must not make another device current.
+    if (cudaGetDevice(&s->device) != cudaSuccess) s->device = 0;
     s->settle(c, what, cfg.init_timeout);
     try {
       ZB_REQUIRE(ncclCommUserRank(c, &s->rank) == ncclSuccess && ncclCommCount(c, &s->size) == ncclSuccess &&
@@ -694,22 +703,28 @@ inline void nccl_group_end() {
   auto touched = std::exchange(g.touched, {});
   auto after = std::exchange(g.after, {});
   const ncclResult_t r = ncclGroupEnd();
-  nccl_run_queued_aborts();
+  // Communicators that failed while the group was open are aborted only after the rest
+  // is settled: ncclCommAbort frees the communicator, which must not be asked anything
+  // afterwards (error text, async error).
   if (r != ncclSuccess && r != ncclInProgress) {
     const ncclComm_t first = touched.empty() ? nullptr : touched.front()->comm;
     const std::string message = concat("comm::nccl: ncclGroupEnd failed: ", nccl_error_text(r, first));
     for (auto& t : touched) t->fail_quietly(message);
+    nccl_run_queued_aborts();
     ZB_FAIL(message);
   }
   for (std::size_t i = 0; i < touched.size(); ++i) {
+    if (touched[i]->failed || touched[i]->aborted) continue;  // nothing of it to wait for
     try {
       touched[i]->settle(touched[i]->comm, "ncclGroupEnd");
     } catch (...) {
       for (std::size_t j = i + 1; j < touched.size(); ++j)
         touched[j]->fail_quietly("comm::nccl: a communicator grouped with this one failed");
+      nccl_run_queued_aborts();
       throw;
     }
   }
+  nccl_run_queued_aborts();
   std::exception_ptr first;
   for (auto& f : after) {
     try {
@@ -898,7 +913,7 @@ public:
       launched_or_throw();
       auto op = std::move(op_);
       op->st->check();
-      op->st->cuda_ok(cudaStreamWaitEvent(op->st->compute, op->done, 0), "cudaStreamWaitEvent");
+      op->st->cuda_ok(cudaStreamWaitEvent(op->st->compute_now(), op->done, 0), "cudaStreamWaitEvent");
     }
     /// @brief True (and then as `wait()`) once the collective completed on the device.
     bool test() {
@@ -1051,11 +1066,18 @@ public:
     return st_->cfg;
   }
   /// @brief The trainer's stream that collectives follow and `request::wait()` orders.
+  /// Unset (the default), it is `cuda_space::compute_stream()` of the calling thread —
+  /// the stream the engine's copies and kernels run on — so the two cannot disagree.
   void set_compute_stream(cudaStream_t s) {
     ZB_REQUIRE(st_, "comm::nccl: empty communicator");
     st_->compute = s;
   }
-  cudaStream_t compute_stream() const { return st_ ? st_->compute : nullptr; }
+  /// @brief Go back to following `cuda_space::compute_stream()`.
+  void follow_space_compute_stream() {
+    ZB_REQUIRE(st_, "comm::nccl: empty communicator");
+    st_->compute.reset();
+  }
+  cudaStream_t compute_stream() const { return st_ ? st_->compute_now() : nullptr; }
   /// @brief Collectives progress on the GPU without host calls.
   bool async_progress() const { return true; }
   /// @brief True once this communicator failed or a peer reported failure.
@@ -1283,7 +1305,7 @@ private:
       if (comm) (void)ncclCommAbort(comm);
       ZB_FAIL(message);
     }
-    return detail::nccl_state::make(comm, rank, size, cfg, std::move(channel), nullptr, "ncclCommInitRankConfig");
+    return detail::nccl_state::make(comm, rank, size, cfg, std::move(channel), std::nullopt, "ncclCommInitRankConfig");
   }
 
   void ensure_usable() const {
@@ -1303,7 +1325,7 @@ private:
   request launch(bool follow_compute, Enqueue&& enqueue, std::function<void()> after) {
     const std::shared_ptr<detail::nccl_state>& st = st_;
     if (follow_compute) {
-      st->cuda_ok(cudaEventRecord(st->ready, st->compute), "cudaEventRecord");
+      st->cuda_ok(cudaEventRecord(st->ready, st->compute_now()), "cudaEventRecord");
       st->cuda_ok(cudaStreamWaitEvent(st->stream, st->ready, 0), "cudaStreamWaitEvent");
     }
     auto op = std::make_shared<detail::nccl_op>(st);

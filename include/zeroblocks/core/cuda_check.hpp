@@ -29,6 +29,14 @@ inline std::string cuda_error_text(cudaError_t e) {
   return concat(cudaGetErrorName(e), " (", cudaGetErrorString(e), ")");
 }
 
+/// @brief The error of the launch just made: `cudaGetLastError`, except that
+/// `cudaErrorNotReady` — left behind by an earlier `cudaEventQuery`/`cudaStreamQuery`
+/// that found work pending, never produced by a launch — counts as success.
+inline cudaError_t launch_status() {
+  const cudaError_t e = cudaGetLastError();
+  return e == cudaErrorNotReady ? cudaSuccess : e;
+}
+
 }  // namespace detail
 ZB_NAMESPACE_END
 
@@ -46,7 +54,7 @@ ZB_NAMESPACE_END
 /// throws `zeroblocks::error` with the launch error.
 #define ZB_CUDA_CHECK_LAUNCH(what)                                                         \
   do {                                                                                     \
-    const cudaError_t zb_cuda_status_ = cudaGetLastError();                                \
+    const cudaError_t zb_cuda_status_ = ::zeroblocks::detail::launch_status();            \
     if (zb_cuda_status_ != cudaSuccess)                                                    \
       ZB_FAIL("kernel launch of ", what, " failed: ",                                      \
               ::zeroblocks::detail::cuda_error_text(zb_cuda_status_));                      \

@@ -88,6 +88,14 @@ struct offloaded {
           grad_(owned_numel, mem_category::staging, &ctx.tracker) {
       for (auto& p : param_) p = buffer<T, pinned_space>(chunk_, mem_category::staging, &ctx.tracker);
     }
+    impl(const impl&) = delete;
+    impl& operator=(const impl&) = delete;
+    /// Copies still in flight (an engine destroyed between backward and step(), or
+    /// unwound) write into the pinned buffers: let them land before those are freed.
+    ~impl() {
+      (void)cudaStreamSynchronize(down_);
+      (void)cudaStreamSynchronize(up_);
+    }
     static void declare(std::size_t owned_numel, const engine_config& cfg, memory_report& r) {
       adam_state<pinned_space>::declare(owned_numel, r);
       r.current[static_cast<std::size_t>(mem_category::staging)] +=
@@ -139,13 +147,15 @@ struct offloaded {
           work.push_back({s.grad + d, s.param + d, std::min(chunk_, s.numel - d), s.master_offset + d});
       if (work.empty()) return;
       const cudaStream_t compute = cuda_space::compute_stream();
+      // The gradients are final, and the parameters free to be overwritten, once the
+      // compute stream's work so far is done: both copy streams follow it.
+      ready_.record(compute);
+      ready_.enqueue_wait(up_);
       // Streamed during backward: every owned element's final block went down already.
       const bool streamed = streamed_ == owned_;
       if (streamed) {
         down_.synchronize();
       } else {
-        // The gradients are final once the compute stream's work so far is done.
-        ready_.record(compute);
         ready_.enqueue_wait(down_);
         while (fetched_.size() < work.size()) fetched_.emplace_back();
         for (std::size_t k = 0; k < work.size(); ++k) {

@@ -177,9 +177,9 @@ struct cuda_space {
   /// @brief The stream on which the engine's operations on `cuda_space` memory run
   /// (`space_ops<cuda_space>`: copies, accumulation, the optimizer kernels), per host
   /// thread; the legacy default stream (0) until set. Set it to the trainer's stream
-  /// before building an engine, and give `comm::nccl::set_compute_stream` the same one
-  /// (the engine's `dup()`s inherit it), so gradients, collectives and the step follow
-  /// the trainer's kernels in stream order.
+  /// before building an engine, and call the engine from that thread: gradients, the
+  /// step and `comm::nccl`'s collectives (which follow this stream unless given another
+  /// with `set_compute_stream`) are then ordered after the trainer's kernels.
   static cudaStream_t compute_stream() { return compute_stream_slot(); }
   static void set_compute_stream(cudaStream_t s) { compute_stream_slot() = s; }
 
