@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <random>
 #include <string>
@@ -147,14 +148,15 @@ TEST_CASE("gradients reported in forward order (worst case) stay correct and bou
 namespace {
 
 struct stream_log {
-  std::size_t blocks = 0, changes = 0, applies = 0, mismatched = 0, uncovered = 0;
+  std::size_t blocks = 0, changes = 0, applies = 0, mismatched = 0, uncovered = 0, written_early = 0;
 };
 stream_log g_log;
 
 /// master::resident, plus a copy of the gradient shard kept only from `shard_updated`
 /// (as master::offloaded keeps its host copy). `apply` checks that copy against the
 /// shard the engine hands it: every block must have been reported, after its last
-/// accumulation.
+/// accumulation. And a block reported must not change before `shard_will_change` (an
+/// asynchronous copy of it may still be reading it): checked there, by rereading it.
 struct streaming_probe {
   using master_concept = zb::master_tag;
   using space = zb::host_space;
@@ -171,8 +173,12 @@ struct streaming_probe {
       std::copy(data, data + n, copy_.begin() + static_cast<std::ptrdiff_t>(offset));
       streamed_ += n;
       ++g_log.blocks;
+      seen_.push_back({data, offset, n});
     }
     void shard_will_change() {
+      for (const auto& b : seen_)
+        if (!bitwise_equal(b.data, copy_.data() + b.offset, b.n)) ++g_log.written_early;
+      seen_.clear();
       streamed_ = 0;
       ++g_log.changes;
     }
@@ -187,7 +193,13 @@ struct streaming_probe {
     }
 
   private:
+    struct block {
+      const P* data;
+      std::size_t offset, n;
+    };
+    static bool bitwise_equal(const P* a, const P* b, std::size_t n) { return std::memcmp(a, b, n * sizeof(P)) == 0; }
     std::vector<P> copy_;
+    std::vector<block> seen_;  ///< blocks reported since the last shard_will_change
     std::size_t owned_, streamed_ = 0;
   };
 };
@@ -235,8 +247,9 @@ TEST_CASE("each reduced block is handed to a streaming master after its last acc
       CHECK(g_log.applies == 3);
       CHECK(g_log.uncovered == 0);   // every owned element streamed in the last micro-step
       CHECK(g_log.mismatched == 0);  // and streamed with its final value
-      // One shard_will_change per micro-step (before its accumulation) and one per step
-      // (before the shard is zeroed).
+      CHECK(g_log.written_early == 0);  // and left alone until shard_will_change
+      // One shard_will_change per micro-step (before its first accumulation) and one per
+      // step (before the shard is zeroed).
       CHECK(g_log.changes == static_cast<std::size_t>(3 * micro + 3));
       CHECK(g_log.blocks > 0);
     }

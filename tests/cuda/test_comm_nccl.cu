@@ -224,7 +224,7 @@ TEST_CASE_TEMPLATE("comm::nccl: all_gather out of place and in place", T, float,
   }
 }
 
-TEST_CASE("comm::nccl: without set_compute_stream, collectives follow cuda_space::compute_stream()") {
+TEST_CASE("comm::nccl: compute_stream() is cuda_space::compute_stream() of the caller unless set") {
   require_gpu_per_rank();
   N comm(MPI_COMM_WORLD);
   zb::cuda_stream a, b;

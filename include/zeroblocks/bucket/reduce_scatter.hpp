@@ -22,10 +22,13 @@
  *
  * Parameters never reported in a micro-step contribute zeros (an unused layer).
  *
- * `on_shard_updated(f)` registers `f(shard_offset, data, n)`, called after each bucket's
- * reduced block was accumulated into the shard (ordered on the space's stream): the
- * engine passes it to a master that moves gradients during backward
- * (`master::offloaded` copies them to the host).
+ * `on_shard_updated(updated, will_write)` registers `updated(shard_offset, data, n)`,
+ * called after each bucket's reduced block was accumulated into the shard (ordered on
+ * the space's stream), and `will_write()`, called before the shard is first written in
+ * a micro-step and before it is zeroed: the engine passes them to a master that reads
+ * the shard asynchronously during backward (`master::offloaded` copies it to the host,
+ * and must let those copies finish before the shard changes — no earlier, so the next
+ * forward does not wait for them).
  */
 #pragma once
 
@@ -116,6 +119,7 @@ struct reduce_scatter {
 
     void begin_micro_step() {
       for (auto& s : state_) s = {};
+      written_ = false;
       next_issue_ = 0;
       issue_ready();  // buckets with nothing to wait for (zero-size parameters only)
     }
@@ -144,10 +148,18 @@ struct reduce_scatter {
     }
     void reduce_for_step() {}
     const T* grad_slice(std::size_t u, int) { return shard_.data() + ctx_.lay.unit(u).shard_offset; }
-    void zero() { ops::fill_zero(shard_.data(), shard_.bytes()); }  // stream-ordered on the GPU
+    void zero() {
+      if (will_write_) will_write_();
+      ops::fill_zero(shard_.data(), shard_.bytes());  // stream-ordered on the GPU
+    }
     const std::vector<bucket_plan>& plans() const { return plans_; }
-    /// @brief Call `f(shard_offset, data, n)` after each block lands in the shard.
-    void on_shard_updated(std::function<void(std::size_t, const T*, std::size_t)> f) { listener_ = std::move(f); }
+    /// @brief Call `updated(shard_offset, data, n)` after each block lands in the shard,
+    /// `will_write()` before the shard is first written in a micro-step or zeroed.
+    void on_shard_updated(std::function<void(std::size_t, const T*, std::size_t)> updated,
+                          std::function<void()> will_write) {
+      listener_ = std::move(updated);
+      will_write_ = std::move(will_write);
+    }
 
   private:
     struct bucket_state {
@@ -222,6 +234,10 @@ struct reduce_scatter {
       const std::size_t blk = plans_[b].block_numel;
       const T* mine = st.buf->data() + static_cast<std::size_t>(ctx_.rank()) * blk;
       const std::size_t off = ctx_.lay.unit(plans_[b].first_unit).shard_offset;
+      if (!written_) {
+        written_ = true;
+        if (will_write_) will_write_();
+      }
       ops::accumulate(shard_.data() + off, mine, blk, ctx_.cfg.threads);
       if (listener_) listener_(off, shard_.data() + off, blk);
       free_.push_back(std::move(*st.buf));
@@ -240,6 +256,8 @@ struct reduce_scatter {
     std::size_t next_issue_ = 0;
     std::size_t buffer_numel_ = 0;
     std::function<void(std::size_t, const T*, std::size_t)> listener_;
+    std::function<void()> will_write_;
+    bool written_ = false;  ///< the shard was written in this micro-step
   };
 };
 

@@ -703,9 +703,9 @@ inline void nccl_group_end() {
   auto touched = std::exchange(g.touched, {});
   auto after = std::exchange(g.after, {});
   const ncclResult_t r = ncclGroupEnd();
-  // Communicators that failed while the group was open are aborted only after the rest
-  // is settled: ncclCommAbort frees the communicator, which must not be asked anything
-  // afterwards (error text, async error).
+  // ncclCommAbort frees a communicator: read the group's error text first, and settle
+  // only communicators that were not aborted. (Aborts run right away, so a healthy
+  // communicator fused with a failed one is not left waiting on the failed one's work.)
   if (r != ncclSuccess && r != ncclInProgress) {
     const ncclComm_t first = touched.empty() ? nullptr : touched.front()->comm;
     const std::string message = concat("comm::nccl: ncclGroupEnd failed: ", nccl_error_text(r, first));
@@ -713,18 +713,17 @@ inline void nccl_group_end() {
     nccl_run_queued_aborts();
     ZB_FAIL(message);
   }
+  nccl_run_queued_aborts();
   for (std::size_t i = 0; i < touched.size(); ++i) {
-    if (touched[i]->failed || touched[i]->aborted) continue;  // nothing of it to wait for
+    if (touched[i]->failed || touched[i]->aborted) continue;  // aborted: nothing to wait for
     try {
       touched[i]->settle(touched[i]->comm, "ncclGroupEnd");
     } catch (...) {
       for (std::size_t j = i + 1; j < touched.size(); ++j)
         touched[j]->fail_quietly("comm::nccl: a communicator grouped with this one failed");
-      nccl_run_queued_aborts();
       throw;
     }
   }
-  nccl_run_queued_aborts();
   std::exception_ptr first;
   for (auto& f : after) {
     try {

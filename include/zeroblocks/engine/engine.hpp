@@ -244,7 +244,8 @@ public:
     // as each bucket's reduced block lands in the shard, during backward.
     if constexpr (streams_shard_v) {
       bucketer_->on_shard_updated(
-          [m = &*master_](std::size_t offset, const T* data, std::size_t n) { m->shard_updated(offset, data, n); });
+          [m = &*master_](std::size_t offset, const T* data, std::size_t n) { m->shard_updated(offset, data, n); },
+          [m = &*master_] { m->shard_will_change(); });
     }
     for (std::size_t u = 0; u < layout_.unit_count(); ++u) {
       const auto& up = layout_.unit(u);
@@ -427,7 +428,6 @@ public:
       if constexpr (requires(coordinator_impl& c) { c.step_begins(); })
         if (micro_steps_ == 0) coord_->step_begins();
       std::fill(reported_.begin(), reported_.end(), 0);
-      shard_will_change();
       bucketer_->begin_micro_step();
     });
   }
@@ -804,20 +804,15 @@ private:
   /// The bucketer reports each reduced block and the master takes it (see the constructor).
   static constexpr bool streams_shard_v =
       requires(bucketer_impl& b, master_impl& m, const T* p, std::size_t n) {
-        b.on_shard_updated([](std::size_t, const T*, std::size_t) {});
+        b.on_shard_updated([](std::size_t, const T*, std::size_t) {}, [] {});
         m.shard_updated(n, p, n);
+        m.shard_will_change();
       };
-  /// The gradient shard is about to be written (accumulated or zeroed): a master still
-  /// reading it asynchronously must finish first.
-  void shard_will_change() {
-    if constexpr (streams_shard_v) master_->shard_will_change();
-  }
 
   std::size_t owned_numel() const { return sharded_master ? layout_.shard_numel() : layout_.total_numel(); }
 
   void finish_step() {
     grads_reduced_ = false;
-    shard_will_change();
     bucketer_->zero();
     micro_steps_ = 0;
     events_.clear();

@@ -14,9 +14,10 @@
  * it has been reduced and accumulated into the shard (`shard_updated`): the block is
  * copied device → host on a copy stream of its own, ordered after the accumulation by
  * an event, while backward goes on. Every micro-step copies its blocks (the shard
- * accumulates on the GPU; the last micro-step's copies carry the final sums), and before
- * the shard is written again (`shard_will_change`: the next micro-step, or the zeroing
- * after the step) the compute stream waits for the copies in flight. With other
+ * accumulates on the GPU; the last micro-step's copies carry the final sums), and just
+ * before the shard is written again (`shard_will_change`: the next micro-step's first
+ * accumulation, or the zeroing after the step) the compute stream waits for the copies
+ * in flight — not earlier, so the next forward does not wait for them. With other
  * bucketers (stages 0/1 reduce at the step) the copies start at `step()`, chunk by
  * chunk, overlapped with the host kernel.
  *
@@ -123,8 +124,9 @@ struct offloaded {
       in_flight_ = true;
       stats_.grad_bytes_down_backward += n * sizeof(T);
     }
-    /// @brief The shard is about to be written (next micro-step, or zeroed): the copies
-    /// reading it must be done first, and the next micro-step copies it anew.
+    /// @brief The shard is about to be written (a micro-step's first accumulation, or
+    /// the zeroing): the copies reading it must be done first, and the micro-step
+    /// copies it anew.
     void shard_will_change() {
       if (in_flight_) {
         copied_.record(down_);
