@@ -6,8 +6,9 @@
 //    documented formula gives (read back with plain pread);
 //  - faults injected through the hook (EIO, ENOSPC, short transfers) fail the ticket
 //    with file, offset and cause, and leave what was on disk before untouched;
-//  - a real ENOSPC: a tier larger than the free space fails at construction naming the
-//    file and leaves no file behind;
+//  - a real ENOSPC, on a private 8 MiB tmpfs (zbt::small_fs; never the disk the suite
+//    runs on): a tier larger than the free space fails at construction naming the file,
+//    leaves no file behind and gives the space back;
 //  - bad input (unaligned offsets and buffers, past the end, no paths, a bad block size);
 //  - ZEROBLOCKS_SWAP=posix makes swap::uring run (and say it runs) the posix engine.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
@@ -17,9 +18,10 @@
 #include <zeroblocks/swap/uring.hpp>
 
 #include "error_of.hpp"
+#include "scratch_fs.hpp"
 
-#include <sys/mount.h>
-#include <sys/statvfs.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
@@ -39,13 +41,18 @@ using zbt::has;
 
 namespace {
 
-/// A fresh directory under the test's scratch root (the build tree: a real disk
-/// filesystem with O_DIRECT), removed at scope end.
+/// The test's scratch root: $ZB_SWAP_TEST_DIR, else the build tree (a real disk
+/// filesystem with O_DIRECT).
+fs::path scratch_root() {
+  const char* root = std::getenv("ZB_SWAP_TEST_DIR");
+  return fs::path(root && *root ? root : ZB_SWAP_TEST_DIR);
+}
+
+/// A fresh directory under the scratch root, removed at scope end.
 struct scratch {
   fs::path dir;
   explicit scratch(const std::string& name) {
-    const char* root = std::getenv("ZB_SWAP_TEST_DIR");
-    dir = fs::path(root && *root ? root : ZB_SWAP_TEST_DIR) / ("swap-" + name + "-" + std::to_string(::getpid()));
+    dir = scratch_root() / ("swap-" + name + "-" + std::to_string(::getpid()));
     fs::remove_all(dir);
     fs::create_directories(dir);
   }
@@ -231,17 +238,49 @@ TEST_CASE_TEMPLATE("injected faults fail the ticket with file, offset and cause;
 
 TEST_CASE_TEMPLATE("a tier larger than the free space fails at construction and leaves no file", Swap,
                    zb::swap::uring, zb::swap::posix) {
-  scratch s("enospc");
-  struct statvfs vfs {};
-  REQUIRE(::statvfs(s.dir.c_str(), &vfs) == 0);
-  const std::size_t free_bytes = static_cast<std::size_t>(vfs.f_bavail) * vfs.f_frsize;
-  const std::size_t want = free_bytes + (std::size_t{4} << 30);
-  const std::string e = error_of([&] { Swap io(config_for({s.sub("a")}), "big", 0, want); });
-  CHECK(has(e, "swap: cannot preallocate "));
-  CHECK(has(e, s.sub("a") + "/zeroblocks-big-rank0-"));
-  const bool enospc = has(e, "ENOSPC") || has(e, "EFBIG");
-  CHECK(enospc);
-  CHECK(s.files() == 0);
+  // The full disk is a private 8 MiB tmpfs: filling the build directory's disk, even
+  // for the moment posix_fallocate takes to fail, breaks whatever else writes there.
+  zbt::small_fs small(scratch_root(), "enospc", std::size_t{8} << 20);
+  if (!small.mounted()) {
+    // Without a filesystem of its own, only sizes the library refuses before asking the
+    // filesystem are safe to try: more than the directory's free space (checked with
+    // fstatvfs first), and more than an off_t holds.
+    MESSAGE("not checked: a filesystem really full, no small filesystem to fill ("
+            << small.why_not() << "); checked instead: sizes refused before any allocation");
+    const std::string dir = small.sub("a");
+    for (const std::size_t want : {small.free_bytes() + (std::size_t{4} << 30), std::size_t{1} << 63}) {
+      CAPTURE(want);
+      const std::string e = error_of([&] { Swap io(config_for({dir}), "big", 0, want); });
+      CHECK(has(e, "swap: cannot preallocate "));
+      CHECK(has(e, want >> 63 ? "EFBIG" : "ENOSPC"));
+      CHECK(small.files() == 0);
+    }
+    return;
+  }
+  const std::string dir = small.sub("a");
+  auto cfg = config_for({dir});
+  cfg.direct_io = false;  // tmpfs has O_DIRECT only from Linux 6.6; the preallocation is the same
+  // Half the filesystem taken: the second tier fits the filesystem but not its free
+  // space, the first not even the filesystem. Both are refused by the free-space check
+  // before any block is allocated (posix_fallocate would fill the filesystem first).
+  {
+    const int fd = ::open((small.dir() / "filler").c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    REQUIRE(fd >= 0);
+    const int rc = ::posix_fallocate(fd, 0, off_t{4} << 20);
+    ::close(fd);
+    REQUIRE(rc == 0);
+  }
+  const std::size_t free_bytes = small.free_bytes();
+  for (const std::size_t want : {free_bytes + (std::size_t{4} << 30), free_bytes + (std::size_t{1} << 20)}) {
+    CAPTURE(want);
+    const std::string e = error_of([&] { Swap io(cfg, "big", 0, want); });
+    CHECK(has(e, "swap: cannot preallocate "));
+    CHECK(has(e, dir + "/zeroblocks-big-rank0-"));
+    CHECK(has(e, "ENOSPC"));
+    CHECK(has(e, "the tier needs that much free space in its directory"));
+    CHECK(small.files() == 1);  // the filler only
+    CHECK(small.free_bytes() == free_bytes);
+  }
 }
 
 TEST_CASE_TEMPLATE("bad input is refused with a message", Swap, zb::swap::uring, zb::swap::posix) {
@@ -264,16 +303,13 @@ TEST_CASE_TEMPLATE("a filesystem without O_DIRECT: a clear error, and direct_io 
                    zb::swap::uring, zb::swap::posix) {
   // ramfs refuses O_DIRECT (EINVAL at open). Mounting one needs CAP_SYS_ADMIN: CI and
   // this project's machines run as root; elsewhere the case says so and checks nothing.
-  scratch s("nodirect");
-  const std::string dir = s.sub("ramfs");
-  if (::mount("zeroblocks-test", dir.c_str(), "ramfs", 0, nullptr) != 0) {
-    MESSAGE("not checked: cannot mount a ramfs here (" << std::strerror(errno) << ")");
+  // The case writes 64 KiB (ramfs has no size limit).
+  zbt::small_fs ram(scratch_root(), "nodirect", std::size_t{1} << 20, "ramfs");
+  if (!ram.mounted()) {
+    MESSAGE("not checked: a filesystem without O_DIRECT, cannot mount a ramfs (" << ram.why_not() << ")");
     return;
   }
-  struct unmount_at_end {
-    std::string d;
-    ~unmount_at_end() { ::umount2(d.c_str(), MNT_DETACH); }
-  } guard{dir};
+  const std::string dir = ram.dir().string();
   const std::string e = error_of([&] { Swap io(config_for({dir}), "t", 0, 64 * 1024); });
   CHECK(has(e, "swap: the filesystem of " + dir + " does not support O_DIRECT"));
   CHECK(has(e, "EINVAL"));

@@ -13,6 +13,7 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -21,6 +22,7 @@
 #include <cstdint>
 #include <cstring>
 #include <deque>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -163,7 +165,16 @@ private:
     if (size == 0) return;
     // Preallocate: the blocks exist from now on, so a full disk shows here, at
     // construction, not in the middle of a step. Unwritten extents read as zeros.
-    const int rc = ::posix_fallocate(fd, 0, static_cast<off_t>(size));
+    // A size the filesystem cannot hold is refused first, without asking: on ext4 a
+    // failing fallocate fills the disk for a moment (other programs writing there can
+    // then fail), and glibc's fallback without fallocate writes zeros up to the size.
+    int rc = 0;
+    struct statvfs fs {};
+    if (size > static_cast<std::size_t>(std::numeric_limits<off_t>::max())) rc = EFBIG;
+    else if (::fstatvfs(fd, &fs) == 0 && fs.f_blocks > 0 &&  // (ramfs reports no size at all)
+             static_cast<unsigned long long>(fs.f_bavail) * fs.f_frsize < size)
+      rc = ENOSPC;
+    else rc = ::posix_fallocate(fd, 0, static_cast<off_t>(size));
     if (rc != 0)
       ZB_FAIL("swap: cannot preallocate ", size, " bytes for ", path, ": ", errno_text(rc),
               rc == ENOSPC ? " — the tier needs that much free space in its directory" : "");
