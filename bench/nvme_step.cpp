@@ -69,13 +69,13 @@ int run(int argc, char** argv) {
     params.push_back(reg.add("layer" + std::to_string(i) + ".w", {n}, "layer" + std::to_string(i)));
     done += n;
   }
-  zb::engine_config cfg;
-  cfg.swap.paths = {dir};
-  cfg.swap.block_size = block;
-  cfg.swap.queue_depth = depth;
-  cfg.swap.sub_group_numel = sub_group;
-  cfg.swap.buffer_count = buffers;
   using engine = zb::infinity<zb::comm::self, zb::bfloat16, Swap>;
+  typename engine::config cfg;
+  cfg.master.swap.paths = {dir};
+  cfg.master.swap.block_size = block;
+  cfg.master.swap.queue_depth = depth;
+  cfg.master.sub_group_numel = sub_group;
+  cfg.master.buffer_count = buffers;
   engine eng(reg, zb::comm::self{}, cfg);
   const auto& tier = eng.master_state();
   std::printf("psi=%zu (16*psi = %.1f GB of model state), units=%zu of %zu, sub-group %zu x %d buffers, "

@@ -111,10 +111,24 @@ struct runner {
   virtual result summary() const = 0;
 };
 
+/// The knobs the configurations differ in, applied to each engine's own config.
+struct knobs {
+  std::size_t bucket_numel = 0;
+  zb::prefetch_config prefetch;
+  template <class E>
+  typename E::config config_of() const {
+    typename E::config c;
+    c.optim.lr = 1e-4f;
+    c.bucket.bucket_numel = bucket_numel;
+    if constexpr (requires { c.coordinate.prefetch_numel; }) c.coordinate = prefetch;
+    return c;
+  }
+};
+
 template <class E>
 class runner_of final : public runner {
 public:
-  runner_of(const options& o, const zb::engine_config& cfg) : o_(o), eng_(make_registry(), C(MPI_COMM_WORLD), cfg) {
+  runner_of(const options& o, const knobs& k) : o_(o), eng_(make_registry(), C(MPI_COMM_WORLD), k.config_of<E>()) {
     const std::size_t d = o.dim;
     std::vector<float> v(d * d);
     for (int l = 0; l < o.layers; ++l) {
@@ -251,22 +265,21 @@ int main(int argc, char** argv) {
   }
   try {
     const std::size_t unit = o.dim * o.dim;
-    zb::engine_config base;
-    base.optim.lr = 1e-4f;
+    knobs base;
     base.bucket_numel = unit;  // one bucket per layer: reduce-scatter overlaps backward
     // Prefetch that saves memory: at most two units ahead and four live, and reuse only
     // for a unit acquired again right away (the last layer, where forward turns into
     // backward): every other acquire gathers, so those gathers must really be hidden.
-    zb::engine_config lean = base;
+    knobs lean = base;
     lean.prefetch.prefetch_numel = 2 * unit;
     lean.prefetch.max_live_numel = 4 * unit;
     lean.prefetch.max_reuse_distance_numel = 1;
     // DeepSpeed's defaults: everything fits the budgets, so forward's units are kept
     // for backward (one gather per unit per step instead of two).
-    zb::engine_config defaults = base;
+    knobs defaults = base;
     // Both again with the next step's first gathers started when step() returns (they
     // then overlap the time between steps: here the barrier that starts each step).
-    zb::engine_config lean_x = lean, defaults_x = defaults;
+    knobs lean_x = lean, defaults_x = defaults;
     lean_x.prefetch.prefetch_across_steps = defaults_x.prefetch.prefetch_across_steps = true;
 
     // The configurations take turns, one step each, the first of each round rotating:

@@ -312,34 +312,24 @@ struct mlp {
   }
 };
 
-/// Whether `p` is device memory (the cuda build's engines hand out device pointers).
-inline bool on_device([[maybe_unused]] const void* p) {
-#if defined(ZB_DEMO_CUDA)
-  cudaPointerAttributes a{};
-  return p && cudaPointerGetAttributes(&a, p) == cudaSuccess && a.type == cudaMemoryTypeDevice;
-#else
-  return false;
-#endif
-}
-
-/// Widen a parameter the engine hands out to fp32 for the arithmetic (copied to the
-/// host first when it lives on the GPU).
-template <class T>
-std::vector<float> widen(std::span<const T> p) {
-  std::vector<T> host;
-  if (on_device(p.data())) {
+/// Widen a parameter the engine hands out to fp32 for the arithmetic. The view's type
+/// says where it lives: on the GPU it is copied to the host first.
+template <class T, class Space>
+std::vector<float> widen(zb::space_span<const T, Space> p) {
+  std::vector<float> out(p.size());
+  if constexpr (Space::host_accessible) {
+    for (std::size_t i = 0; i < p.size(); ++i) out[i] = zb::to_float(p[i]);
+  } else {
 #if defined(ZB_DEMO_CUDA)
     // On the compute stream, after the gather that filled it (a plain cudaMemcpy would run
     // on the legacy stream, which does not wait for the engine's non-blocking streams).
-    host.resize(p.size());
+    std::vector<T> host(p.size());
     const cudaStream_t cs = zb::cuda_space::compute_stream();
     ZB_CUDA_CHECK(cudaMemcpyAsync(host.data(), p.data(), p.size_bytes(), cudaMemcpyDeviceToHost, cs));
     ZB_CUDA_CHECK(cudaStreamSynchronize(cs));
-    p = host;
+    for (std::size_t i = 0; i < host.size(); ++i) out[i] = zb::to_float(host[i]);
 #endif
   }
-  std::vector<float> out(p.size());
-  for (std::size_t i = 0; i < p.size(); ++i) out[i] = zb::to_float(p[i]);
   return out;
 }
 
@@ -515,14 +505,19 @@ stage_report run_stage(const options& opt, const mlp& model, const dataset& trai
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
 
-  zb::engine_config cfg;
+  // Each role's knobs, where this engine's policy has them (`cfg.<role>.<knob>`).
+  typename Engine::config cfg;
   cfg.optim.lr = opt.lr;
   cfg.optim.weight_decay = 0.0f;
-  cfg.max_grad_norm = opt.clip;
-  cfg.bucket_numel = opt.bucket_numel;
-  cfg.prefetch.persistence_threshold_numel = opt.persistence;
-  cfg.swap.paths = {opt.nvme_path};
-  cfg.swap.sub_group_numel = 2048;  // several sub-groups even for this small model: a real pipeline
+  cfg.step.max_grad_norm = opt.clip;
+  if constexpr (requires { cfg.bucket.bucket_numel; }) cfg.bucket.bucket_numel = opt.bucket_numel;
+  if constexpr (requires { cfg.coordinate.persistence_threshold_numel; })
+    cfg.coordinate.persistence_threshold_numel = opt.persistence;
+  if constexpr (requires { cfg.master.swap; }) {
+    cfg.master.swap.paths = {opt.nvme_path};
+    cfg.master.sub_group_numel = 2048;  // several sub-groups even for this small model: a real pipeline
+  }
+  if constexpr (requires { cfg.master.chunk_numel; }) cfg.master.chunk_numel = 2048;
 
   typename Engine::comm_type comm(MPI_COMM_WORLD);  // comm::mpi, or comm::nccl bootstrapped over MPI
   Engine eng(model.reg, std::move(comm), cfg);

@@ -46,8 +46,8 @@ float grad_of(std::size_t p, std::size_t i, int rank, int step) {
 template <class E, class Order>
 std::vector<float> train(Order order, int skip_rank = -1, std::size_t skip = 0, bool report_zero = false) {
   auto reg = model();
-  zb::engine_config cfg;
-  cfg.bucket_numel = 150;  // several buckets
+  typename E::config cfg;
+  if constexpr (requires { cfg.bucket.bucket_numel; }) cfg.bucket.bucket_numel = 150;  // several buckets
   cfg.optim.lr = 0.01f;
   E eng(reg, C(MPI_COMM_WORLD), cfg);
   for (std::size_t p = 0; p < reg.size(); ++p)
@@ -102,10 +102,10 @@ TEST_CASE("a parameter one rank never reports counts as a zero gradient") {
 
 TEST_CASE("a bucket is reduce-scattered as soon as it is complete, before backward ends") {
   auto reg = model();
-  zb::engine_config cfg;
-  cfg.bucket_numel = 150;
+  zb::stage2<C>::config cfg;
+  cfg.bucket.bucket_numel = 150;
   zb::stage2<C> eng(reg, C(MPI_COMM_WORLD), cfg);
-  const auto& plans = zb::bucket::reduce_scatter::plan(eng.model_layout(), cfg.bucket_numel);
+  const auto& plans = zb::bucket::reduce_scatter::plan(eng.model_layout(), cfg.bucket.bucket_numel);
   REQUIRE(plans.size() >= 3);
   auto calls = [&] {
     return eng.counters().calls[static_cast<std::size_t>(zb::collective::reduce_scatter)];
@@ -161,13 +161,16 @@ struct streaming_probe {
   using master_concept = zb::master_tag;
   using space = zb::host_space;
   static constexpr const char* name = "streaming_probe";
+  using config = zb::no_config;
+  static constexpr zb::master_caps caps{.takes_shard_stream = true};
   template <class Ctx>
   class impl : public zb::master::resident<zb::host_space>::impl<Ctx> {
     using base = zb::master::resident<zb::host_space>::template impl<Ctx>;
     using P = typename Ctx::param_type;
 
   public:
-    impl(Ctx& ctx, std::size_t owned) : base(ctx, owned), copy_(owned), owned_(owned) {}
+    impl(Ctx& ctx, const config& cfg, zb::master_shape shape)
+        : base(ctx, cfg, shape), copy_(shape.owned_numel), owned_(shape.owned_numel) {}
     void shard_updated(std::size_t offset, const P* data, std::size_t n) {
       REQUIRE(offset + n <= owned_);
       std::copy(data, data + n, copy_.begin() + static_cast<std::ptrdiff_t>(offset));
@@ -211,8 +214,8 @@ using probed = zb::engine<T, zb::host_space, C, zb::partition::even, Coord, zb::
 template <class E>
 std::vector<float> train_micro(int micro) {
   auto reg = model();
-  zb::engine_config cfg;
-  cfg.bucket_numel = 150;
+  typename E::config cfg;
+  if constexpr (requires { cfg.bucket.bucket_numel; }) cfg.bucket.bucket_numel = 150;
   cfg.optim.lr = 0.01f;
   E eng(reg, C(MPI_COMM_WORLD), cfg);
   for (std::size_t p = 0; p < reg.size(); ++p)

@@ -108,10 +108,21 @@ void micro_step(E& eng, const model& m, const seq& fwd, const seq& bwd, int step
   eng.end_micro_step();
 }
 
-zb::engine_config knobs(std::size_t prefetch, std::size_t live, std::size_t reuse, std::size_t persist, int inflight) {
-  zb::engine_config c;
-  c.bucket_numel = 3000;
-  c.optim.lr = 0.01f;
+/// The knobs of these tests, for any stage-3 engine: converts to its config (the
+/// prefetch knobs go to coordinators that have them).
+struct knob_set {
+  zb::prefetch_config prefetch;
+  template <class Cfg>
+  operator Cfg() const {
+    Cfg c;
+    if constexpr (requires { c.bucket.bucket_numel; }) c.bucket.bucket_numel = 3000;
+    c.optim.lr = 0.01f;
+    if constexpr (requires { c.coordinate.prefetch_numel; }) c.coordinate = prefetch;
+    return c;
+  }
+};
+knob_set knobs(std::size_t prefetch, std::size_t live, std::size_t reuse, std::size_t persist, int inflight) {
+  knob_set c;
   c.prefetch.prefetch_numel = prefetch;
   c.prefetch.max_live_numel = live;
   c.prefetch.max_reuse_distance_numel = reuse;
@@ -126,7 +137,7 @@ struct plan_step {
   seq fwd = fwd_all, bwd = bwd_all, grads_only = {};
 };
 template <class E>
-std::vector<float> train(const model& m, const zb::engine_config& cfg, const std::vector<plan_step>& plan) {
+std::vector<float> train(const model& m, const knob_set& cfg, const std::vector<plan_step>& plan) {
   E eng(m.reg, C(MPI_COMM_WORLD), cfg);
   init(eng, m);
   for (std::size_t s = 0; s < plan.size(); ++s) {
@@ -324,7 +335,7 @@ TEST_CASE("reuse distance and persistence: elements per step are 3Ψ minus what 
   CHECK(st.persistent_hits > 0);
   // At rest: persistent copies as declared, nothing else gathered.
   CHECK(eng.memory()[zb::mem_category::gathered] == 0);
-  const auto est = decltype(eng)::estimate(lay, eng.config());
+  const auto est = decltype(eng)::estimate(lay, eng.get_config());
   for (std::size_t c = 0; c < zb::mem_category_count; ++c) {
     INFO("category " << zb::mem_category_name(static_cast<zb::mem_category>(c)));
     CHECK(eng.memory().current[c] == est.current[c]);

@@ -26,19 +26,20 @@ namespace zb = zeroblocks;
 /// unit with nothing in it.
 using model = zbt::synthetic_model;
 
-/// Copies a parameter view (host or device memory) to the host.
-template <class T>
-std::vector<T> to_host(std::span<const T> v, bool device) {
+/// Copies a parameter view to the host; its type says whether it is device memory.
+template <class T, class Space>
+std::vector<T> to_host(zb::space_span<const T, Space> v) {
   std::vector<T> h(v.size());
   if (v.empty()) return h;
-  if (device) {
+  if constexpr (Space::host_accessible) {
+    std::copy(v.begin(), v.end(), h.begin());
+  } else {
     // On the compute stream, which the engine's gathers are ordered before (a plain
     // cudaMemcpy runs on the legacy stream, which does not wait for a non-blocking one).
     const cudaStream_t cs = zb::cuda_space::compute_stream();
     REQUIRE(cudaMemcpyAsync(h.data(), v.data(), v.size_bytes(), cudaMemcpyDeviceToHost, cs) == cudaSuccess);
     REQUIRE(cudaStreamSynchronize(cs) == cudaSuccess);
   }
-  else std::copy(v.begin(), v.end(), h.begin());
   return h;
 }
 
@@ -77,7 +78,7 @@ outcome train(E& eng, const model& m, bool device, train_options o = {}) {
       for (auto it = m.units.rbegin(); it != m.units.rend(); ++it) {
         auto g = eng.acquire(*it);
         for (auto pi : eng.model_layout().unit(it->index).params) {
-          const auto x = to_host(g.param({pi}), device);
+          const auto x = to_host(g.param({pi}));
           std::vector<T> grad(x.size());
           for (std::size_t i = 0; i < x.size(); ++i)
             grad[i] = zb::from_float<T>(
@@ -138,23 +139,39 @@ struct compute_stream_scope {
   }
 };
 
+/// The knobs a comparison sets, applied to each engine's own config (the host and the
+/// GPU engine have different policies, so different config types).
+struct knobs {
+  float max_grad_norm = 0.0f;   ///< cfg.step.max_grad_norm
+  std::size_t bucket_numel = 0; ///< cfg.bucket.bucket_numel; 0: 100 × the model's width (several buckets)
+  std::size_t chunk_numel = 0;  ///< master::offloaded's cfg.master.chunk_numel; 0: its default
+  template <class E>
+  typename E::config config_of(std::size_t width) const {
+    typename E::config c;
+    c.optim.lr = 0.01f;
+    c.step.max_grad_norm = max_grad_norm;
+    if constexpr (requires { c.bucket.bucket_numel; }) c.bucket.bucket_numel = bucket_numel ? bucket_numel : 100 * width;
+    if constexpr (requires { c.master.chunk_numel; })
+      if (chunk_numel) c.master.chunk_numel = chunk_numel;
+    return c;
+  }
+};
+
 /// The host engine `Host` and the GPU engine `Gpu` train alike (on `synthetic_model(width)`);
 /// compare. Master weights and parameters must be bit-identical — unless gradient
-/// clipping (`cfg.max_grad_norm`) gave a clip factor with other bits (it comes from the
+/// clipping (`cfg.step.max_grad_norm`) gave a clip factor with other bits (it comes from the
 /// GPU's norm, CUB's summation order, within 1e-12 relative of the host's), then within
 /// `clip_rel_tol` relative.
 template <class Host, class Gpu>
-void compare(const char* name, zb::engine_config cfg = {}, train_options o = {}, std::size_t width = 1,
+void compare(const char* name, knobs cfg = {}, train_options o = {}, std::size_t width = 1,
              double clip_rel_tol = 0.0) {
   using T = typename Host::param_type;
   INFO(name << " " << zb::dtype_name<T>() << " on " << Gpu::comm_type::name << ", width " << width);
   model m(width);
-  cfg.optim.lr = 0.01f;
-  cfg.bucket_numel = 100 * width;  // several buckets
-  Host host(m.reg, zb::comm::self{}, cfg);
+  Host host(m.reg, zb::comm::self{}, cfg.config_of<Host>(width));
   const auto want = train(host, m, false, o);
   compute_stream_scope scope;
-  Gpu gpu(m.reg, one_rank<typename Gpu::comm_type>(name), cfg);
+  Gpu gpu(m.reg, one_rank<typename Gpu::comm_type>(name), cfg.config_of<Gpu>(width));
   const auto got = train(gpu, m, true, o);
   REQUIRE(got.norms.size() == want.norms.size());
   CHECK(got.applied == want.applied);
@@ -203,14 +220,14 @@ void presets_equal_host() {
   gpu_equals_host<stage1_p, T, GpuComm>("stage1");
   gpu_equals_host<stage2_p, T, GpuComm>("stage2");
   gpu_equals_host<stage3_p, T, GpuComm>("stage3");
-  zb::engine_config cfg;
-  cfg.swap.sub_group_numel = 50;
+  knobs cfg;
+  cfg.chunk_numel = 50;
   compare<zb::stage2<zb::comm::self, T>, zb::stage2_offload<GpuComm, T>>("stage2_offload", cfg);
   compare<zb::stage3<zb::comm::self, T>, zb::stage3_offload<GpuComm, T>>("stage3_offload", cfg);
   // A wider model (copies that take longer than a kernel launch) with a skipped step.
   train_options o;
   o.overflow_step = 1;
-  cfg.swap.sub_group_numel = 5000;
+  cfg.chunk_numel = 5000;
   compare<zb::stage2<zb::comm::self, T>, zb::stage2<GpuComm, T, zb::cuda_space>>("stage2 wide, overflow", cfg, o, 200);
   compare<zb::stage2<zb::comm::self, T>, zb::stage2_offload<GpuComm, T>>("stage2_offload wide, overflow", cfg, o, 200);
   compare<zb::stage3<zb::comm::self, T>, zb::stage3_offload<GpuComm, T>>("stage3_offload wide, overflow", cfg, o, 200);

@@ -22,14 +22,14 @@ using stage1_offload = zb::engine<T, zb::cuda_space, Comm, zb::partition::even, 
 
 TEST_CASE_TEMPLATE("stage 1 with master::offloaded equals the host engine", T, float, zeroblocks::half,
                    zeroblocks::bfloat16) {
-  zb::engine_config cfg;
-  cfg.swap.sub_group_numel = 50;
+  knobs cfg;
+  cfg.chunk_numel = 50;
   compare<zb::stage1<zb::comm::self, T>, stage1_offload<zb::comm::cuda_self, T>>("stage1 + offloaded", cfg);
 }
 
 TEST_CASE_TEMPLATE("gradient clipping on the GPU matches the host (the factor from the GPU's norm)", T, float,
                    zeroblocks::half, zeroblocks::bfloat16) {
-  zb::engine_config cfg;
+  knobs cfg;
   cfg.max_grad_norm = 0.05f;  // below the norms the model's gradients reach: every step clips
   // The norms agree within 1e-12 relative, so the float clip factor almost always has the
   // same bits, and then the results must too (compare checks it); should it not, allow one
@@ -46,13 +46,13 @@ TEST_CASE("master::offloaded moves 16-bit gradients down during backward and 16-
   train_options o;
   o.steps = 3;
   o.micro = 2;
-  zb::engine_config cfg;
+  knobs cfg;
   cfg.bucket_numel = 4000;
-  cfg.swap.sub_group_numel = 5000;
+  cfg.chunk_numel = 5000;
   const model m(100);  // copies long enough to race with later work if misordered
   compute_stream_scope scope;
   {
-    zb::stage2_offload<zb::comm::cuda_self, T> eng(m.reg, {}, cfg);
+    zb::stage2_offload<zb::comm::cuda_self, T> eng(m.reg, {}, cfg.config_of<zb::stage2_offload<zb::comm::cuda_self, T>>(1));
     const std::size_t owned = eng.model_layout().shard_numel();
     const std::uint64_t owned_bytes = owned * sizeof(T);
     train(eng, m, true, o);
@@ -66,10 +66,10 @@ TEST_CASE("master::offloaded moves 16-bit gradients down during backward and 16-
     // (2 B per owned element) plus two parameter chunks counted as staging.
     CHECK(eng.memory()[zb::mem_category::master_fp32] == owned * 4);
     CHECK(eng.memory()[zb::mem_category::staging] ==
-          (owned + 2 * zb::master::offloaded::chunk(cfg, owned)) * sizeof(T));
+          (owned + 2 * zb::master::offloaded::chunk(eng.get_config().master, owned)) * sizeof(T));
   }
   {
-    stage1_offload<zb::comm::cuda_self, T> eng(m.reg, {}, cfg);
+    stage1_offload<zb::comm::cuda_self, T> eng(m.reg, {}, cfg.config_of<stage1_offload<zb::comm::cuda_self, T>>(1));
     const std::uint64_t owned_bytes = eng.model_layout().shard_numel() * sizeof(T);
     train(eng, m, true, o);
     const auto& st = eng.master_state().stats();

@@ -67,7 +67,7 @@ void all_stages_equal(const zbt::run_options& o) {
   auto r1 = zbt::run<zb::stage1<S, T>>(S{}, o);
   auto r2 = zbt::run<zb::stage2<S, T>>(S{}, o);
   auto r3 = zbt::run<zb::stage3_on_demand<S, T>>(S{}, o);
-  auto r3p = zbt::run<zb::stage3<S, T>>(S{}, o, zbt::prefetch_only_config());
+  auto r3p = zbt::run<zb::stage3<S, T>>(S{}, o, zbt::prefetch_only{});
   auto r3d = zbt::run<zb::stage3<S, T>>(S{}, o);
   check_same_run<T>(r0, r1, 1);
   check_same_run<T>(r0, r2, 2);
@@ -195,7 +195,7 @@ TEST_CASE("scale::dynamic: hysteresis, halving, floor, growth") {
     CHECK(d.scale() == 8192.0f);
   }
   SUBCASE("growth after growth_interval good steps; an overflow restarts the count") {
-    zb::scale_config c;
+    zb::dynamic_scale_config c;
     c.initial_scale = 8.0f;
     c.growth_interval = 3;
     c.hysteresis = 2;
@@ -221,7 +221,7 @@ TEST_CASE("scale::dynamic: hysteresis, halving, floor, growth") {
     CHECK(g.scale() == 64.0f);
   }
   SUBCASE("never below min_scale") {
-    zb::scale_config c;
+    zb::dynamic_scale_config c;
     c.initial_scale = 8.0f;
     c.min_scale = 2.0f;
     c.hysteresis = 1;
@@ -240,27 +240,27 @@ TEST_CASE("scale::dynamic: hysteresis, halving, floor, growth") {
     CHECK(h.scale() == 3.0f);
   }
   SUBCASE("validation") {
-    zb::scale_config c;
+    zb::dynamic_scale_config c;
     c.initial_scale = 0.5f;
-    CHECK(has(error_of([&] { zb::scale::dynamic::validate(c); }), "need initial_scale"));
+    CHECK(has(error_of([&] { c.validate(); }), "need scale.initial_scale"));
     c = {};
     c.growth_interval = 0;
-    CHECK(has(error_of([&] { zb::scale::dynamic::validate(c); }), "growth_interval must be >= 1"));
+    CHECK(has(error_of([&] { c.validate(); }), "scale.growth_interval must be >= 1"));
     c = {};
     c.hysteresis = 0;
-    CHECK(has(error_of([&] { zb::scale::dynamic::validate(c); }), "hysteresis must be >= 1"));
+    CHECK(has(error_of([&] { c.validate(); }), "scale.hysteresis must be >= 1"));
     c = {};
     c.min_scale = 0.0f;
-    CHECK_THROWS_AS(zb::scale::dynamic::validate(c), zb::error);
-    CHECK_NOTHROW(zb::scale::dynamic::validate(zb::scale_config{}));
+    CHECK_THROWS_AS(c.validate(), zb::error);
+    CHECK_NOTHROW(zb::dynamic_scale_config{}.validate());
   }
 }
 
 TEST_CASE("scale::fixed and scale::none never change") {
-  zb::scale_config c;
-  c.fixed_scale = 128.0f;
+  zb::fixed_scale_config c;
+  c.scale = 128.0f;
   zb::scale::fixed f(c);
-  zb::scale::none n(c);
+  zb::scale::none n;
   CHECK(f.scale() == 128.0f);
   CHECK(n.scale() == 1.0f);
   for (int i = 0; i < 5; ++i) {
@@ -274,9 +274,9 @@ TEST_CASE("scale::fixed and scale::none never change") {
   CHECK(f.scale() == 128.0f);
   CHECK(n.scale() == 1.0f);
   CHECK(zb::scale::fixed().scale() == 1.0f);
-  c.fixed_scale = 0.0f;
-  CHECK(has(error_of([&] { zb::scale::fixed::validate(c); }), "fixed_scale 0 must be finite and > 0"));
-  CHECK_NOTHROW(zb::scale::none::validate(c));
+  c.scale = 0.0f;
+  CHECK(has(error_of([&] { c.validate(); }), "scale.scale 0 must be finite and > 0"));
+  CHECK_NOTHROW(zb::no_config{}.validate());
   // Default scaler per parameter type.
   CHECK(std::is_same_v<zb::default_scaler_t<zb::half>, zb::scale::dynamic>);
   CHECK(std::is_same_v<zb::default_scaler_t<zb::bfloat16>, zb::scale::none>);
@@ -330,7 +330,7 @@ TEST_CASE_TEMPLATE("fp16: a skipped step leaves no trace in the optimizer state"
   // With hysteresis high enough that the scale never moves, A and B must end equal bit
   // for bit: the Inf gradient was dropped, the moments and the step count untouched.
   manual m;
-  zb::engine_config cfg;
+  typename E::config cfg;
   cfg.scale.hysteresis = 100;
   E a(m.model.reg, S{}, cfg);
   E b(m.model.reg, S{}, cfg);
@@ -358,12 +358,12 @@ TEST_CASE_TEMPLATE("clipping really clips: norm, clip factor and the first AdamW
   reg.add("b", {13}, "a");
   reg.add("z", {0}, "b");
   reg.add("c", {100}, "b");
-  zb::engine_config cfg;
+  typename E::config cfg;
   cfg.optim.lr = 0.01f;
   cfg.optim.weight_decay = 0.0f;
   // Tiny: each clipped gradient element is about 1e-8, comparable to eps, so the first
   // Adam update lr*g/(|g|+eps) is visibly smaller than the unclipped lr*sign(g).
-  cfg.max_grad_norm = 2e-7f;
+  cfg.step.max_grad_norm = 2e-7f;
   E eng(reg, S{}, cfg);
 
   std::vector<std::vector<float>> init(reg.size()), grads_f(reg.size());
@@ -402,8 +402,8 @@ TEST_CASE_TEMPLATE("clipping really clips: norm, clip factor and the first AdamW
   REQUIRE(r.applied);
   CHECK(r.loss_scale == scale);
   CHECK(r.grad_norm == doctest::Approx(norm).epsilon(1e-6));
-  CHECK(r.grad_norm > 100.0 * cfg.max_grad_norm);  // so it must clip
-  const double clip = cfg.max_grad_norm / norm;
+  CHECK(r.grad_norm > 100.0 * cfg.step.max_grad_norm);  // so it must clip
+  const double clip = cfg.step.max_grad_norm / norm;
   CHECK(r.clip_factor < 1.0f);
   CHECK(static_cast<double>(r.clip_factor) == doctest::Approx(clip).epsilon(1e-5));
 
@@ -568,8 +568,8 @@ TEST_CASE("host_space and pinned_space: allocate, copy, fill, deallocate") {
 
 TEST_CASE("an engine's memory report: model state equals the formula, buckets and gathered as declared") {
   manual m;
-  zb::engine_config cfg;
-  cfg.bucket_numel = 100;
+  zb::stage3_on_demand<S, zb::bfloat16>::config cfg;
+  cfg.bucket.bucket_numel = 100;
   zb::stage3_on_demand<S, zb::bfloat16> eng(m.model.reg, S{}, cfg);
   m.init(eng);
   const auto& lay = eng.model_layout();
@@ -587,7 +587,7 @@ TEST_CASE("an engine's memory report: model state equals the formula, buckets an
   m.step(eng, 0, false);
   CHECK(eng.memory()[zb::mem_category::gathered] == 0);
   CHECK(eng.memory().peak_of(zb::mem_category::gathered) == lay.max_unit_numel() * 2);
-  const auto est = decltype(eng)::estimate(lay, eng.config());
+  const auto est = decltype(eng)::estimate(lay, eng.get_config());
   for (std::size_t c = 0; c < zb::mem_category_count; ++c) {
     INFO("category " << zb::mem_category_name(static_cast<zb::mem_category>(c)));
     CHECK(eng.memory().current[c] == est.current[c]);

@@ -3,7 +3,7 @@
 // for fp32, fp16 and bf16 parameters, with clipping active and an injected overflow.
 //
 // Exactness, not a tolerance, is the contract here: all collectives reduce through the
-// same fp32 rank-ordered sum (comm/detail_reduce.hpp) and the norm is summed in the
+// same fp32 rank-ordered sum (comm/detail/reduce.hpp) and the norm is summed in the
 // same order by every stage, so with one micro-step per step the stages perform the
 // same floating-point operations. With several micro-steps, stage 2/3 reduce each
 // micro-step and accumulate afterwards, while stages 0/1 accumulate locally first; in
@@ -67,7 +67,7 @@ void all_stages(const run_options& o, bool exact_stage23 = true) {
   auto r1 = zbt::run<zb::stage1<C, T>>(C(MPI_COMM_WORLD), o);
   auto r2 = zbt::run<zb::stage2<C, T>>(C(MPI_COMM_WORLD), o);
   auto r3 = zbt::run<zb::stage3_on_demand<C, T>>(C(MPI_COMM_WORLD), o);
-  auto r3p = zbt::run<zb::stage3<C, T>>(C(MPI_COMM_WORLD), o, zbt::prefetch_only_config());
+  auto r3p = zbt::run<zb::stage3<C, T>>(C(MPI_COMM_WORLD), o, zbt::prefetch_only{});
   auto r3d = zbt::run<zb::stage3<C, T>>(C(MPI_COMM_WORLD), o);
   check_memory_and_traffic<T>(r0, 0, o.gas);
   check_memory_and_traffic<T>(r1, 1, o.gas);

@@ -3,10 +3,12 @@
 #include "mpi_test_main.hpp"
 
 #include <zeroblocks/comm/mpi.hpp>
+#include <zeroblocks/master/swapped.hpp>
 
 #include "harness.hpp"
 
 #include <string>
+#include <type_traits>
 #include "error_of.hpp"
 
 namespace zb = zeroblocks;
@@ -67,21 +69,26 @@ TEST_CASE("a rank that registers fewer parameters fails on every rank") {
 
 TEST_CASE("a configuration that cannot work fails at construction on every rank") {
   auto reg = small_model(false);
-  zb::engine_config cfg;
-  cfg.bucket_count = 0;
+  zb::stage2<C>::config cfg;
+  cfg.bucket.bucket_count = 0;
   auto msg = error_of([&] { zb::stage2<C> eng(reg, C(MPI_COMM_WORLD), cfg); });
-  CHECK(has(msg, "bucket_count must be >= 1"));
+  CHECK(has(msg, "bucket.bucket_count must be >= 1"));
 
-  zb::engine_config bad_lr;
+  zb::stage0<C>::config bad_lr;
   bad_lr.optim.beta2 = 1.5f;
   msg = error_of([&] { zb::stage0<C> eng(reg, C(MPI_COMM_WORLD), bad_lr); });
-  CHECK(has(msg, "beta2 1.5 must be in [0, 1)"));
+  CHECK(has(msg, "optim.beta2 1.5 must be in [0, 1)"));
 
-  zb::engine_config scale;
+  zb::stage1<C, zb::half>::config scale;
   scale.scale.initial_scale = 0.5f;
   scale.scale.min_scale = 1.0f;
   msg = error_of([&] { zb::stage1<C, zb::half> eng(reg, C(MPI_COMM_WORLD), scale); });
-  CHECK(has(msg, "scale::dynamic: need initial_scale"));
+  CHECK(has(msg, "need scale.initial_scale"));
+
+  zb::stage3<C>::config inflight;
+  inflight.coordinate.max_inflight = -1;
+  msg = error_of([&] { zb::stage3<C> eng(reg, C(MPI_COMM_WORLD), inflight); });
+  CHECK(has(msg, "coordinate.max_inflight must be >= 0"));
 
   zb::param_registry empty;
   msg = error_of([&] { zb::stage3<C> eng(empty, C(MPI_COMM_WORLD)); });
@@ -91,20 +98,123 @@ TEST_CASE("a configuration that cannot work fails at construction on every rank"
 TEST_CASE("a bad configuration on one rank only fails on every rank") {
   const int rank = zb_world_rank(), world = zb_world_size();
   auto reg = small_model(false);
-  zb::engine_config cfg;
-  if (rank == world - 1) cfg.align_numel = 3;  // not a power of two
+  zb::stage2<C>::config cfg;
+  if (rank == world - 1) cfg.partition.align_numel = 3;  // not a power of two
   auto msg = error_of([&] { zb::stage2<C> eng(reg, C(MPI_COMM_WORLD), cfg); });
-  CHECK(has(msg, "rank " + std::to_string(world - 1) + ": engine_config: align_numel 3 must be a power of two"));
+  CHECK(has(msg, "rank " + std::to_string(world - 1) + ": partition.align_numel 3 must be a power of two"));
 }
 
 TEST_CASE("a configuration that differs between ranks fails on every rank") {
   const int rank = zb_world_rank(), world = zb_world_size();
   if (world == 1) return;
   auto reg = small_model(false);
-  zb::engine_config cfg;
-  if (rank == world - 1) cfg.bucket_numel = 12345;
+  zb::stage2<C>::config cfg;
+  if (rank == world - 1) cfg.bucket.bucket_numel = 12345;
   auto msg = error_of([&] { zb::stage2<C> eng(reg, C(MPI_COMM_WORLD), cfg); });
-  CHECK(has(msg, "configuration differs across ranks: bucket_numel"));
+  CHECK(has(msg, "configuration differs across ranks: bucket.bucket_numel (role 'bucket') is 33554432 on rank 0 "
+                 "but 12345 on rank " + std::to_string(world - 1)));
+}
+
+namespace {
+
+// A tripwire for new knobs: the number of members of every config. A knob added to a
+// config breaks these counts, so whoever adds it is sent to its `fields()` (which the
+// cross-rank comparison and the test below walk) — or to its doc, if it may differ
+// per rank. (Counted as aggregate initialisers; nested configs count as one.)
+struct any_init {
+  template <class T>
+  operator T() const;
+};
+template <class T, class... A>
+consteval std::size_t member_count() {
+  if constexpr (requires { T{A{}..., any_init{}}; }) return member_count<T, A..., any_init>();
+  else return sizeof...(A);
+}
+static_assert(member_count<zb::adamw_config>() == 6, "adamw_config: list the new knob in fields()");
+static_assert(member_count<zb::dynamic_scale_config>() == 4, "dynamic_scale_config: list the new knob in fields()");
+static_assert(member_count<zb::fixed_scale_config>() == 1, "fixed_scale_config: list the new knob in fields()");
+static_assert(member_count<zb::step_config>() == 2, "step_config: 1 in fields(), threads per rank");
+static_assert(member_count<zb::partition_config>() == 1, "partition_config: list the new knob in fields()");
+static_assert(member_count<zb::prefetch_config>() == 6, "prefetch_config: list the new knob in fields()");
+static_assert(member_count<zb::bucket_config>() == 2, "bucket_config: list the new knob in fields()");
+static_assert(member_count<zb::master::swapped_config>() == 3, "swapped_config: list the new knob in fields()");
+static_assert(member_count<zb::swap_config>() == 7,
+              "swap_config: 4 in swapped_config's fields(); paths, threads, fault_hook per rank");
+static_assert(member_count<zb::no_config>() == 0);
+
+/// Changes the k-th field a config lists (`fields`) to another valid value: a bool
+/// flipped, a number doubled (0 becomes 1) or, for floating point, halved (0 becomes
+/// 0.5). Returns the field's `role.name`, or "" when the config has fewer fields.
+template <class Config>
+std::string vary_field(Config& cfg, std::size_t k) {
+  std::size_t i = 0;
+  std::string hit;
+  cfg.roles([&](const char* role, const char*, auto& c) {
+    c.fields([&](const char* name, auto& f) {
+      if (i++ != k) return;
+      hit = std::string(role) + "." + name;
+      using F = std::remove_cvref_t<decltype(f)>;
+      if constexpr (std::is_same_v<F, bool>) f = !f;
+      else if constexpr (std::is_floating_point_v<F>) f = f == F(0) ? F(0.5) : f * F(0.5);
+      else f = f == F(0) ? F(1) : static_cast<F>(f * 2);
+    });
+  });
+  return hit;
+}
+
+/// Every knob of engine E, varied on the last rank alone: every rank raises the error
+/// naming that knob, the last rank, and both values — never a hang (CTest's timeout).
+template <class E>
+void every_knob_must_agree(const zb::param_registry& reg, typename E::config base = {}) {
+  const int rank = zb_world_rank(), world = zb_world_size();
+  std::size_t varied = 0;
+  for (std::size_t k = 0;; ++k) {
+    auto cfg = base;
+    const std::string field = vary_field(cfg, k);
+    if (field.empty()) break;
+    ++varied;
+    auto mine = rank == world - 1 ? cfg : base;
+    auto msg = error_of([&] { E eng(reg, C(MPI_COMM_WORLD), mine); });
+    INFO("varied " << field << ": " << msg);
+    CHECK(has(msg, "configuration differs across ranks: " + field + " (role '"));
+    CHECK(has(msg, " on rank " + std::to_string(world - 1) + " (every rank must pass the same knobs)"));
+  }
+  // Every preset has knobs in at least the optimizer, the step and the partitioner.
+  CHECK(varied >= 8);
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("every knob of every preset is compared across ranks", E, zb::stage0<C>, zb::stage1<C, zb::half>,
+                   zb::stage2<C>, zb::stage3<C, zb::half>, zb::stage3_on_demand<C>) {
+  if (zb_world_size() == 1) return;
+  every_knob_must_agree<E>(small_model(false));
+}
+
+TEST_CASE_TEMPLATE("every knob of the NVMe presets is compared across ranks", E, zb::infinity<C, zb::half>,
+                   zb::stage3_nvme<C>, zb::stage2_nvme<C>) {
+  if (zb_world_size() == 1) return;
+  typename E::config base;
+  base.master.swap.paths = {"."};  // never reached: the check fails before any file exists
+  every_knob_must_agree<E>(small_model(false), base);
+}
+
+TEST_CASE("ranks built from different policies fail on every rank") {
+  const int rank = zb_world_rank(), world = zb_world_size();
+  if (world == 1) return;
+  auto reg = small_model(false);
+  auto msg = error_of([&] {
+    if (rank == world - 1) zb::stage2<C> eng(reg, C(MPI_COMM_WORLD));
+    else zb::stage3<C> eng(reg, C(MPI_COMM_WORLD));
+  });
+  INFO(msg);
+  CHECK(has(msg, "ranks are built from different policies: policies.coordinate is prefetch_trace on rank 0 but "
+                 "resident on rank " + std::to_string(world - 1)));
+  msg = error_of([&] {
+    if (rank == world - 1) zb::stage3<C, zb::half> eng(reg, C(MPI_COMM_WORLD));
+    else zb::stage3<C, zb::bfloat16> eng(reg, C(MPI_COMM_WORLD));
+  });
+  CHECK(has(msg, "policies.param_type is bf16 on rank 0 but fp16 on rank " + std::to_string(world - 1)));
 }
 
 TEST_CASE_TEMPLATE("a unit released twice or never acquired", E, zb::stage0<C>, zb::stage3<C>) {

@@ -394,23 +394,28 @@ TEST_CASE("zero_formula_bytes: the paper's 16-bit numbers and the fp32 variants"
 TEST_CASE_TEMPLATE("the presets' memory estimate equals the formula's model state", T, float, zb::half,
                    zb::bfloat16) {
   const auto reg = awkward_model();
-  zb::engine_config cfg;
-  cfg.bucket_numel = 200;
   using S = zb::comm::self;
+  typename zb::stage2<S, T>::config cfg;  // the same knobs for every preset: only the bucket's matter
+  cfg.bucket.bucket_numel = 200;
+  typename zb::stage0<S, T>::config cfg0;
+  typename zb::stage1<S, T>::config cfg1;
+  typename zb::stage3<S, T>::config cfg3;
+  cfg3.bucket = cfg.bucket;
   for (int world = 1; world <= 5; ++world) {
     INFO("world " << world << " " << zb::dtype_name<T>());
     const auto lay = zb::partition::even::make_layout(reg, world, align);
     const std::size_t psi = lay.total_numel();
-    CHECK(zb::stage0<S, T>::estimate(lay, cfg).model_state() == zb::zero_formula_bytes(0, psi, world, sizeof(T)));
-    CHECK(zb::stage1<S, T>::estimate(lay, cfg).model_state() == zb::zero_formula_bytes(1, psi, world, sizeof(T)));
+    CHECK(zb::stage0<S, T>::estimate(lay, cfg0).model_state() == zb::zero_formula_bytes(0, psi, world, sizeof(T)));
+    CHECK(zb::stage1<S, T>::estimate(lay, cfg1).model_state() == zb::zero_formula_bytes(1, psi, world, sizeof(T)));
     CHECK(zb::stage2<S, T>::estimate(lay, cfg).model_state() == zb::zero_formula_bytes(2, psi, world, sizeof(T)));
-    CHECK(zb::stage3<S, T>::estimate(lay, cfg).model_state() == zb::zero_formula_bytes(3, psi, world, sizeof(T)));
+    CHECK(zb::stage3<S, T>::estimate(lay, cfg3).model_state() == zb::zero_formula_bytes(3, psi, world, sizeof(T)));
     // Stage 2/3 also hold bucket_count buffers of the largest bucket, outside model state.
     const std::size_t bucket_bytes =
-        static_cast<std::size_t>(cfg.bucket_count) * zb::bucket::reduce_scatter::max_bucket_numel(lay, cfg.bucket_numel) * sizeof(T);
+        static_cast<std::size_t>(cfg.bucket.bucket_count) *
+        zb::bucket::reduce_scatter::max_bucket_numel(lay, cfg.bucket.bucket_numel) * sizeof(T);
     CHECK(zb::stage2<S, T>::estimate(lay, cfg)[zb::mem_category::buckets] == bucket_bytes);
-    CHECK(zb::stage3<S, T>::estimate(lay, cfg)[zb::mem_category::buckets] == bucket_bytes);
-    CHECK(zb::stage0<S, T>::estimate(lay, cfg)[zb::mem_category::buckets] == 0);
+    CHECK(zb::stage3<S, T>::estimate(lay, cfg3)[zb::mem_category::buckets] == bucket_bytes);
+    CHECK(zb::stage0<S, T>::estimate(lay, cfg0)[zb::mem_category::buckets] == 0);
   }
   CHECK(zb::stage0<S, T>::stage == 0);
   CHECK(zb::stage1<S, T>::stage == 1);

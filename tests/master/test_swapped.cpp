@@ -42,15 +42,25 @@ std::string tier_dir() {
   return d.string();
 }
 
-zb::engine_config tier_config(std::size_t sub_group, int buffers) {
-  zb::engine_config c;
+zb::master::swapped_config tier_config(std::size_t sub_group, int buffers) {
+  zb::master::swapped_config c;
   c.swap.paths = {tier_dir()};
   c.swap.block_size = 8192;  // small requests: several per record
   c.swap.queue_depth = 4;
-  c.swap.sub_group_numel = sub_group;
-  c.swap.buffer_count = buffers;
+  c.sub_group_numel = sub_group;
+  c.buffer_count = buffers;
   return c;
 }
+
+/// A `zbt::run` tweak: the master's tier as `tier_config` makes it.
+struct tier {
+  std::size_t sub_group;
+  int buffers;
+  template <class C>
+  void operator()(C& c) const {
+    c.master = tier_config(sub_group, buffers);
+  }
+};
 
 template <class T, class Swap>
 using stage1_swapped = zb::engine<T, zb::host_space, zb::comm::mpi, zb::partition::even, zb::coordinate::resident,
@@ -76,7 +86,7 @@ template <class T, class Swap>
 void equals_resident(const run_options& o, std::size_t sub_group, int buffers) {
   INFO(zb::dtype_name<T>() << " " << Swap::name << " sub-group " << sub_group << " buffers " << buffers << " on "
                            << zb_world_size() << " ranks");
-  const auto cfg = tier_config(sub_group, buffers);
+  const tier cfg{sub_group, buffers};
   const auto r1 = zbt::run<zb::stage1<zb::comm::mpi, T>>(zb::comm::mpi(MPI_COMM_WORLD), o);
   const auto s1 = zbt::run<stage1_swapped<T, Swap>>(zb::comm::mpi(MPI_COMM_WORLD), o, cfg);
   check_same(r1, s1);
@@ -130,10 +140,11 @@ TEST_CASE_TEMPLATE("parameters on the tier: none in memory, written with the sta
                    Swap, zb::swap::uring, zb::swap::posix) {
   using T = zb::bfloat16;
   zbt::synthetic_model model(40);
-  auto cfg = tier_config(2048, 3);
-  cfg.bucket_numel = 2000;
-  cfg.prefetch.persistence_threshold_numel = 0;  // every unit gathered from the tier
-  cfg.prefetch.max_reuse_distance_numel = 0;     // ... twice per step
+  typename zb::infinity<zb::comm::mpi, T, Swap>::config cfg;
+  cfg.master = tier_config(2048, 3);
+  cfg.bucket.bucket_numel = 2000;
+  cfg.coordinate.persistence_threshold_numel = 0;  // every unit gathered from the tier
+  cfg.coordinate.max_reuse_distance_numel = 0;     // ... twice per step
   zb::infinity<zb::comm::mpi, T, Swap> eng(model.reg, zb::comm::mpi(MPI_COMM_WORLD), cfg);
   zbt::init_params(eng, model);
   const auto& lay = eng.model_layout();
@@ -143,7 +154,7 @@ TEST_CASE_TEMPLATE("parameters on the tier: none in memory, written with the sta
   CHECK(eng.master_state().stats().sub_group_numel == 2048);
   // Staging: the master's pool (record + parameters per buffer) and the coordinator's
   // read buffers; both declared.
-  const auto est = decltype(eng)::estimate(lay, eng.config());
+  const auto est = decltype(eng)::estimate(lay, eng.get_config());
   CHECK(eng.memory()[zb::mem_category::staging] == est[zb::mem_category::staging]);
   std::size_t gathered_units = 0;
   for (std::size_t u = 0; u < lay.unit_count(); ++u) gathered_units += lay.unit(u).slice_numel > 0;
@@ -166,7 +177,10 @@ TEST_CASE_TEMPLATE("parameters on the tier: none in memory, written with the sta
     else CHECK(c1.tier_read_hits - c0.tier_read_hits > 0);      // following the trace: reads ahead
   }
   // The parameters gathered from the tier are those of stage 3 with the shard in memory.
-  zb::stage3<zb::comm::mpi, T> ref(model.reg, zb::comm::mpi(MPI_COMM_WORLD), cfg);
+  typename zb::stage3<zb::comm::mpi, T>::config ref_cfg;
+  ref_cfg.bucket = cfg.bucket;
+  ref_cfg.coordinate = cfg.coordinate;
+  zb::stage3<zb::comm::mpi, T> ref(model.reg, zb::comm::mpi(MPI_COMM_WORLD), ref_cfg);
   zbt::init_params(ref, model);
   for (int s = 0; s < 3; ++s) {
     zbt::run_micro_steps(ref, model, o, s);
@@ -179,8 +193,9 @@ TEST_CASE_TEMPLATE("parameters on the tier: none in memory, written with the sta
 TEST_CASE_TEMPLATE("bytes per step: 12 B per owned element each way, no gradients, none when skipped", Swap,
                    zb::swap::uring, zb::swap::posix) {
   zbt::synthetic_model model;
-  auto cfg = tier_config(64, 3);
-  cfg.bucket_numel = 100;
+  typename zb::stage3_nvme<zb::comm::mpi, zb::half, Swap>::config cfg;
+  cfg.master = tier_config(64, 3);
+  cfg.bucket.bucket_numel = 100;
   zb::stage3_nvme<zb::comm::mpi, zb::half, Swap> eng(model.reg, zb::comm::mpi(MPI_COMM_WORLD), cfg);
   zbt::init_params(eng, model);
   const std::size_t owned = eng.model_layout().shard_numel();
@@ -220,12 +235,13 @@ void rollback_on_fault(std::size_t min_offset) {
   const int world = zb_world_size(), rank = zb_world_rank();
   run_options o;
   o.steps = 3;
-  auto cfg = tier_config(50, 3);
-  cfg.bucket_numel = 100;
+  typename Engine::config cfg;
+  cfg.master = tier_config(50, 3);
+  cfg.bucket.bucket_numel = 100;
   cfg.optim.lr = 0.01f;
   // No persistent units: every gather below reads the (restored) shards, not copies
   // made before the failed step.
-  cfg.prefetch.persistence_threshold_numel = 0;
+  cfg.coordinate.persistence_threshold_numel = 0;
   // The reference: the same run without faults.
   const auto ref = [&] {
     zbt::synthetic_model model;
@@ -248,7 +264,7 @@ void rollback_on_fault(std::size_t min_offset) {
     auto fcfg = cfg;
     // The last rank fails one request (past min_offset: e.g. of the second sub-group),
     // once, when armed.
-    fcfg.swap.fault_hook = [&](const zb::swap_request_info& r) {
+    fcfg.master.swap.fault_hook = [&](const zb::swap_request_info& r) {
       zb::swap_fault f;
       if (rank == world - 1 && armed.load() && r.write == fail_write && r.logical_offset >= min_offset &&
           injected.fetch_add(1) == 0)
@@ -295,18 +311,19 @@ TEST_CASE_TEMPLATE("a failed write or read on one rank rolls the step back every
 TEST_CASE("a failed step can be retried and then matches the run without a fault") {
   const int world = zb_world_size(), rank = zb_world_rank();
   run_options o;
-  auto cfg = tier_config(50, 3);
-  cfg.bucket_numel = 100;
+  zb::infinity<zb::comm::mpi, zb::bfloat16>::config cfg;
+  cfg.master = tier_config(50, 3);
+  cfg.bucket.bucket_numel = 100;
   cfg.optim.lr = 0.01f;
   std::atomic<int> armed{0};
-  cfg.swap.fault_hook = [&](const zb::swap_request_info& r) {
+  cfg.master.swap.fault_hook = [&](const zb::swap_request_info& r) {
     zb::swap_fault f;
     if (rank == world - 1 && r.write && armed.exchange(0)) f.error = ENOSPC;
     return f;
   };
   zbt::synthetic_model model;
   auto ref_cfg = cfg;
-  ref_cfg.swap.fault_hook = nullptr;
+  ref_cfg.master.swap.fault_hook = nullptr;
   zb::infinity<zb::comm::mpi, zb::bfloat16> ref(model.reg, zb::comm::mpi(MPI_COMM_WORLD), ref_cfg);
   zb::infinity<zb::comm::mpi, zb::bfloat16> eng(model.reg, zb::comm::mpi(MPI_COMM_WORLD), cfg);
   zbt::init_params(ref, model);
@@ -332,15 +349,16 @@ TEST_CASE("a failed step can be retried and then matches the run without a fault
 
 TEST_CASE("bad tier configuration is refused on every rank") {
   zbt::synthetic_model model;
-  auto cfg = tier_config(50, 1);
+  zb::infinity<zb::comm::mpi>::config cfg;
+  cfg.master = tier_config(50, 1);
   CHECK(has(error_of([&] { zb::infinity<zb::comm::mpi> e(model.reg, zb::comm::mpi(MPI_COMM_WORLD), cfg); }),
-            "swap.buffer_count must be >= 2"));
-  cfg = tier_config(50, 3);
-  cfg.swap.paths.clear();
+            "master.buffer_count must be >= 2"));
+  cfg.master = tier_config(50, 3);
+  cfg.master.swap.paths.clear();
   CHECK(has(error_of([&] { zb::infinity<zb::comm::mpi> e(model.reg, zb::comm::mpi(MPI_COMM_WORLD), cfg); }),
             "swap_config::paths is empty"));
-  cfg = tier_config(50, 3);
-  cfg.swap.paths = {tier_dir() + "/does-not-exist"};
+  cfg.master = tier_config(50, 3);
+  cfg.master.swap.paths = {tier_dir() + "/does-not-exist"};
   const std::string e = error_of([&] { zb::infinity<zb::comm::mpi> x(model.reg, zb::comm::mpi(MPI_COMM_WORLD), cfg); });
   CHECK(has(e, "cannot create"));
   CHECK(has(e, "ENOENT"));

@@ -128,13 +128,29 @@ std::vector<float> params_of(Engine& eng) {
   return out;
 }
 
-template <class Engine>
-run_output run(typename Engine::comm_type comm, const run_options& o, zb::engine_config cfg = {}) {
-  synthetic_model model(o.width);
-  cfg.max_grad_norm = o.max_grad_norm;
-  cfg.bucket_numel = o.bucket_numel;
+/// Does nothing to a config (the default `tweak` of `run`).
+struct no_tweak {
+  template <class C>
+  void operator()(C&) const {}
+};
+
+/// The config `run` uses: the engine's defaults, the options' clipping and bucket size
+/// (where the engine has buckets), lr 0.01, then `tweak(cfg)`.
+template <class Engine, class Tweak = no_tweak>
+typename Engine::config config_for(const run_options& o, Tweak&& tweak = {}) {
+  typename Engine::config cfg;
+  cfg.step.max_grad_norm = o.max_grad_norm;
+  if constexpr (requires { cfg.bucket.bucket_numel; }) cfg.bucket.bucket_numel = o.bucket_numel;
   cfg.optim.lr = 0.01f;
-  Engine eng(model.reg, std::move(comm), cfg);
+  tweak(cfg);
+  return cfg;
+}
+
+/// Train the synthetic model with `o`; `tweak(cfg)` adjusts the engine's config.
+template <class Engine, class Tweak = no_tweak>
+run_output run(typename Engine::comm_type comm, const run_options& o, Tweak&& tweak = {}) {
+  synthetic_model model(o.width);
+  Engine eng(model.reg, std::move(comm), config_for<Engine>(o, tweak));
   init_params(eng, model);
   run_output out;
   for (int s = 0; s < o.steps; ++s) {
@@ -144,7 +160,7 @@ run_output run(typename Engine::comm_type comm, const run_options& o, zb::engine
     if (s == 0) out.first_step_traffic = eng.counters() - before;
   }
   out.memory = eng.memory();
-  out.estimate = Engine::estimate(eng.model_layout(), eng.config());
+  out.estimate = Engine::estimate(eng.model_layout(), eng.get_config());
   out.formula = eng.formula_bytes();
   out.psi = eng.model_layout().total_numel();
   out.max_unit = eng.model_layout().max_unit_numel();
@@ -159,13 +175,14 @@ enum class stage3_variant {
   prefetch_only,  ///< prefetch_trace, persistence and reuse off: on demand's gathers, issued ahead
   defaults,       ///< prefetch_trace with DeepSpeed's defaults: the test models' small units persist
 };
-/// prefetch_trace with persistence and reuse turned off.
-inline zb::engine_config prefetch_only_config() {
-  zb::engine_config c;
-  c.prefetch.persistence_threshold_numel = 0;
-  c.prefetch.max_reuse_distance_numel = 0;
-  return c;
-}
+/// prefetch_trace with persistence and reuse turned off (a `tweak` for `run`).
+struct prefetch_only {
+  template <class C>
+  void operator()(C& c) const {
+    c.coordinate.persistence_threshold_numel = 0;
+    c.coordinate.max_reuse_distance_numel = 0;
+  }
+};
 /// Payload elements of a step with `gas` micro-steps (one forward and one backward
 /// acquire per unit per micro-step): stages 0/1 2Ψ, stage 2 (gas+1)Ψ, stage 3 3·gas·Ψ
 /// — or gas·Ψ + Ψ when every unit persists (one gather per step, at its first acquire).

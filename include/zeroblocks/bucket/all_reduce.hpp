@@ -8,7 +8,7 @@
 #pragma once
 
 #include "bucket.hpp"
-#include "detail_full_grads.hpp"
+#include "detail/full_grads.hpp"
 
 #include <vector>
 
@@ -21,6 +21,8 @@ struct all_reduce {
   static constexpr bool shards_grads = false;
   static constexpr bool shards_master = false;
   static constexpr const char* name = "all_reduce";
+  using config = no_config;
+  static constexpr bucketer_caps caps{};
 
   template <class Ctx>
   class impl : public detail::full_grads<Ctx> {
@@ -28,7 +30,7 @@ struct all_reduce {
 
   public:
     using base::base;
-    static void declare(const layout& lay, const engine_config&, int, memory_report& r,
+    static void declare(const layout& lay, const config&, int, memory_report& r,
                         std::size_t elem_bytes) {
       base::declare(lay, r, elem_bytes);
     }

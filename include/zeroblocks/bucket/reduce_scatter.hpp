@@ -32,7 +32,7 @@
  */
 #pragma once
 
-#include "../engine/context.hpp"
+#include "../policy/context.hpp"
 #include "../kernel/host.hpp"
 #include "../space/host_space.hpp"
 #include "../space/ops.hpp"
@@ -46,6 +46,33 @@
 #include <vector>
 
 ZB_NAMESPACE_BEGIN
+
+/// @brief Knobs of `bucket::reduce_scatter` (`cfg.bucket`; DeepSpeed names in brackets).
+/// Both must agree across ranks.
+struct bucket_config {
+  /// Elements per gradient bucket (whole units; a unit larger than this is a bucket of
+  /// its own). [reduce_bucket_size]
+  std::size_t bucket_numel = std::size_t{1} << 25;
+  /// Bucket buffers in flight (2 = double buffering). [overlap_comm]
+  int bucket_count = 2;
+
+  void validate() const {
+    ZB_REQUIRE(bucket_numel >= 1, "bucket.bucket_numel must be >= 1");
+    ZB_REQUIRE(bucket_count >= 1, "bucket.bucket_count must be >= 1 (got ", bucket_count, ")");
+  }
+  template <class V>
+  void fields(V&& v) { fields_of(*this, v); }
+  template <class V>
+  void fields(V&& v) const { fields_of(*this, v); }
+
+private:
+  template <class Self, class V>
+  static void fields_of(Self& c, V& v) {
+    v("bucket_numel", c.bucket_numel);
+    v("bucket_count", c.bucket_count);
+  }
+};
+
 namespace bucket {
 
 /// @brief Stage 2/3 gradient reduction: overlapped reduce-scatter per bucket.
@@ -54,6 +81,8 @@ struct reduce_scatter {
   static constexpr bool shards_grads = true;
   static constexpr bool shards_master = true;
   static constexpr const char* name = "reduce_scatter";
+  using config = bucket_config;
+  static constexpr bucketer_caps caps{.streams_shard = true};
 
   /// @brief A fixed group of consecutive units reduced together.
   struct bucket_plan {
@@ -95,20 +124,21 @@ struct reduce_scatter {
     using request = typename Ctx::comm_type::request;
 
   public:
-    explicit impl(Ctx& ctx)
+    impl(Ctx& ctx, const config& cfg)
         : ctx_(ctx),
+          cfg_(cfg),
           shard_(ctx.lay.shard_numel(), mem_category::grads16, &ctx.tracker),
-          plans_(plan(ctx.lay, ctx.cfg.bucket_numel)),
+          plans_(plan(ctx.lay, cfg.bucket_numel)),
           bucket_of_unit_(ctx.lay.unit_count()),
           state_(plans_.size()) {
       shard_.zero();
-      buffer_numel_ = max_bucket_numel(ctx.lay, ctx.cfg.bucket_numel);
+      buffer_numel_ = max_bucket_numel(ctx.lay, cfg.bucket_numel);
       for (std::size_t b = 0; b < plans_.size(); ++b)
         for (std::size_t u = plans_[b].first_unit; u <= plans_[b].last_unit; ++u) bucket_of_unit_[u] = b;
-      for (int i = 0; i < ctx.cfg.bucket_count && buffer_numel_ > 0; ++i)
+      for (int i = 0; i < cfg.bucket_count && buffer_numel_ > 0; ++i)
         free_.push_back(buf_t(buffer_numel_, mem_category::buckets, &ctx.tracker));
     }
-    static void declare(const layout& lay, const engine_config& cfg, int, memory_report& r,
+    static void declare(const layout& lay, const config& cfg, int, memory_report& r,
                         std::size_t elem_bytes) {
       r.current[static_cast<std::size_t>(mem_category::grads16)] += lay.shard_numel() * elem_bytes;
       const std::size_t b = max_bucket_numel(lay, cfg.bucket_numel);
@@ -238,15 +268,16 @@ struct reduce_scatter {
         written_ = true;
         if (will_write_) will_write_();
       }
-      ops::accumulate(shard_.data() + off, mine, blk, ctx_.cfg.threads);
+      ops::accumulate(shard_.data() + off, mine, blk, ctx_.threads);
       if (listener_) listener_(off, shard_.data() + off, blk);
       free_.push_back(std::move(*st.buf));
       st.buf.reset();
       // Keep at most bucket_count buffers; extra ones grown under pressure are freed.
-      if (free_.size() > static_cast<std::size_t>(ctx_.cfg.bucket_count)) free_.pop_back();
+      if (free_.size() > static_cast<std::size_t>(cfg_.bucket_count)) free_.pop_back();
     }
 
     Ctx& ctx_;
+    config cfg_;
     buf_t shard_;
     std::vector<bucket_plan> plans_;
     std::vector<std::size_t> bucket_of_unit_;

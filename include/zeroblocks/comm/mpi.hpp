@@ -19,15 +19,15 @@
  * The caller owns MPI initialisation (`MPI_Init_thread`, `MPI_Finalize`); `comm::mpi`
  * duplicates the communicator it is given and frees its duplicates on destruction.
  * Progress: while any non-blocking collective is in flight, a per-process thread keeps
- * MPI's progress engine turning (`detail_mpi_progress.hpp`), so gathers and reductions
+ * MPI's progress engine turning (`detail/mpi_progress.hpp`), so gathers and reductions
  * advance while the trainer computes. That needs `MPI_THREAD_MULTIPLE`; without it they
  * advance only inside `request::test()` / `wait()` and the engine's calls.
  */
 #pragma once
 
 #include "comm.hpp"
-#include "detail_mpi_progress.hpp"  // also <mpi.h>, C API only (no deprecated C++ bindings)
-#include "detail_reduce.hpp"
+#include "detail/mpi_progress.hpp"  // also <mpi.h>, C API only (no deprecated C++ bindings)
+#include "detail/reduce.hpp"
 
 #include <climits>
 #include <string>
@@ -183,7 +183,7 @@ public:
   MPI_Comm handle() const { return comm_; }
   const comm_counters& counters() const { return counters_; }
   /// @brief True when a progress thread advances this communicator's non-blocking
-  /// collectives between calls (MPI_THREAD_MULTIPLE, see detail_mpi_progress.hpp).
+  /// collectives between calls (MPI_THREAD_MULTIPLE, see detail/mpi_progress.hpp).
   bool async_progress() const { return progress_ != nullptr; }
   /// @brief True once a peer aborted (or this rank did); collectives then throw.
   bool failed() const { return failed_; }

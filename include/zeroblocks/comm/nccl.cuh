@@ -8,7 +8,7 @@
  * needs (see `nccl.hpp`). Other translation units may include `nccl.hpp` alone and be
  * compiled by a plain C++ compiler.
  *
- * The kernel is the device twin of `detail::reduce_blocks` (`detail_reduce.hpp`), the
+ * The kernel is the device twin of `detail::reduce_blocks` (`detail/reduce.hpp`), the
  * reduction `comm::mpi` and `comm::self` use: per element, widen each block's value to
  * fp32 with the exact conversions of `numeric.hpp`, sum them in block (rank) order
  * starting from block 0, multiply by `scale`, round once to the element type with the

@@ -8,7 +8,7 @@
  */
 #pragma once
 
-#include "../engine/context.hpp"
+#include "../policy/context.hpp"
 #include "../space/host_space.hpp"
 #include "coordinate.hpp"
 
@@ -24,19 +24,21 @@ struct on_demand {
   using coordinator_concept = coordinator_tag;
   static constexpr bool shards_params = true;
   static constexpr const char* name = "on_demand";
+  using config = no_config;
+  static constexpr coordinator_caps caps{.checks_acquire = true};
 
   template <class Ctx>
   class impl {
     using T = typename Ctx::param_type;
 
   public:
-    explicit impl(Ctx& ctx)
+    impl(Ctx& ctx, const config&)
         : ctx_(ctx),
           shard_(ctx.lay.shard_numel(), mem_category::params16, &ctx.tracker),
           gathered_(ctx.lay.unit_count()) {
       shard_.zero();
     }
-    static void declare(const layout& lay, const engine_config&, int, memory_report& r,
+    static void declare(const layout& lay, const config&, int, memory_report& r,
                         std::size_t elem_bytes) {
       r.current[static_cast<std::size_t>(mem_category::params16)] += lay.shard_numel() * elem_bytes;
     }

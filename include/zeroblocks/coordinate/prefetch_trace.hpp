@@ -56,7 +56,7 @@
  */
 #pragma once
 
-#include "../engine/context.hpp"
+#include "../policy/context.hpp"
 #include "../space/host_space.hpp"
 #include "../space/ops.hpp"
 #include "../swap/swap.hpp"
@@ -71,6 +71,56 @@
 #include <vector>
 
 ZB_NAMESPACE_BEGIN
+
+/// @brief Knobs of the stage-3 coordinators `coordinate::prefetch_trace` and
+/// `prefetch_trace_nvme` (`cfg.coordinate`). Defaults are DeepSpeed's, whose names are in
+/// brackets; all are element counts of the 16-bit parameters (padded units), so the same
+/// numbers mean the same memory in bytes × 2. Every knob must agree across ranks.
+struct prefetch_config {
+  /// Gathered ahead of use, not yet acquired, at most this many elements. Larger hides
+  /// more latency, costs memory. 0 = no prefetch. [stage3_prefetch_bucket_size]
+  std::size_t prefetch_numel = 50'000'000;
+  /// Gathered parameters alive at once (held, kept for reuse, prefetched, in flight),
+  /// persistent units excepted. Bounds stage 3's transient memory. [stage3_max_live_parameters]
+  std::size_t max_live_numel = 1'000'000'000;
+  /// A released unit whose next use comes before this many elements of other units have
+  /// been acquired stays gathered (one gather instead of two). 0 = never keep.
+  /// [stage3_max_reuse_distance]
+  std::size_t max_reuse_distance_numel = 1'000'000'000;
+  /// Units with fewer elements stay gathered for good: one gather per step instead of
+  /// two, memory reported as `persistent`. 0 = none. [stage3_param_persistence_threshold]
+  std::size_t persistence_threshold_numel = 100'000;
+  /// Prefetched gathers issued and not yet acquired, at most. Bounds outstanding
+  /// requests. 0 = no prefetch. (DeepSpeed has no such knob.)
+  int max_inflight = 8;
+  /// Start the next step's first gathers when `step()` returns rather than at the next
+  /// `begin_micro_step`, so they overlap whatever the trainer does between steps (data
+  /// loading, logging) and the first unit is not waited for. Costs: up to
+  /// `prefetch_numel` gathered elements held between steps (memory at rest above the
+  /// estimate), and gathers a run's last step issues for nothing. (DeepSpeed has no
+  /// such knob; its prefetch starts inside the forward pass.)
+  bool prefetch_across_steps = false;
+
+  void validate() const {
+    ZB_REQUIRE(max_inflight >= 0, "coordinate.max_inflight must be >= 0 (got ", max_inflight, "; 0 = no prefetch)");
+  }
+  template <class V>
+  void fields(V&& v) { fields_of(*this, v); }
+  template <class V>
+  void fields(V&& v) const { fields_of(*this, v); }
+
+private:
+  template <class Self, class V>
+  static void fields_of(Self& c, V& v) {
+    v("prefetch_numel", c.prefetch_numel);
+    v("max_live_numel", c.max_live_numel);
+    v("max_reuse_distance_numel", c.max_reuse_distance_numel);
+    v("persistence_threshold_numel", c.persistence_threshold_numel);
+    v("max_inflight", c.max_inflight);
+    v("prefetch_across_steps", c.prefetch_across_steps);
+  }
+};
+
 namespace coordinate {
 
 /// @brief Stage 3 with a recorded fetch order, prefetch, reuse and persistence; with
@@ -82,11 +132,13 @@ struct basic_prefetch_trace {
   /// The 16-bit shard lives in the master state's tier (needs `master::swapped`).
   static constexpr bool params_on_tier = ParamsOnTier;
   static constexpr const char* name = ParamsOnTier ? "prefetch_trace_nvme" : "prefetch_trace";
+  using config = prefetch_config;
+  static constexpr coordinator_caps caps{.checks_acquire = true, .follows_trace = true, .params_on_tier = ParamsOnTier};
 
   /// @brief Units below the persistence threshold (padded elements).
-  static bool persistent_unit(const layout& lay, const engine_config& cfg, std::size_t u) {
+  static bool persistent_unit(const layout& lay, const config& cfg, std::size_t u) {
     const std::size_t n = lay.unit(u).padded_numel;
-    return n > 0 && n < cfg.prefetch.persistence_threshold_numel;
+    return n > 0 && n < cfg.persistence_threshold_numel;
   }
 
   template <class Ctx>
@@ -109,22 +161,22 @@ struct basic_prefetch_trace {
     };
 
   public:
-    explicit impl(Ctx& ctx)
+    impl(Ctx& ctx, const config& cfg)
         : ctx_(ctx),
-          knobs_(ctx.cfg.prefetch),
+          knobs_(cfg),
           shard_(ParamsOnTier ? 0 : ctx.lay.shard_numel(), mem_category::params16, &ctx.tracker),
           slots_(ctx.lay.unit_count()),
           last_pos_(ctx.lay.unit_count(), npos) {
       shard_.zero();
       if constexpr (ParamsOnTier) {
-        reads_ = staging_pool(read_buffers(ctx.cfg), read_buffer_bytes(ctx.lay), &ctx.tracker);
+        reads_ = staging_pool(read_buffers(cfg), read_buffer_bytes(ctx.lay), &ctx.tracker);
         read_of_.assign(slots_.size(), -1);
         for (int b = 0; b < reads_.count(); ++b) free_reads_.push_back(b);
         read_ticket_.resize(static_cast<std::size_t>(reads_.count()));
         read_unit_.assign(static_cast<std::size_t>(reads_.count()), npos);
       }
       for (std::size_t u = 0; u < slots_.size(); ++u)
-        if (persistent_unit(ctx.lay, ctx.cfg, u)) {
+        if (persistent_unit(ctx.lay, cfg, u)) {
           slots_[u].persistent = true;
           slots_[u].buf = buffer<T, Space>(ctx.lay.unit(u).padded_numel, mem_category::persistent, &ctx.tracker);
           ++stats_.persistent_units;
@@ -144,7 +196,7 @@ struct basic_prefetch_trace {
       }
     }
 
-    static void declare(const layout& lay, const engine_config& cfg, int, memory_report& r,
+    static void declare(const layout& lay, const config& cfg, int, memory_report& r,
                         std::size_t elem_bytes) {
       if constexpr (ParamsOnTier)
         r.current[static_cast<std::size_t>(mem_category::staging)] +=
@@ -468,7 +520,7 @@ struct basic_prefetch_trace {
     // ---- parameters on the tier ----------------------------------------------------
 
     /// Staging buffers for slice reads: max_inflight ahead, one more for a demand read.
-    static int read_buffers(const engine_config& cfg) { return std::max(cfg.prefetch.max_inflight, 0) + 1; }
+    static int read_buffers(const config& cfg) { return std::max(cfg.max_inflight, 0) + 1; }
     /// The 4 KiB blocks covering any unit's slice, at most.
     static std::size_t read_buffer_bytes(const layout& lay) {
       std::size_t most = 0;
@@ -601,7 +653,7 @@ struct basic_prefetch_trace {
     }
 
     Ctx& ctx_;
-    const prefetch_config& knobs_;
+    const config knobs_;  // a copy: the engine's config may be reassigned
     buffer<T, Space> shard_;
     std::vector<slot> slots_;
     mode mode_ = mode::recording;

@@ -4,7 +4,7 @@
  */
 #pragma once
 
-#include "../engine/context.hpp"
+#include "../policy/context.hpp"
 #include "../space/host_space.hpp"
 #include "coordinate.hpp"
 
@@ -18,18 +18,20 @@ struct resident {
   using coordinator_concept = coordinator_tag;
   static constexpr bool shards_params = false;
   static constexpr const char* name = "resident";
+  using config = no_config;
+  static constexpr coordinator_caps caps{};
 
   template <class Ctx>
   class impl {
     using T = typename Ctx::param_type;
 
   public:
-    explicit impl(Ctx& ctx)
+    impl(Ctx& ctx, const config&)
         : ctx_(ctx),
           params_(ctx.lay.total_numel(), mem_category::params16, &ctx.tracker) {
       params_.zero();
     }
-    static void declare(const layout& lay, const engine_config&, int, memory_report& r,
+    static void declare(const layout& lay, const config&, int, memory_report& r,
                         std::size_t elem_bytes) {
       r.current[static_cast<std::size_t>(mem_category::params16)] += lay.total_numel() * elem_bytes;
     }
@@ -50,6 +52,7 @@ struct resident {
                                                 ctx_.lay.unit(u).slice_numel));
       for (auto& p : pending) p.wait();
     }
+    coordinator_stats stats() const { return {}; }
     /// @brief Full parameters of the whole model (for inspection).
     const T* full() const { return params_.data(); }
 

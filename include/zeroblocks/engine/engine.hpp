@@ -1,60 +1,3 @@
-/**
- * @file engine.hpp
- * @brief `zeroblocks::engine`: one class template composed from the policies.
- *
- * ```
- * engine<T, Space, Comm, Partitioner, Coordinator, Bucketer, Master, Scaler, Optim>
- * ```
- * T is the parameter/gradient type (half, bfloat16 or float). Space is where the
- * parameters, gradients and buckets live: `host_space` (CPU ranks, `comm::mpi` /
- * `comm::self`) or `cuda_space` (GPU ranks, `comm::nccl` / `comm::cuda_self`; the
- * translation unit must include `zeroblocks/cuda.cuh`); every operation on that memory
- * goes through `space_ops<Space>`, and a communicator that cannot reach it is refused at
- * compile time.
- *
- * On `cuda_space` the engine's work is stream-ordered on the calling thread's compute
- * stream (`cuda_space::compute_stream()`; communicators order their own streams against
- * it with events): the views `acquire` hands out are ready for kernels on that stream,
- * and `grad_ready` copies the gradient out on it — the trainer may overwrite the buffer
- * with later work on that stream, but from the host or another stream only after
- * synchronising it. The stage follows from
- * the policies: `bucket::all_reduce` → stage 0; `reduce_at_boundary` → 1;
- * `reduce_scatter` with `coordinate::resident` → 2; with `coordinate::on_demand` or
- * `coordinate::prefetch_trace` → 3.
- * `presets.hpp` names the usual combinations.
- *
- * A training step, from the trainer's side:
- * ```
- * for (int micro = 0; micro < accumulation; ++micro) {
- *   eng.begin_micro_step();
- *   // forward:  auto u = eng.acquire(unit); use u.param(p) ...; u.release() (or scope end)
- *   // backward: acquire again; eng.grad_ready(p, grad) for each parameter
- *   eng.end_micro_step();
- * }
- * auto r = eng.step();   // norm + overflow pass, loss scaler, fused AdamW, param gather
- * ```
- * The trainer multiplies its loss by `eng.loss_scale()`. Gradients are averaged over
- * ranks and micro-steps by the engine.
- *
- * Failure behaviour: configuration, parameter registration and allocation are checked
- * collectively at construction (every rank throws the same message). Each step — and,
- * for stages 2/3, each micro-step — begins with one small all-gather on a control
- * communicator that checks every rank is at the same step and micro-step, with the same
- * stage-3 gather order, learning rate and loss scale, and (at `step()`) no unit still
- * acquired. Anything thrown on one rank from inside the engine, and any exception that
- * unwinds through it, is sent to the other ranks over the communicators' abort channel
- * before it propagates, so they raise an error instead of hanging in a collective.
- * A master-state policy whose step is a transaction (`commit()` / `rollback()`, e.g.
- * `master::swapped`) is the exception: when its I/O fails on some rank, every rank rolls
- * back and throws the same `collective_error`, the communicators stay usable, and
- * calling `step()` again retries the step with the gradients already reduced.
- *
- * Communicators: the engine duplicates the one it is given (`Comm::dup`) into three —
- * gradient reductions, parameter gathers, control — so those three streams keep their
- * own order on every rank however the trainer interleaves acquires and gradients.
- * (DESIGN.md has one communicator; sharing it lets a stage-3 gather pair with another
- * rank's bucket reduce-scatter when backward orders differ — a silent corruption.)
- */
 #pragma once
 
 #include "../bucket/all_reduce.hpp"
@@ -73,11 +16,16 @@
 #include "../master/resident.hpp"
 #include "../master/swapped.hpp"
 #include "../optim/adamw.hpp"
+#include "../policy/context.hpp"
 #include "../partition/even.hpp"
 #include "../scale/scale.hpp"
 #include "../space/host_space.hpp"
 #include "../space/ops.hpp"
-#include "context.hpp"
+#include "../space/span.hpp"
+#include "agreement.hpp"
+#include "checks.hpp"
+#include "config.hpp"
+#include "unit_guard.hpp"
 
 #include <bit>
 #include <cmath>
@@ -142,15 +90,6 @@ consteval bool master_space_fits() {
   else return MS::host_accessible && Space::host_accessible;
 }
 
-/// @brief Whether coordinator policy C reads the 16-bit shard from the master tier.
-template <class C>
-consteval bool params_on_tier_of() {
-  if constexpr (requires { C::params_on_tier; }) return C::params_on_tier;
-  else return false;
-}
-template <class C>
-inline constexpr bool params_on_tier_v = params_on_tier_of<C>();
-
 template <class T, class Space, class Comm, class Partitioner = partition::even,
           class Coordinator = coordinate::resident, class Bucketer = bucket::all_reduce,
           class Master = master::resident<Space>, class Scaler = default_scaler_t<T>,
@@ -185,8 +124,7 @@ class engine {
                 "zeroblocks::engine: Scaler is not a loss-scaler policy (see zeroblocks/scale/scale.hpp)");
   static_assert(optimizer_policy<Optim>,
                 "zeroblocks::engine: Optim is not an optimizer policy (see zeroblocks/optim/adamw.hpp)");
-  static_assert(!params_on_tier_v<Coordinator> ||
-                    requires(typename Master::template impl<engine_context<T, Space, Comm>>& m) { m.param_tier(); },
+  static_assert(!Coordinator::caps.params_on_tier || Master::caps.keeps_param_tier,
                 "zeroblocks::engine: the Coordinator reads the 16-bit parameters from the master tier (NVMe), so "
                 "the Master must keep them there: use master::swapped (zeroblocks/master/swapped.hpp)");
   static_assert(!Coordinator::shards_params || Bucketer::shards_grads,
@@ -197,10 +135,28 @@ public:
   using param_type = T;
   using space = Space;
   using comm_type = Comm;
-  using context = engine_context<T, Space, Comm>;
+  using context = policy_context<T, Space, Comm>;
+  /// @brief Every runtime knob, one member per role (`engine/config.hpp`).
+  using config = engine_config<Partitioner, Coordinator, Bucketer, Master, Scaler, Optim>;
+  /// @brief What `acquire` returns (`engine/unit_guard.hpp`).
+  using unit_guard = zeroblocks::unit_guard<engine>;
+  /// @brief A parameter's full view in the engine's memory space.
+  using param_view = space_span<const T, Space>;
   using coordinator_impl = typename Coordinator::template impl<context>;
   using master_impl = typename Master::template impl<context>;
   using bucketer_impl = typename Bucketer::template impl<context>;
+
+private:
+  // Each role offers every operation the engine calls, and those of the capabilities
+  // it declares (a message names the role and the operation otherwise).
+  static_assert(coordinator_complete<Coordinator, context>());
+  static_assert(bucketer_complete<Bucketer, context>());
+  static_assert(master_complete<Master, context>());
+  /// The bucketer reports each reduced block and the master takes it (see the constructor).
+  static constexpr bool streams_shard = Bucketer::caps.streams_shard && Master::caps.takes_shard_stream;
+  static constexpr bool params_on_tier = Coordinator::caps.params_on_tier;
+
+public:
   /// @brief The operations on `Space` memory (copies, kernels) the engine uses.
   using ops = space_ops<Space>;
 
@@ -214,13 +170,13 @@ public:
 
   /// @brief Build the layout, check configuration and registration across ranks,
   /// allocate every buffer. Collective.
-  engine(const param_registry& reg, Comm comm, engine_config cfg = {})
+  engine(const param_registry& reg, Comm comm, config cfg = {})
       : comm_(std::move(comm)),
         gather_comm_(comm_.dup()),
         control_comm_(comm_.dup()),
-        cfg_(cfg),
+        cfg_(std::move(cfg)),
         layout_(checked_layout(reg)),
-        ctx_{layout_, comm_, gather_comm_, control_comm_, tracker_, cfg_},
+        ctx_{layout_, comm_, gather_comm_, control_comm_, tracker_, cfg_.step.threads},
         scaler_(cfg_.scale),
         holds_(layout_.unit_count(), 0),
         bases_(layout_.unit_count(), nullptr),
@@ -228,21 +184,17 @@ public:
     // Allocation can fail on one rank only (memory): agree before anyone goes on.
     std::string problem;
     try {
-      coord_.emplace(ctx_);
-      bucketer_.emplace(ctx_);
-      if constexpr (params_on_tier_v<Coordinator>) {
-        master_.emplace(ctx_, owned_numel(), true);
-        coord_->attach_param_tier(master_->param_tier());
-      } else {
-        master_.emplace(ctx_, owned_numel());
-      }
+      coord_.emplace(ctx_, cfg_.coordinate);
+      bucketer_.emplace(ctx_, cfg_.bucket);
+      master_.emplace(ctx_, cfg_.master, master_shape{owned_numel(), params_on_tier});
+      if constexpr (params_on_tier) coord_->attach_param_tier(master_->param_tier());
     } catch (const std::exception& e) {
       problem = std::string("engine: allocating the model state failed: ") + e.what();
     }
     comm_.agree(problem.empty(), problem);
     // A master that moves gradients elsewhere (master::offloaded: to the host) starts
     // as each bucket's reduced block lands in the shard, during backward.
-    if constexpr (streams_shard_v) {
+    if constexpr (streams_shard) {
       bucketer_->on_shard_updated(
           [m = &*master_](std::size_t offset, const T* data, std::size_t n) { m->shard_updated(offset, data, n); },
           [m = &*master_] { m->shard_will_change(); });
@@ -274,7 +226,8 @@ public:
 
   const layout& model_layout() const { return layout_; }
   Comm& communicator() { return comm_; }
-  const engine_config& config() const { return cfg_; }
+  /// @brief The configuration in effect (the learning rate as last set).
+  const config& get_config() const { return cfg_; }
   int rank() const { return comm_.rank(); }
   int world() const { return comm_.size(); }
 
@@ -287,7 +240,7 @@ public:
                     values.size());
     const auto& up = layout_.unit(pp.unit);
     // Stage 3: gathers in flight read the shard; copies made from it become stale.
-    if constexpr (requires(coordinator_impl& c) { c.params_changed(); }) coord_->params_changed();
+    if constexpr (Coordinator::caps.follows_trace) coord_->params_changed();
     for (int r = 0; r < comm_.size(); ++r) {
       // The part of the parameter that falls in slice r of its unit.
       const std::size_t s0 = r * up.slice_numel, s1 = s0 + up.slice_numel;
@@ -295,7 +248,7 @@ public:
       if (a >= b) continue;
       const float* src = values.data() + (a - pp.offset_in_unit);
       // (Parameters on the tier: the master's set() writes them.)
-      if (!params_on_tier_v<Coordinator> && (!Coordinator::shards_params || r == comm_.rank())) {
+      if (!params_on_tier && (!Coordinator::shards_params || r == comm_.rank())) {
         std::vector<T> rounded(b - a);
         for (std::size_t i = 0; i < b - a; ++i) rounded[i] = from_float<T>(src[i]);
         ops::from_host(coord_->owned_slice(pp.unit, r) + (a - s0), rounded.data(), rounded.size() * sizeof(T));
@@ -309,68 +262,6 @@ public:
 
   // ---- parameters: acquire / release ---------------------------------------------
 
-  /// @brief RAII hold on a unit's full parameters. Move-only; releases on destruction.
-  class unit_guard {
-  public:
-    unit_guard() = default;
-    unit_guard(const unit_guard&) = delete;
-    unit_guard& operator=(const unit_guard&) = delete;
-    unit_guard(unit_guard&& o) noexcept
-        : eng_(std::exchange(o.eng_, nullptr)), held_(std::exchange(o.held_, false)), unit_(o.unit_),
-          base_(std::exchange(o.base_, nullptr)) {}
-    unit_guard& operator=(unit_guard&& o) noexcept {
-      if (this != &o) {
-        reset_quietly();
-        eng_ = std::exchange(o.eng_, nullptr);
-        held_ = std::exchange(o.held_, false);
-        unit_ = o.unit_;
-        base_ = std::exchange(o.base_, nullptr);
-      }
-      return *this;
-    }
-    ~unit_guard() { reset_quietly(); }
-
-    /// @brief Full view of a parameter of this unit.
-    std::span<const T> param(param_id p) const {
-      if (!held_) fail("unit_guard::param: the guard holds no unit (already released, or moved from)");
-      eng_->check_param(p, "unit_guard::param");
-      const auto& pp = eng_->layout_.param(p.index);
-      if (pp.unit != unit_.index)
-        fail(detail::concat("unit_guard::param: parameter ", eng_->describe(p), " is not in unit '",
-                            eng_->layout_.unit_name(unit_.index), "'"));
-      return {base_ + pp.offset_in_unit, pp.numel};
-    }
-    unit_id unit() const { return unit_; }
-    bool holds() const { return held_; }
-    /// @brief Release now; a second release (or one on a moved-from guard) is an error.
-    void release() {
-      if (!held_) fail("unit_guard::release: the guard holds no unit (already released, or moved from)");
-      held_ = false;
-      base_ = nullptr;
-      eng_->release(unit_);
-    }
-
-  private:
-    friend class engine;
-    unit_guard(engine* e, unit_id u, const T* base) : eng_(e), held_(true), unit_(u), base_(base) {}
-    [[noreturn]] void fail(const std::string& message) const {
-      if (eng_) eng_->ctx_.fail_local(message, detail::location_string(std::source_location::current()));
-      ZB_FAIL(message);
-    }
-    void reset_quietly() noexcept {
-      if (!held_) return;
-      held_ = false;
-      try {
-        eng_->release(unit_);
-      } catch (...) {
-      }
-    }
-    engine* eng_ = nullptr;  // kept after release, so misuse is reported to the peers
-    bool held_ = false;
-    unit_id unit_{};
-    const T* base_ = nullptr;
-  };
-
   /// @brief Make unit `u`'s full parameters available (stage 3: all-gather them).
   [[nodiscard]] unit_guard acquire(unit_id u) {
     return guarded([&] {
@@ -378,10 +269,10 @@ public:
       if (holds_[u.index] == 0) {
         // Without a verified order to go by, check this acquire against every rank's
         // before its gather exists (see coordinate.hpp).
-        if constexpr (requires(const coordinator_impl& c) { c.checks_acquire(std::size_t{}); })
-          if (coord_->checks_acquire(u.index)) agree_on_state(call_site::acquire, u.index);
+        if constexpr (Coordinator::caps.checks_acquire)
+          if (coord_->checks_acquire(u.index)) agree_on_state(detail::call_site::acquire, u.index);
         bases_[u.index] = coord_->acquire(u.index);  // before counting: exception-safe
-        if constexpr (Coordinator::shards_params) log_event(static_cast<std::uint32_t>(u.index));
+        if constexpr (Coordinator::shards_params) trace_.log(static_cast<std::uint32_t>(u.index));
       }
       ++holds_[u.index];
       ++stats_.acquires;
@@ -398,7 +289,7 @@ public:
       if (--holds_[u.index] == 0) {
         coord_->release(u.index);
         bases_[u.index] = nullptr;
-        if constexpr (Coordinator::shards_params) log_event(static_cast<std::uint32_t>(u.index) | release_bit);
+        if constexpr (Coordinator::shards_params) trace_.log(static_cast<std::uint32_t>(u.index) | release_bit);
       }
     });
   }
@@ -423,9 +314,9 @@ public:
       // in step() here, and both fail, before any collective of that micro-step exists.
       // (Checking at end_micro_step instead could deadlock against a rank still waiting
       // for a bucket buffer, and stage 0/1 need only the check in step().)
-      if constexpr (Bucketer::shards_grads) agree_on_state(call_site::begin_micro_step);
+      if constexpr (Bucketer::shards_grads) agree_on_state(detail::call_site::begin_micro_step);
       in_micro_ = true;
-      if constexpr (requires(coordinator_impl& c) { c.step_begins(); })
+      if constexpr (Coordinator::caps.follows_trace)
         if (micro_steps_ == 0) coord_->step_begins();
       std::fill(reported_.begin(), reported_.end(), 0);
       bucketer_->begin_micro_step();
@@ -469,10 +360,9 @@ private:
   step_result step_unguarded() {
     if (in_micro_) ZB_LOCAL_FAIL(ctx_, "step: a micro-step is still open (call end_micro_step first)");
     if (micro_steps_ == 0) ZB_LOCAL_FAIL(ctx_, "step: no micro-step since the last step");
-    agree_on_state(call_site::step);
+    agree_on_state(detail::call_site::step);
     // Stage 3: the acquire/release order is now known to be the same everywhere.
-    if constexpr (requires(coordinator_impl& c, std::span<const std::uint32_t> e) { c.trace_agreed(e); })
-      coord_->trace_agreed(events_);
+    if constexpr (Coordinator::caps.follows_trace) coord_->trace_agreed(trace_.events());
     // A retried step (after a rolled-back transaction) has its gradients reduced already.
     if (!grads_reduced_) bucketer_->reduce_for_step();
     grads_reduced_ = true;
@@ -483,7 +373,7 @@ private:
     std::vector<double> partial(n, 0.0);
     bool nonfinite = false;
     for (const auto& s : owned_) {
-      auto st = ops::grad_sumsq(bucketer_->grad_slice(s.unit, s.rank), s.numel, cfg_.threads);
+      auto st = ops::grad_sumsq(bucketer_->grad_slice(s.unit, s.rank), s.numel, cfg_.step.threads);
       partial[s.rank] += st.sumsq;
       nonfinite = nonfinite || st.nonfinite;
     }
@@ -512,8 +402,8 @@ private:
       return res;
     }
     res.grad_norm = std::sqrt(sumsq) * grad_scale;
-    if (cfg_.max_grad_norm > 0.0f && res.grad_norm > cfg_.max_grad_norm)
-      res.clip_factor = static_cast<float>(cfg_.max_grad_norm / (res.grad_norm + 1e-6));
+    if (cfg_.step.max_grad_norm > 0.0f && res.grad_norm > cfg_.step.max_grad_norm)
+      res.clip_factor = static_cast<float>(cfg_.step.max_grad_norm / (res.grad_norm + 1e-6));
 
     // Pass 2: the fused upcast · unscale · clip · AdamW · downcast.
     ++steps_;
@@ -523,7 +413,7 @@ private:
     for (const auto& s : owned_)
       slices.push_back({bucketer_->grad_slice(s.unit, s.rank), coord_->owned_slice(s.unit, s.rank), s.numel,
                         s.master_offset});
-    if constexpr (requires(master_impl& m) { m.commit(); }) {
+    if constexpr (Master::caps.transactional) {
       // A transaction (master::swapped): commit only if every rank's state landed.
       std::string problem;
       try {
@@ -585,10 +475,7 @@ public:
   const usage_stats& stats() const { return stats_; }
   /// @brief The coordinator's counters (gathers, prefetch hits, invalidations, live
   /// elements, ...); zero for coordinators that keep none (stages 0–2).
-  zeroblocks::coordinator_stats coordination_stats() const {
-    if constexpr (requires(const coordinator_impl& c) { c.stats(); }) return coord_->stats();
-    else return {};
-  }
+  zeroblocks::coordinator_stats coordination_stats() const { return coord_->stats(); }
   /// @brief The coordinator policy's state, for inspection.
   const coordinator_impl& coordinator() const { return *coord_; }
   /// @brief The master-state policy's state (e.g. `master::swapped`'s I/O counters).
@@ -596,16 +483,13 @@ public:
 
   /// @brief What this configuration holds at rest, per category, from the policies'
   /// declarations (compare with `memory()` and with `zero_formula_bytes`).
-  static memory_report estimate(const layout& lay, const engine_config& cfg) {
+  static memory_report estimate(const layout& lay, const config& cfg) {
     memory_report r;
-    using Ctx = context;
     const int w = lay.world();
-    Coordinator::template impl<Ctx>::declare(lay, cfg, w, r, sizeof(T));
-    Bucketer::template impl<Ctx>::declare(lay, cfg, w, r, sizeof(T));
-    if constexpr (params_on_tier_v<Coordinator>)
-      Master::template impl<Ctx>::declare(lay.shard_numel(), cfg, r, true);
-    else
-      Master::template impl<Ctx>::declare(sharded_master ? lay.shard_numel() : lay.total_numel(), cfg, r);
+    coordinator_impl::declare(lay, cfg.coordinate, w, r, sizeof(T));
+    bucketer_impl::declare(lay, cfg.bucket, w, r, sizeof(T));
+    master_impl::declare(master_shape{sharded_master ? lay.shard_numel() : lay.total_numel(), params_on_tier},
+                         cfg.master, r);
     return r;
   }
   /// @brief The ZeRO formula for this engine's stage and layout.
@@ -707,107 +591,14 @@ private:
     control_comm_.abort_peers(message);
   }
 
-  enum class call_site { begin_micro_step = 1, step = 2, acquire = 3 };
-
-  static std::string call_text(double call, double unit, const layout& lay) {
-    if (call == 1.0) return "begin_micro_step()";
-    if (call == 2.0) return "step()";
-    return detail::concat("acquire('", lay.unit_name(static_cast<std::size_t>(unit)), "')");
-  }
-  std::string event_text(std::uint32_t e) const {
-    return detail::concat(e & release_bit ? "release '" : "acquire '", layout_.unit_name(e & ~release_bit), "'");
-  }
-
-  /// Every rank must be at the same call, step and micro-step, with the same stage-3
-  /// acquire/release order, learning rate and loss scale, acquiring the same unit (at
-  /// `acquire`), and hold no unit at step(). One small all-gather on the control
-  /// communicator; a difference throws the same message on every rank. A different
-  /// order is named by its first differing event (the whole orders are exchanged then).
-  void agree_on_state(call_site where, std::size_t unit = 0) {
+  /// Every rank at the same place (`agreement.hpp`); collective on the control communicator.
+  void agree_on_state(detail::call_site where, std::size_t unit = 0) {
     std::size_t held = 0;
     for (int h : holds_) held += h > 0;
-    enum field { f_call, f_step, f_micro, f_events, f_hash_hi, f_hash_lo, f_lr, f_scale, f_unit, f_held, k };
-    const char* names[] = {"call", "step", "completed micro-steps", "", "", "", "learning rate", "loss scale"};
-    std::vector<double> mine(k);
-    mine[f_call] = static_cast<double>(where);
-    mine[f_step] = static_cast<double>(steps_);
-    mine[f_micro] = static_cast<double>(micro_steps_);
-    mine[f_events] = static_cast<double>(events_.size());
-    mine[f_hash_hi] = static_cast<double>(events_hash_ >> 32);
-    mine[f_hash_lo] = static_cast<double>(events_hash_ & 0xffffffffu);
-    mine[f_lr] = static_cast<double>(cfg_.optim.lr);
-    mine[f_scale] = static_cast<double>(scaler_.scale());
-    mine[f_unit] = static_cast<double>(unit);
-    mine[f_held] = static_cast<double>(held);
-    auto all = control_comm_.all_gather_values(mine);
-    auto at = [&](int r, int f) { return all[static_cast<std::size_t>(r) * k + f]; };
-    for (int r = 1; r < comm_.size(); ++r)
-      for (int i = f_call; i <= f_scale; ++i) {
-        if (at(r, i) == at(0, i)) continue;
-        if (i == f_call)
-          ZB_FAIL("ranks out of step: rank 0 is in ", call_text(at(0, f_call), at(0, f_unit), layout_), " after ",
-                  at(0, f_micro), " micro-step(s) and ", at(0, f_events), " stage-3 acquire/release(s) but rank ", r,
-                  " is in ", call_text(at(r, f_call), at(r, f_unit), layout_), " after ", at(r, f_micro), " and ",
-                  at(r, f_events), " (every rank must run the same micro-steps and acquire the same units)");
-        if (i >= f_events && i <= f_hash_lo) fail_on_order();
-        ZB_FAIL("ranks disagree on the ", names[i], ": ", at(0, i), " on rank 0, ", at(r, i), " on rank ", r);
-      }
-    if (where == call_site::acquire)
-      for (int r = 1; r < comm_.size(); ++r)
-        if (at(r, f_unit) != at(0, f_unit))
-          ZB_FAIL("stage 3: ranks acquire different units at event #", events_.size() + 1, " of step ", steps_ + 1,
-                  ": '", layout_.unit_name(static_cast<std::size_t>(at(0, f_unit))), "' on rank 0 but '",
-                  layout_.unit_name(static_cast<std::size_t>(at(r, f_unit))), "' on rank ", r,
-                  " (every rank must acquire units in the same order)");
-    if (where == call_site::step)
-      for (int r = 0; r < comm_.size(); ++r)
-        if (at(r, f_held) > 0)
-          ZB_FAIL("step: rank ", r, " still holds ", at(r, f_held),
-                  " acquired unit(s); release every unit before step() (stage 3 would keep stale parameters)");
+    detail::agree_on_position(control_comm_, layout_, trace_,
+                              {where, steps_, micro_steps_, unit, held, static_cast<double>(cfg_.optim.lr),
+                               static_cast<double>(scaler_.scale())});
   }
-
-  /// The stage-3 orders differ (hash or length): exchange them and name the first
-  /// difference. Collective; every rank throws the same message.
-  [[noreturn]] void fail_on_order() {
-    std::string mine;
-    for (auto e : events_) {
-      mine += std::to_string(e);
-      mine += ',';
-    }
-    auto lists = control_comm_.all_gather_strings(mine);
-    auto parse = [](const std::string& text) {
-      std::vector<std::uint32_t> v;
-      for (std::size_t a = 0, b; (b = text.find(',', a)) != std::string::npos; a = b + 1)
-        v.push_back(static_cast<std::uint32_t>(std::stoul(text.substr(a, b - a))));
-      return v;
-    };
-    const auto ref = parse(lists[0]);
-    for (int r = 1; r < comm_.size(); ++r) {
-      const auto other = parse(lists[r]);
-      for (std::size_t i = 0; i < std::max(ref.size(), other.size()); ++i) {
-        const bool a_ok = i < ref.size(), b_ok = i < other.size();
-        if (a_ok && b_ok && ref[i] == other[i]) continue;
-        ZB_FAIL("stage 3: ranks acquire and release units in different orders: event #", i + 1, " of step ",
-                steps_ + 1, " is ", a_ok ? event_text(ref[i]) : std::string("<none>"), " on rank 0 but ",
-                b_ok ? event_text(other[i]) : std::string("<none>"), " on rank ", r,
-                " (every rank must acquire and release units in the same order)");
-      }
-    }
-    ZB_FAIL("stage 3: ranks acquire and release units in different orders (hash mismatch)");
-  }
-
-  void log_event(std::uint32_t e) {
-    events_.push_back(e);
-    events_hash_ = (events_hash_ ^ (static_cast<std::uint64_t>(e) + 1)) * 1099511628211ull;
-  }
-
-  /// The bucketer reports each reduced block and the master takes it (see the constructor).
-  static constexpr bool streams_shard_v =
-      requires(bucketer_impl& b, master_impl& m, const T* p, std::size_t n) {
-        b.on_shard_updated([](std::size_t, const T*, std::size_t) {}, [] {});
-        m.shard_updated(n, p, n);
-        m.shard_will_change();
-      };
 
   std::size_t owned_numel() const { return sharded_master ? layout_.shard_numel() : layout_.total_numel(); }
 
@@ -815,12 +606,12 @@ private:
     grads_reduced_ = false;
     bucketer_->zero();
     micro_steps_ = 0;
-    events_.clear();
-    events_hash_ = events_hash_seed;
+    trace_.clear();
     // Stage 3: the next step's first gathers may start now (prefetch_across_steps).
-    if constexpr (requires(coordinator_impl& c) { c.step_ended(); }) coord_->step_ended();
+    if constexpr (Coordinator::caps.follows_trace) coord_->step_ended();
   }
 
+  friend unit_guard;
   void check_param(param_id p, const char* what) {
     if (p.index >= layout_.param_count())
       ZB_LOCAL_FAIL(ctx_, what, ": parameter index ", p.index, " out of range (", layout_.param_count(),
@@ -831,102 +622,33 @@ private:
       ZB_LOCAL_FAIL(ctx_, what, ": unit index ", u.index, " out of range (", layout_.unit_count(), " units)");
   }
 
-  /// Validate config and registry on every rank, collectively; then build the layout.
+  /// Validate config and registry on every rank, collectively (`checks.hpp`); then
+  /// build the layout.
   layout checked_layout(const param_registry& reg) {
-    // 1. Config valid here?
-    std::string problem;
-    try {
-      Optim::validate(cfg_.optim);
-      Scaler::validate(cfg_.scale);
-      ZB_REQUIRE(cfg_.bucket_numel >= 1, "engine_config: bucket_numel must be >= 1");
-      ZB_REQUIRE(cfg_.bucket_count >= 1, "engine_config: bucket_count must be >= 1 (got ", cfg_.bucket_count, ")");
-      ZB_REQUIRE(cfg_.align_numel >= 1 && (cfg_.align_numel & (cfg_.align_numel - 1)) == 0,
-                 "engine_config: align_numel ", cfg_.align_numel, " must be a power of two");
-      ZB_REQUIRE(cfg_.max_grad_norm >= 0.0f && std::isfinite(cfg_.max_grad_norm),
-                 "engine_config: max_grad_norm must be finite and >= 0 (0 = off)");
-      ZB_REQUIRE(cfg_.threads >= 0, "engine_config: threads must be >= 0 (0 = all)");
-      ZB_REQUIRE(reg.size() > 0, "engine: no parameters registered");
-    } catch (const error& e) {
-      problem = e.reason();
-    }
-    comm_.agree(problem.empty(), problem);
-
-    // 2. Same config on every rank?
-    const std::vector<std::pair<const char*, double>> fields = {
-        {"optim.lr", cfg_.optim.lr},
-        {"optim.beta1", cfg_.optim.beta1},
-        {"optim.beta2", cfg_.optim.beta2},
-        {"optim.eps", cfg_.optim.eps},
-        {"optim.weight_decay", cfg_.optim.weight_decay},
-        {"optim.decoupled", cfg_.optim.decoupled ? 1.0 : 0.0},
-        {"scale.fixed_scale", cfg_.scale.fixed_scale},
-        {"scale.initial_scale", cfg_.scale.initial_scale},
-        {"scale.growth_interval", static_cast<double>(cfg_.scale.growth_interval)},
-        {"scale.hysteresis", static_cast<double>(cfg_.scale.hysteresis)},
-        {"scale.min_scale", cfg_.scale.min_scale},
-        {"max_grad_norm", cfg_.max_grad_norm},
-        {"bucket_numel", static_cast<double>(cfg_.bucket_numel)},
-        {"bucket_count", static_cast<double>(cfg_.bucket_count)},
-        {"align_numel", static_cast<double>(cfg_.align_numel)},
-    };
-    std::vector<double> mine;
-    for (auto& f : fields) mine.push_back(f.second);
-    auto all = comm_.all_gather_values(mine);
-    for (int r = 1; r < comm_.size(); ++r)
-      for (std::size_t i = 0; i < fields.size(); ++i)
-        if (std::bit_cast<std::uint64_t>(all[r * fields.size() + i]) != std::bit_cast<std::uint64_t>(all[i]))
-          ZB_FAIL("engine: configuration differs across ranks: ", fields[i].first, " is ", all[i], " on rank 0 but ",
-                  all[r * fields.size() + i], " on rank ", r);
-
-    // 3. Same parameters on every rank? Hash first; on mismatch name the difference.
+    detail::agree_config_valid(comm_, cfg_, reg);
+    detail::agree_config_same(comm_, agreement_lines<T, Space>(cfg_));
     reg_lines_.clear();
-    std::uint64_t h = 1469598103934665603ull;
-    for (std::size_t i = 0; i < reg.size(); ++i) {
-      reg_lines_.push_back(reg.describe(i));
-      for (char c : reg_lines_.back()) h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ull;
-      h = (h ^ 0xff) * 1099511628211ull;
-    }
-    auto hashes = comm_.all_gather_values(
-        {static_cast<double>(h >> 32), static_cast<double>(h & 0xffffffffu), static_cast<double>(reg.size())});
-    bool same = true;
-    for (int r = 1; r < comm_.size(); ++r)
-      for (int k = 0; k < 3; ++k) same = same && hashes[3 * r + k] == hashes[k];
-    if (!same) {
-      std::string joined;
-      for (auto& l : reg_lines_) joined += l + "\n";
-      auto lists = comm_.all_gather_strings(joined);
-      auto split = [](const std::string& s) {
-        std::vector<std::string> v;
-        std::size_t a = 0;
-        for (std::size_t b; (b = s.find('\n', a)) != std::string::npos; a = b + 1) v.push_back(s.substr(a, b - a));
-        return v;
-      };
-      auto ref = split(lists[0]);
-      for (int r = 1; r < comm_.size(); ++r) {
-        auto other = split(lists[r]);
-        for (std::size_t i = 0; i < std::max(ref.size(), other.size()); ++i) {
-          const std::string a = i < ref.size() ? ref[i] : "<nothing>", b = i < other.size() ? other[i] : "<nothing>";
-          if (a != b)
-            ZB_FAIL("engine: parameter registration differs across ranks: parameter #", i, " is ", a,
-                    " on rank 0 but ", b, " on rank ", r);
-        }
-      }
-      ZB_FAIL("engine: parameter registration differs across ranks (hash mismatch)");
-    }
-    return Partitioner::make_layout(reg, comm_.size(), cfg_.align_numel);
+    for (std::size_t i = 0; i < reg.size(); ++i) reg_lines_.push_back(reg.describe(i));
+    detail::agree_registry_same(comm_, reg_lines_);
+    return Partitioner::make_layout(reg, comm_.size(), cfg_.partition);
+  }
+
+  /// A failure on this rank only: the peers are told, then it throws (unit_guard's misuse).
+  [[noreturn]] void fail_local(const std::string& message, const std::string& where) const {
+    ctx_.fail_local(message, where);
   }
 
   Comm comm_;           // gradient reductions, construction checks
   Comm gather_comm_;    // parameter gathers (coordinator): an order of its own
   Comm control_comm_;   // per-step agreement and the gradient norm
-  engine_config cfg_;
+  config cfg_;
   std::vector<std::string> reg_lines_;
   layout layout_;
   memory_tracker tracker_;
   context ctx_;
-  std::optional<typename Coordinator::template impl<context>> coord_;
+  std::optional<coordinator_impl> coord_;
   std::optional<bucketer_impl> bucketer_;
-  std::optional<typename Master::template impl<context>> master_;
+  std::optional<master_impl> master_;
   Scaler scaler_;
   std::vector<int> holds_;
   std::vector<const T*> bases_;
@@ -937,9 +659,7 @@ private:
   int micro_steps_ = 0;
   long steps_ = 0;
   usage_stats stats_;
-  static constexpr std::uint64_t events_hash_seed = 1469598103934665603ull;
-  std::vector<std::uint32_t> events_;             // stage 3: acquires/releases this step
-  std::uint64_t events_hash_ = events_hash_seed;  // ... and their hash
+  detail::trace_log trace_;  // stage 3: acquires/releases this step, and their hash
   int exceptions_at_birth_ = std::uncaught_exceptions();
 };
 

@@ -15,7 +15,7 @@
  * `scale::none` otherwise; every preset takes the communicator first and the parameter
  * type second: `stage2<comm::mpi, bfloat16>`. `infinity` takes the swap backend third
  * (`swap::uring` by default; it falls back to pread/pwrite threads where io_uring is
- * unavailable) and needs `engine_config::swap.paths`.
+ * unavailable) and needs `cfg.master.swap.paths`.
  */
 #pragma once
 

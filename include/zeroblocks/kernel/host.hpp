@@ -24,6 +24,7 @@
 #pragma once
 
 #include "../core/config.hpp"
+#include "../core/env.hpp"
 #include "../core/error.hpp"
 #include "../core/numeric.hpp"
 #include "adamw.hpp"
@@ -101,12 +102,12 @@ inline isa choose_isa() {
   isa best = isa::scalar;
   if (isa_supported(isa::avx512)) best = isa::avx512;
   else if (isa_supported(isa::avx2)) best = isa::avx2;
-  if (const char* env = std::getenv("ZEROBLOCKS_ISA"); env != nullptr && *env != '\0') {
+  if (const auto env = zeroblocks::env::isa()) {
     isa want;
-    if (std::strcmp(env, "scalar") == 0) want = isa::scalar;
-    else if (std::strcmp(env, "avx2") == 0) want = isa::avx2;
-    else if (std::strcmp(env, "avx512") == 0) want = isa::avx512;
-    else ZB_FAIL("kernel: ZEROBLOCKS_ISA='", env, "' is not one of scalar, avx2, avx512");
+    if (*env == "scalar") want = isa::scalar;
+    else if (*env == "avx2") want = isa::avx2;
+    else if (*env == "avx512") want = isa::avx512;
+    else ZB_FAIL("kernel: ZEROBLOCKS_ISA='", *env, "' is not one of scalar, avx2, avx512");
     if (want < best) best = want;  // asking for more than the CPU has keeps the best it has
   }
   return best;

@@ -12,30 +12,64 @@
  *    GPU ranks — state in pinned host memory, the host step, 16-bit gradients down and
  *    16-bit parameters up, pipelined over chunks.
  *
- * An `impl<Ctx>` is built for the rank's owned numel (Ψ for stage 0, Ψ/N otherwise) and
- * provides `set(offset, values, n)`, `read_master(offset, out, n)`,
- * `apply(slices, args)` — the fused pass over every owned slice — and
- * `static declare(owned, cfg, report&)` (the memory it holds). Optional:
- * `commit()` / `rollback()` — the step is a transaction: the engine calls `commit()`
- * once every rank's `apply` succeeded, `rollback()` on every rank when one failed (the
- * 16-bit parameters return to the committed state) and throws `collective_error`.
+ * A master policy is a tag type with `using master_concept = master_tag;`, its knobs as
+ * `config` (`policy/config.hpp`), its optional capabilities as
+ * `static constexpr master_caps caps`, and a nested `template <class Ctx> class impl`
+ * built as `impl(ctx, config, master_shape)` for the rank's owned numel (Ψ for stage 0,
+ * Ψ/N otherwise). Every `impl` provides (checked by `master_complete<M, Ctx>()`, which
+ * names what is missing) `set(offset, values, n)`, `read_master(offset, out, n)`,
+ * `apply(slices, args)` — the fused pass over every owned slice, the step — and
+ * `static declare(master_shape, config, report&)` (the memory it holds).
+ *
+ * Optional capabilities, declared in `caps`:
+ *  - `transactional` → `commit()` / `rollback()`: the step is a transaction: the engine
+ *    calls `commit()` once every rank's `apply` succeeded, `rollback()` on every rank
+ *    when one failed (the 16-bit parameters return to the committed state) and throws
+ *    `collective_error`.
+ *  - `takes_shard_stream` → `shard_updated(offset, data, n)` / `shard_will_change()`:
+ *    connected to a bucketer that declares `bucketer_caps::streams_shard`, the master
+ *    moves each reduced gradient block as it lands during backward.
+ *  - `keeps_param_tier` → `param_tier() -> param_tier_view`: with
+ *    `master_shape::params_on_tier` the rank's 16-bit parameter shard lives in the
+ *    master's tier, for a coordinator that declares `coordinator_caps::params_on_tier`.
  */
 #pragma once
 
 #include "../core/config.hpp"
+#include "../kernel/adamw.hpp"
+#include "../policy/config.hpp"
 #include "../space/host_space.hpp"
 #include "../space/memory.hpp"
+#include "../swap/swap.hpp"  // param_tier_view
 
 #include <concepts>
 #include <cstddef>
+#include <vector>
 
 ZB_NAMESPACE_BEGIN
 
 /// @brief Tag that marks a type as a master-state policy.
 struct master_tag {};
 
+/// @brief A master's optional capabilities (see the file comment).
+struct master_caps {
+  bool transactional = false;
+  bool takes_shard_stream = false;
+  bool keeps_param_tier = false;
+};
+
+/// @brief What a master is built for: the rank's owned elements, and whether the 16-bit
+/// parameter shard lives in the master's tier too (only for `keeps_param_tier`).
+struct master_shape {
+  std::size_t owned_numel = 0;
+  bool params_on_tier = false;
+};
+
 template <class M>
-concept master_policy = std::same_as<typename M::master_concept, master_tag>;
+concept master_policy = std::same_as<typename M::master_concept, master_tag> && policy_config<typename M::config> &&
+                        requires {
+                          { M::caps } -> std::convertible_to<master_caps>;
+                        };
 
 /// @brief fp32 master, Adam m and v of `n` owned elements in `Space`, zeroed, tracked as
 /// `master_fp32`, `adam_m`, `adam_v` (the state `master::resident` and
@@ -68,5 +102,43 @@ struct step_slice {
   std::size_t numel = 0;
   std::size_t master_offset = 0;
 };
+
+/// @brief Checks, with a message naming the role and the operation, that master
+/// policy `M` provides every operation the engine calls with context `Ctx`.
+template <class M, class Ctx>
+consteval bool master_complete() {
+  using I = typename M::template impl<Ctx>;
+  using T = typename Ctx::param_type;
+  using cfg = typename M::config;
+  static_assert(std::constructible_from<I, Ctx&, const cfg&, master_shape>,
+                "master role: impl<Ctx> must be constructible as impl(Ctx&, const config&, master_shape)");
+  static_assert(requires(I& m, std::size_t o, const float* v) { m.set(o, v, o); },
+                "master role: impl lacks `set(std::size_t offset, const float* values, std::size_t n)`");
+  static_assert(requires(I& m, std::size_t o, float* out) { m.read_master(o, out, o); },
+                "master role: impl lacks `read_master(std::size_t offset, float* out, std::size_t n)`");
+  static_assert(requires(I& m, const std::vector<step_slice<T>>& s, const kernel::adamw_step_args& a) {
+                  m.apply(s, a);
+                },
+                "master role: impl lacks its step, `apply(const std::vector<step_slice<T>>&, const args&)`");
+  static_assert(requires(const cfg& k, memory_report& r) { I::declare(master_shape{}, k, r); },
+                "master role: impl lacks `static declare(master_shape, const config&, memory_report&)`");
+  if constexpr (M::caps.transactional)
+    static_assert(requires(I& m) {
+                    m.commit();
+                    m.rollback();
+                  },
+                  "master role: caps.transactional is declared but impl lacks `commit()` and `rollback()`");
+  if constexpr (M::caps.takes_shard_stream)
+    static_assert(requires(I& m, std::size_t o, const T* d) {
+                    m.shard_updated(o, d, o);
+                    m.shard_will_change();
+                  },
+                  "master role: caps.takes_shard_stream is declared but impl lacks "
+                  "`shard_updated(offset, data, n)` and `shard_will_change()`");
+  if constexpr (M::caps.keeps_param_tier)
+    static_assert(requires(I& m) { { m.param_tier() } -> std::convertible_to<param_tier_view>; },
+                  "master role: caps.keeps_param_tier is declared but impl lacks `param_tier_view param_tier()`");
+  return true;
+}
 
 ZB_NAMESPACE_END

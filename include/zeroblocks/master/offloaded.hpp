@@ -21,7 +21,7 @@
  * bucketers (stages 0/1 reduce at the step) the copies start at `step()`, chunk by
  * chunk, overlapped with the host kernel.
  *
- * `apply()` cuts the owned slices into chunks of `swap_config::sub_group_numel` elements
+ * `apply()` cuts the owned slices into chunks of `cfg.master.chunk_numel` elements
  * and runs the host's fused kernel on each — upcast, unscale, clip, AdamW, writing
  * master, m, v and the new 16-bit parameters into one of two pinned staging buffers —
  * while the previous chunk's parameters go up (host → device) on a second stream. Only
@@ -37,7 +37,7 @@
  */
 #pragma once
 
-#include "../engine/context.hpp"
+#include "../policy/context.hpp"
 #include "../kernel/host.hpp"
 #include "../space/cuda_space.hpp"
 #include "../space/host_space.hpp"
@@ -61,16 +61,32 @@ struct offloaded_stats {
   std::uint64_t steps = 0;                     ///< applied steps
 };
 
+/// @brief Knob of `master::offloaded` (`cfg.master`); must agree across ranks.
+struct offloaded_config {
+  /// Elements per pipeline chunk of the host step: the host kernel runs on one chunk
+  /// while the previous chunk's 16-bit parameters go up. Two pinned staging buffers of
+  /// this many 16-bit elements. [DeepSpeed has none: its CPU Adam runs whole, then copies]
+  std::size_t chunk_numel = std::size_t{1} << 24;
+
+  void validate() const { ZB_REQUIRE(chunk_numel >= 1, "master.chunk_numel must be >= 1"); }
+  template <class V>
+  void fields(V&& v) { v("chunk_numel", chunk_numel); }
+  template <class V>
+  void fields(V&& v) const { v("chunk_numel", chunk_numel); }
+};
+
 /// @brief fp32 master, m, v in pinned host memory; host step; 16-bit copies over PCIe.
 struct offloaded {
   using master_concept = master_tag;
   /// Where the state lives (not `space`: it is not the engine's space, by design).
   using state_space = pinned_space;
   static constexpr const char* name = "offloaded";
+  using config = offloaded_config;
+  static constexpr master_caps caps{.takes_shard_stream = true};
 
   /// @brief Elements per pipeline chunk.
-  static std::size_t chunk(const engine_config& cfg, std::size_t owned) {
-    return std::max<std::size_t>(1, std::min(cfg.swap.sub_group_numel, std::max<std::size_t>(owned, 1)));
+  static std::size_t chunk(const config& cfg, std::size_t owned) {
+    return std::max<std::size_t>(1, std::min(cfg.chunk_numel, std::max<std::size_t>(owned, 1)));
   }
 
   template <class Ctx>
@@ -81,12 +97,12 @@ struct offloaded {
                   "master::resident");
 
   public:
-    impl(Ctx& ctx, std::size_t owned_numel)
+    impl(Ctx& ctx, const config& cfg, master_shape shape)
         : ctx_(ctx),
-          owned_(owned_numel),
-          chunk_(chunk(ctx.cfg, owned_numel)),
-          st_(owned_numel, &ctx.tracker),
-          grad_(owned_numel, mem_category::staging, &ctx.tracker) {
+          owned_(shape.owned_numel),
+          chunk_(chunk(cfg, owned_)),
+          st_(owned_, &ctx.tracker),
+          grad_(owned_, mem_category::staging, &ctx.tracker) {
       for (auto& p : param_) p = buffer<T, pinned_space>(chunk_, mem_category::staging, &ctx.tracker);
     }
     impl(const impl&) = delete;
@@ -97,10 +113,10 @@ struct offloaded {
       (void)cudaStreamSynchronize(down_);
       (void)cudaStreamSynchronize(up_);
     }
-    static void declare(std::size_t owned_numel, const engine_config& cfg, memory_report& r) {
-      adam_state<pinned_space>::declare(owned_numel, r);
+    static void declare(master_shape shape, const config& cfg, memory_report& r) {
+      adam_state<pinned_space>::declare(shape.owned_numel, r);
       r.current[static_cast<std::size_t>(mem_category::staging)] +=
-          (owned_numel + 2 * chunk(cfg, owned_numel)) * sizeof(T);
+          (shape.owned_numel + 2 * chunk(cfg, shape.owned_numel)) * sizeof(T);
     }
 
     void set(std::size_t offset, const float* values, std::size_t n) {
@@ -174,7 +190,7 @@ struct offloaded {
         const auto& w = work[k];
         const std::size_t o = w.master_offset;
         kernel::fused_adamw(st_.master.data() + o, st_.m.data() + o, st_.v.data() + o, grad_.data() + o,
-                            param_[b].data(), w.n, a, ctx_.cfg.threads);
+                            param_[b].data(), w.n, a, ctx_.threads);
         cuda_space::copy_async(w.param, param_[b].data(), w.n * sizeof(T), up_);
         uploaded_[b].record(up_);
         stats_.param_bytes_up += w.n * sizeof(T);

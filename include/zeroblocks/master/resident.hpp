@@ -6,7 +6,7 @@
  */
 #pragma once
 
-#include "../engine/context.hpp"
+#include "../policy/context.hpp"
 #include "../kernel/host.hpp"
 #include "../space/host_space.hpp"
 #include "../space/ops.hpp"
@@ -24,6 +24,8 @@ struct resident {
   using master_concept = master_tag;
   using space = Space;
   static constexpr const char* name = "resident";
+  using config = no_config;
+  static constexpr master_caps caps{};
   static_assert(space_policy<Space>,
                 "master::resident<Space>: Space is not a space policy (see zeroblocks/space/host_space.hpp)");
 
@@ -33,9 +35,9 @@ struct resident {
     using ops = space_ops<Space>;
 
   public:
-    impl(Ctx& ctx, std::size_t owned_numel) : ctx_(ctx), st_(owned_numel, &ctx.tracker) {}
-    static void declare(std::size_t owned_numel, const engine_config&, memory_report& r) {
-      adam_state<Space>::declare(owned_numel, r);
+    impl(Ctx& ctx, const config&, master_shape shape) : ctx_(ctx), st_(shape.owned_numel, &ctx.tracker) {}
+    static void declare(master_shape shape, const config&, memory_report& r) {
+      adam_state<Space>::declare(shape.owned_numel, r);
     }
 
     void set(std::size_t offset, const float* values, std::size_t n) {
@@ -54,7 +56,7 @@ struct resident {
       for (const auto& s : slices) {
         const std::size_t o = s.master_offset;
         ops::fused_adamw(st_.master.data() + o, st_.m.data() + o, st_.v.data() + o, s.grad, s.param, s.numel, a,
-                         ctx_.cfg.threads);
+                         ctx_.threads);
       }
     }
 

@@ -41,7 +41,7 @@
  */
 #pragma once
 
-#include "../engine/context.hpp"
+#include "../policy/context.hpp"
 #include "../kernel/host.hpp"
 #include "../swap/posix.hpp"
 #include "../swap/swap.hpp"
@@ -71,7 +71,42 @@ struct swapped_stats {
   std::uint64_t param_payload_written = 0;  ///< 16-bit parameter bytes the steps wrote
 };
 
+/// @brief Knobs of `master::swapped` (`cfg.master`; DeepSpeed names in brackets).
+/// Every knob must agree across ranks except `swap.paths` (a rank's own directories),
+/// `swap.threads` (a rank's I/O threads) and `swap.fault_hook` (a test's).
+struct swapped_config {
+  /// The backend's knobs: directories, request size, queue depth, O_DIRECT.
+  swap_config swap{};
+  /// Staging buffers of the pipeline; each holds one sub-group's fp32 master, m and v
+  /// (12 B × sub_group_numel, rounded to 4 KiB). At least 2; 3 overlaps read k+1,
+  /// compute k and write k−1; more reads further ahead. [offload_optimizer.buffer_count 4]
+  int buffer_count = 4;
+  /// Elements of the rank's optimizer state read, updated and written as one piece.
+  /// Bounds the tier's memory: buffer_count × 12 B × sub_group_numel. DeepSpeed's
+  /// default (1e9) would ask 48 GB of staging buffers here. [sub_group_size 1e9]
+  std::size_t sub_group_numel = std::size_t{1} << 24;
 
+  void validate() const {
+    ZB_REQUIRE(sub_group_numel >= 1, "master.sub_group_numel must be >= 1");
+    ZB_REQUIRE(buffer_count >= 2, "master.buffer_count must be >= 2 (got ", buffer_count,
+               "; 3 overlaps read, update and write)");
+  }
+  template <class V>
+  void fields(V&& v) { fields_of(*this, v); }
+  template <class V>
+  void fields(V&& v) const { fields_of(*this, v); }
+
+private:
+  template <class Self, class V>
+  static void fields_of(Self& c, V& v) {
+    v("buffer_count", c.buffer_count);
+    v("sub_group_numel", c.sub_group_numel);
+    v("swap.block_size", c.swap.block_size);
+    v("swap.queue_depth", c.swap.queue_depth);
+    v("swap.direct_io", c.swap.direct_io);
+    v("swap.keep_files", c.swap.keep_files);
+  }
+};
 
 /// @brief Master state on NVMe through swap backend `Swap` (`swap::uring` by default).
 template <class Swap = swap::uring>
@@ -79,13 +114,15 @@ struct swapped {
   using master_concept = master_tag;
   using swap_backend = Swap;
   static constexpr const char* name = "swapped";
+  using config = swapped_config;
+  static constexpr master_caps caps{.transactional = true, .keeps_param_tier = true};
   static_assert(swap_policy<Swap>,
                 "master::swapped<Swap>: Swap is not a swap-backend policy (see zeroblocks/swap/swap.hpp)");
 
   /// @brief Elements per sub-group for `owned` elements; with the parameters on the tier
   /// a multiple of 4 KiB of `elem_bytes`-byte parameters.
-  static std::size_t sub_group(const engine_config& cfg, std::size_t owned, std::size_t elem_bytes = 0) {
-    std::size_t s = std::max<std::size_t>(1, std::min(cfg.swap.sub_group_numel, owned));
+  static std::size_t sub_group(const config& cfg, std::size_t owned, std::size_t elem_bytes = 0) {
+    std::size_t s = std::max<std::size_t>(1, std::min(cfg.sub_group_numel, owned));
     if (elem_bytes) {
       const std::size_t q = swap_block_align / elem_bytes;
       s = (s + q - 1) / q * q;
@@ -104,19 +141,19 @@ struct swapped {
     };
 
   public:
-    /// @param params_on_tier keep the 16-bit parameter shard in the tier as well (the
-    ///        engine passes true for a coordinator that reads it from here).
-    impl(Ctx& ctx, std::size_t owned_numel, bool params_on_tier = false)
+    /// `shape.params_on_tier`: keep the 16-bit parameter shard in the tier as well (the
+    /// engine asks for it for a coordinator that reads it from here).
+    impl(Ctx& ctx, const config& cfg, master_shape shape)
         : ctx_(ctx),
-          params_(params_on_tier),
-          n_(owned_numel),
-          s_(checked_sub_group(ctx.cfg, owned_numel, params_on_tier ? sizeof(T) : 0)),
-          g_((owned_numel + s_ - 1) / s_),
+          params_(shape.params_on_tier),
+          n_(shape.owned_numel),
+          s_(checked_sub_group(cfg, n_, params_ ? sizeof(T) : 0)),
+          g_((n_ + s_ - 1) / s_),
           rec_(swap_round_up(12 * s_)),
-          prec_(params_on_tier ? swap_round_up(sizeof(T) * s_) : 0),
-          psec_(params_on_tier ? swap_round_up(sizeof(T) * owned_numel) : 0),
-          pool_(ctx.cfg.swap.buffer_count, rec_ + prec_, &ctx.tracker),
-          io_(ctx.cfg.swap, "master", ctx.rank(), 2 * g_ * rec_ + 2 * psec_),
+          prec_(params_ ? swap_round_up(sizeof(T) * s_) : 0),
+          psec_(params_ ? swap_round_up(sizeof(T) * n_) : 0),
+          pool_(cfg.buffer_count, rec_ + prec_, &ctx.tracker),
+          io_(cfg.swap, "master", ctx.rank(), 2 * g_ * rec_ + 2 * psec_),
           per_(g_) {
       io_.register_buffers(pool_.iovecs());
       stats_.sub_groups = g_;
@@ -128,12 +165,11 @@ struct swapped {
     impl(const impl&) = delete;
     impl& operator=(const impl&) = delete;
 
-    static void declare(std::size_t owned_numel, const engine_config& cfg, memory_report& r,
-                        bool params_on_tier = false) {
-      const std::size_t s = sub_group(cfg, owned_numel, params_on_tier ? sizeof(T) : 0);
+    static void declare(master_shape shape, const config& cfg, memory_report& r) {
+      const std::size_t s = sub_group(cfg, shape.owned_numel, shape.params_on_tier ? sizeof(T) : 0);
       r.current[static_cast<std::size_t>(mem_category::staging)] +=
-          static_cast<std::size_t>(std::max(cfg.swap.buffer_count, 0)) *
-          (swap_round_up(12 * s) + (params_on_tier ? swap_round_up(sizeof(T) * s) : 0));
+          static_cast<std::size_t>(std::max(cfg.buffer_count, 0)) *
+          (swap_round_up(12 * s) + (shape.params_on_tier ? swap_round_up(sizeof(T) * s) : 0));
     }
 
     /// @brief Read access to the committed 16-bit parameter section (parameters on the
@@ -249,7 +285,7 @@ struct swapped {
       for (std::size_t g = 0; g < g_ && !params_; ++g) {
         if (per_[g].empty()) continue;
         const float* rec = load(g);
-        for (const auto& p : per_[g]) kernel::downcast(p.param, rec + p.at, p.numel, 1.0f, ctx_.cfg.threads);
+        for (const auto& p : per_[g]) kernel::downcast(p.param, rec + p.at, p.numel, 1.0f, ctx_.threads);
       }
       ++stats_.rollbacks;
     }
@@ -264,10 +300,8 @@ struct swapped {
   private:
     static constexpr std::size_t npos = static_cast<std::size_t>(-1);
 
-    static std::size_t checked_sub_group(const engine_config& cfg, std::size_t owned, std::size_t elem_bytes) {
-      ZB_REQUIRE(cfg.swap.sub_group_numel >= 1, "master::swapped: swap.sub_group_numel must be >= 1");
-      ZB_REQUIRE(cfg.swap.buffer_count >= 2, "master::swapped: swap.buffer_count must be >= 2 (got ",
-                 cfg.swap.buffer_count, "; 3 overlaps read, update and write)");
+    static std::size_t checked_sub_group(const config& cfg, std::size_t owned, std::size_t elem_bytes) {
+      cfg.validate();
       return sub_group(cfg, owned, elem_bytes);
     }
     std::size_t numel_of(std::size_t g) const { return std::min(s_, n_ - g * s_); }
@@ -291,7 +325,7 @@ struct swapped {
       if (params_) std::memset(static_cast<void*>(param_area(b)), 0, sizeof(T) * n);
       for (const auto& p : per_[g])
         kernel::fused_adamw(master + p.at, m + p.at, v + p.at, p.grad, params_ ? param_area(b) + p.at : p.param,
-                            p.numel, a, ctx_.cfg.threads);
+                            p.numel, a, ctx_.threads);
     }
 
     /// The committed record of sub-group g in staging buffer 0 (one-record cache), with

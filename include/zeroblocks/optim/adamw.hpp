@@ -12,6 +12,7 @@
 #include "../core/config.hpp"
 #include "../core/error.hpp"
 #include "../kernel/adamw.hpp"
+#include "../policy/config.hpp"
 
 #include <cmath>
 #include <concepts>
@@ -29,10 +30,42 @@ struct adamw_config {
   float eps = 1e-8f;
   float weight_decay = 0.01f;
   bool decoupled = true;  ///< AdamW; false = L2 regularisation (classic Adam)
+
+  void validate() const {
+    ZB_REQUIRE(lr >= 0.0f && std::isfinite(lr), "optim.lr ", lr, " must be finite and >= 0");
+    ZB_REQUIRE(beta1 >= 0.0f && beta1 < 1.0f, "optim.beta1 ", beta1, " must be in [0, 1)");
+    ZB_REQUIRE(beta2 >= 0.0f && beta2 < 1.0f, "optim.beta2 ", beta2, " must be in [0, 1)");
+    ZB_REQUIRE(eps > 0.0f && std::isfinite(eps), "optim.eps ", eps, " must be finite and > 0");
+    ZB_REQUIRE(weight_decay >= 0.0f && std::isfinite(weight_decay), "optim.weight_decay ", weight_decay,
+               " must be finite and >= 0");
+  }
+  template <class V>
+  void fields(V&& v) { fields_of(*this, v); }
+  template <class V>
+  void fields(V&& v) const { fields_of(*this, v); }
+
+private:
+  template <class Self, class V>
+  static void fields_of(Self& c, V& v) {
+    v("lr", c.lr);
+    v("beta1", c.beta1);
+    v("beta2", c.beta2);
+    v("eps", c.eps);
+    v("weight_decay", c.weight_decay);
+    v("decoupled", c.decoupled);
+  }
 };
 
+/// @brief An optimizer: tagged, with its own `config` (which has an `lr`, the knob the
+/// engine's `set_learning_rate` changes) and `args(config, step, grad_scale)`, the
+/// per-step constants of its fused kernel.
 template <class O>
-concept optimizer_policy = std::same_as<typename O::optimizer_concept, optimizer_tag>;
+concept optimizer_policy = std::same_as<typename O::optimizer_concept, optimizer_tag> &&
+                           policy_config<typename O::config> &&
+                           requires(typename O::config& c, long t, float s) {
+                             { c.lr } -> std::convertible_to<float>;
+                             O::args(c, t, s);
+                           };
 
 namespace optim {
 
@@ -42,14 +75,6 @@ struct adamw {
   using config = adamw_config;
   static constexpr const char* name = "adamw";
 
-  static void validate(const config& c) {
-    ZB_REQUIRE(c.lr >= 0.0f && std::isfinite(c.lr), "optim::adamw: lr ", c.lr, " must be finite and >= 0");
-    ZB_REQUIRE(c.beta1 >= 0.0f && c.beta1 < 1.0f, "optim::adamw: beta1 ", c.beta1, " must be in [0, 1)");
-    ZB_REQUIRE(c.beta2 >= 0.0f && c.beta2 < 1.0f, "optim::adamw: beta2 ", c.beta2, " must be in [0, 1)");
-    ZB_REQUIRE(c.eps > 0.0f && std::isfinite(c.eps), "optim::adamw: eps ", c.eps, " must be finite and > 0");
-    ZB_REQUIRE(c.weight_decay >= 0.0f && std::isfinite(c.weight_decay),
-               "optim::adamw: weight_decay must be finite and >= 0");
-  }
   /// @brief Constants of step t (1-based) with the given gradient multiplier.
   static kernel::adamw_step_args args(const config& c, long t, float grad_scale) {
     return kernel::make_adamw_args(c.lr, c.beta1, c.beta2, c.eps, c.weight_decay, c.decoupled, t,

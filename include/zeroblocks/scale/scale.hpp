@@ -16,6 +16,7 @@
 
 #include "../core/config.hpp"
 #include "../core/error.hpp"
+#include "../policy/config.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -26,17 +27,49 @@ ZB_NAMESPACE_BEGIN
 /// @brief Tag that marks a type as a loss-scaler policy.
 struct scaler_tag {};
 
-/// @brief Knobs of the loss scalers (DeepSpeed names in brackets).
-struct scale_config {
-  float fixed_scale = 1.0f;        ///< scale::fixed [loss_scale]
-  float initial_scale = 65536.0f;  ///< scale::dynamic, 2^16 [initial_scale_power = 16]
+/// @brief Knob of `scale::fixed` (DeepSpeed name in brackets).
+struct fixed_scale_config {
+  float scale = 1.0f;  ///< the constant loss scale [loss_scale]
+  void validate() const {
+    ZB_REQUIRE(scale > 0.0f && std::isfinite(scale), "scale.scale ", scale, " must be finite and > 0");
+  }
+  template <class V>
+  void fields(V&& v) { v("scale", scale); }
+  template <class V>
+  void fields(V&& v) const { v("scale", scale); }
+};
+
+/// @brief Knobs of `scale::dynamic` (DeepSpeed names in brackets).
+struct dynamic_scale_config {
+  float initial_scale = 65536.0f;  ///< 2^16 [initial_scale_power = 16]
   long growth_interval = 1000;     ///< overflow-free steps before doubling [loss_scale_window]
   int hysteresis = 2;              ///< overflows tolerated before halving [hysteresis]
   float min_scale = 1.0f;          ///< floor [min_loss_scale]
+  void validate() const {
+    ZB_REQUIRE(std::isfinite(initial_scale) && initial_scale > 0.0f && min_scale > 0.0f && initial_scale >= min_scale,
+               "scale: need scale.initial_scale (", initial_scale, ") >= scale.min_scale (", min_scale, ") > 0");
+    ZB_REQUIRE(growth_interval >= 1, "scale.growth_interval must be >= 1 (got ", growth_interval, ")");
+    ZB_REQUIRE(hysteresis >= 1, "scale.hysteresis must be >= 1 (got ", hysteresis, ")");
+  }
+  template <class V>
+  void fields(V&& v) { fields_of(*this, v); }
+  template <class V>
+  void fields(V&& v) const { fields_of(*this, v); }
+
+private:
+  template <class Self, class V>
+  static void fields_of(Self& c, V& v) {
+    v("initial_scale", c.initial_scale);
+    v("growth_interval", c.growth_interval);
+    v("hysteresis", c.hysteresis);
+    v("min_scale", c.min_scale);
+  }
 };
 
+/// @brief A loss scaler: tagged, built from its own `config`, `scale()` and `update(overflow)`.
 template <class S>
-concept scaler_policy = std::same_as<typename S::scaler_concept, scaler_tag> &&
+concept scaler_policy = std::same_as<typename S::scaler_concept, scaler_tag> && policy_config<typename S::config> &&
+                        std::constructible_from<S, const typename S::config&> &&
                         requires(S& s, const S& cs, bool b) {
                           { cs.scale() } -> std::same_as<float>;
                           s.update(b);
@@ -48,8 +81,8 @@ namespace scale {
 struct none {
   using scaler_concept = scaler_tag;
   static constexpr const char* name = "none";
-  explicit none(const scale_config& = {}) {}
-  static void validate(const scale_config&) {}
+  using config = no_config;
+  explicit none(const config& = {}) {}
   float scale() const { return 1.0f; }
   void update(bool /*overflow*/) {}
 };
@@ -58,11 +91,8 @@ struct none {
 struct fixed {
   using scaler_concept = scaler_tag;
   static constexpr const char* name = "fixed";
-  explicit fixed(const scale_config& c = {}) : s_(c.fixed_scale) {}
-  static void validate(const scale_config& c) {
-    ZB_REQUIRE(c.fixed_scale > 0.0f && std::isfinite(c.fixed_scale), "scale::fixed: fixed_scale ", c.fixed_scale,
-               " must be finite and > 0");
-  }
+  using config = fixed_scale_config;
+  explicit fixed(const config& c = {}) : s_(c.scale) {}
   float scale() const { return s_; }
   void update(bool) {}
 
@@ -74,16 +104,8 @@ private:
 struct dynamic {
   using scaler_concept = scaler_tag;
   static constexpr const char* name = "dynamic";
-  explicit dynamic(const scale_config& c = {})
-      : c_(c), s_(c.initial_scale), hysteresis_left_(c.hysteresis) {}
-  static void validate(const scale_config& c) {
-    ZB_REQUIRE(std::isfinite(c.initial_scale) && c.initial_scale > 0.0f && c.min_scale > 0.0f &&
-                   c.initial_scale >= c.min_scale,
-               "scale::dynamic: need initial_scale (", c.initial_scale, ") >= min_scale (",
-               c.min_scale, ") > 0");
-    ZB_REQUIRE(c.growth_interval >= 1, "scale::dynamic: growth_interval must be >= 1");
-    ZB_REQUIRE(c.hysteresis >= 1, "scale::dynamic: hysteresis must be >= 1");
-  }
+  using config = dynamic_scale_config;
+  explicit dynamic(const config& c = {}) : c_(c), s_(c.initial_scale), hysteresis_left_(c.hysteresis) {}
   float scale() const { return s_; }
   void update(bool overflow) {
     if (overflow) {
@@ -102,7 +124,7 @@ struct dynamic {
   }
 
 private:
-  scale_config c_;
+  config c_;
   float s_;
   int hysteresis_left_;
   long good_steps_ = 0;

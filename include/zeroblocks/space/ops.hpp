@@ -72,7 +72,7 @@ struct host_ops {
     kernel::downcast(dst, src, n, scale, threads);
   }
   /// `dst` may equal `src`. The upcast is exact, so this is the same single rounding
-  /// as the N-rank reduction (`comm/detail_reduce.hpp`) with one block.
+  /// as the N-rank reduction (`comm/detail/reduce.hpp`) with one block.
   template <class T>
   static void scale(T* dst, const T* src, std::size_t n, float s, int threads) {
     constexpr std::size_t chunk = 2048;

@@ -93,15 +93,6 @@ struct swap_config {
   int queue_depth = 8;
   /// `swap::posix` I/O threads. [aio.intra_op_parallelism 1]
   int threads = 2;
-  /// Staging buffers of the master-state pipeline; each holds one sub-group's fp32
-  /// master, m and v (12 B × sub_group_numel, rounded to 4 KiB). At least 2; 3 overlaps
-  /// read k+1, compute k and write k−1; more reads further ahead.
-  /// [offload_optimizer.buffer_count 4]
-  int buffer_count = 4;
-  /// Elements of the rank's optimizer state read, updated and written as one piece.
-  /// Bounds the tier's memory: buffer_count × 12 B × sub_group_numel. DeepSpeed's
-  /// default (1e9) would ask 48 GB of staging buffers here. [sub_group_size 1e9]
-  std::size_t sub_group_numel = std::size_t{1} << 24;
   /// Open files with `O_DIRECT` (bypass the page cache: bounded memory, real disk
   /// bandwidth). false for filesystems without it (tmpfs); then the page cache is used.
   bool direct_io = true;

@@ -26,6 +26,7 @@
  */
 #pragma once
 
+#include "../core/env.hpp"
 #include "detail/files.hpp"
 #include "swap.hpp"
 
@@ -219,12 +220,10 @@ public:
   uring(const swap_config& cfg, const std::string& tier, int rank, std::size_t bytes) {
     files_ = std::make_unique<detail::swap_files>(cfg, tier, rank, bytes);
     std::string why;
-    const char* env = std::getenv("ZEROBLOCKS_SWAP");
 #if ZB_HAVE_LIBURING
-    if (env != nullptr && std::strcmp(env, "posix") == 0) why = "ZEROBLOCKS_SWAP=posix";
+    if (env::swap_forced_posix()) why = "ZEROBLOCKS_SWAP=posix";
     else ring_ = detail::uring_engine::try_create(*files_, counters_, cfg.queue_depth, why);
 #else
-    (void)env;
     why = "zeroblocks was built without liburing";
 #endif
     if (!uses_uring()) {

@@ -1,15 +1,15 @@
 /**
- * @file detail_full_grads.hpp
+ * @file detail/full_grads.hpp
  * @brief Full local 16-bit gradients accumulated over micro-steps: the storage shared
  * by `bucket::all_reduce` (stage 0) and `bucket::reduce_at_boundary` (stage 1). They
  * differ only in the collective run at the accumulation boundary.
  */
 #pragma once
 
-#include "../engine/context.hpp"
-#include "../kernel/host.hpp"
-#include "../space/host_space.hpp"
-#include "../space/ops.hpp"
+#include "../../policy/context.hpp"
+#include "../../kernel/host.hpp"
+#include "../../space/host_space.hpp"
+#include "../../space/ops.hpp"
 
 #include <cstring>
 #include <vector>
@@ -23,7 +23,8 @@ class full_grads {
   using ops = space_ops<typename Ctx::space>;
 
 public:
-  explicit full_grads(Ctx& ctx)
+  template <class Config>
+  full_grads(Ctx& ctx, const Config&)
       : ctx_(ctx), grads_(ctx.lay.total_numel(), mem_category::grads16, &ctx.tracker) {
     grads_.zero();
   }
@@ -38,7 +39,7 @@ public:
     T* dst = grads_.data() + pp.offset;
     // The first micro-step of a step copies; later ones add with one rounding.
     if (micro_steps_ == 0) ops::copy(dst, g, pp.numel * sizeof(T));
-    else ops::accumulate(dst, g, pp.numel, ctx_.cfg.threads);
+    else ops::accumulate(dst, g, pp.numel, ctx_.threads);
   }
   void end_micro_step() { ++micro_steps_; }
   void zero() {

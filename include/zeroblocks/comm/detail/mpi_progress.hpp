@@ -1,5 +1,5 @@
 /**
- * @file detail_mpi_progress.hpp
+ * @file detail/mpi_progress.hpp
  * @brief Background progress for MPI non-blocking operations (used by `comm::mpi`).
  *
  * Open MPI (and most MPIs) advance a non-blocking collective only while some thread is
@@ -25,8 +25,9 @@
  */
 #pragma once
 
-#include "../core/config.hpp"
-#include "../core/error.hpp"
+#include "../../core/config.hpp"
+#include "../../core/env.hpp"
+#include "../../core/error.hpp"
 
 // We use MPI's C API only; keep the deprecated C++ bindings (and their warnings) out.
 #ifndef OMPI_SKIP_MPICXX
@@ -122,8 +123,7 @@ private:
   /// Thread support and the environment switch; warns (rank 0, once) when it is off
   /// for want of MPI_THREAD_MULTIPLE.
   static bool wanted() {
-    const char* env = std::getenv("ZEROBLOCKS_MPI_PROGRESS");
-    if (env && (std::strcmp(env, "off") == 0 || std::strcmp(env, "0") == 0)) return false;
+    if (env::mpi_progress_off()) return false;
     int level = MPI_THREAD_SINGLE;
     MPI_Query_thread(&level);
     if (level == MPI_THREAD_MULTIPLE) return true;
@@ -137,15 +137,7 @@ private:
                    "computation (use MPI_Init_thread(..., MPI_THREAD_MULTIPLE, ...))\n");
     return false;
   }
-  static unsigned pause_from_env() {
-    const char* env = std::getenv("ZEROBLOCKS_MPI_PROGRESS_US");
-    if (!env || !*env) return 20;
-    char* end = nullptr;
-    const unsigned long v = std::strtoul(env, &end, 10);
-    ZB_REQUIRE(end && *end == '\0' && v <= 1000000, "ZEROBLOCKS_MPI_PROGRESS_US='", env,
-               "' must be a number of microseconds (0..1000000)");
-    return static_cast<unsigned>(v);
-  }
+  static unsigned pause_from_env() { return env::mpi_progress_pause_us(); }
 
   void loop() {
     for (;;) {

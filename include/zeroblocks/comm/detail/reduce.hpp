@@ -1,5 +1,5 @@
 /**
- * @file detail_reduce.hpp
+ * @file detail/reduce.hpp
  * @brief The one reduction every communicator uses: sum N blocks in fp32, in block
  * order, scale, round once.
  *
@@ -9,8 +9,8 @@
  */
 #pragma once
 
-#include "../core/config.hpp"
-#include "../kernel/host.hpp"
+#include "../../core/config.hpp"
+#include "../../kernel/host.hpp"
 
 #include <algorithm>
 #include <cstddef>

@@ -1,0 +1,108 @@
+/**
+ * @file config.hpp
+ * @brief The engine's configuration: one config per role, aggregated.
+ *
+ * ```
+ * using E = zb::stage3<zb::comm::mpi, zb::bfloat16>;
+ * E::config cfg;                              // every knob has a default
+ * cfg.optim.lr = 3e-4f;                       // optimizer (optim::adamw: adamw_config)
+ * cfg.step.max_grad_norm = 1.0f;              // the engine's own step knobs
+ * cfg.bucket.bucket_numel = 1 << 24;          // bucketer (bucket::reduce_scatter)
+ * cfg.coordinate.prefetch_numel = 1 << 26;    // coordinator (coordinate::prefetch_trace)
+ * E eng(registry, comm, cfg);
+ * ```
+ *
+ * Each member is the `config` of the policy in that role, so an engine's config holds
+ * exactly the knobs of the policies it is made of: `cfg.coordinate` of a stage-2
+ * engine (`coordinate::resident`) is `no_config`, and setting a stage-3 knob on it does
+ * not compile. Each role validates its own knobs, naming the field; the engine checks
+ * them on every rank and then compares every rank's fields (`fields()`), so ranks whose
+ * knobs or policies differ fail at construction on every rank with the role, the field,
+ * both values and both ranks.
+ */
+#pragma once
+
+#include "../core/config.hpp"
+#include "../core/error.hpp"
+#include "../core/numeric.hpp"
+#include "../policy/config.hpp"
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+ZB_NAMESPACE_BEGIN
+
+/// @brief The engine's own knobs of the step (`cfg.step`; DeepSpeed names in brackets).
+/// `threads` is a rank's own resource and may differ across ranks; the rest must agree.
+struct step_config {
+  /// Global-norm clipping of the averaged, unscaled gradient; 0 = off. [gradient_clipping]
+  float max_grad_norm = 0.0f;
+  /// Host kernel threads per rank; 0 = all OpenMP gives.
+  int threads = 0;
+
+  void validate() const {
+    ZB_REQUIRE(max_grad_norm >= 0.0f && std::isfinite(max_grad_norm), "step.max_grad_norm ", max_grad_norm,
+               " must be finite and >= 0 (0 = off)");
+    ZB_REQUIRE(threads >= 0, "step.threads must be >= 0 (0 = all), got ", threads);
+  }
+  template <class V>
+  void fields(V&& v) { v("max_grad_norm", max_grad_norm); }
+  template <class V>
+  void fields(V&& v) const { v("max_grad_norm", max_grad_norm); }
+};
+
+/// @brief Every runtime knob of an engine made of these policies, one member per role.
+/// Use it as `Engine::config`.
+template <class Partitioner, class Coordinator, class Bucketer, class Master, class Scaler, class Optim>
+struct engine_config {
+  typename Optim::config optim{};              ///< the optimizer's hyper-parameters
+  typename Scaler::config scale{};             ///< the loss scaler's knobs
+  step_config step{};                          ///< clipping, host threads
+  typename Partitioner::config partition{};    ///< alignment of slices
+  typename Coordinator::config coordinate{};   ///< when full parameters exist (stage 3 prefetch)
+  typename Bucketer::config bucket{};          ///< gradient buckets
+  typename Master::config master{};            ///< the fp32 state's tier (NVMe, offload)
+
+  /// @brief Call `v(role, policy name, role config)` for each role, in a fixed order.
+  template <class V>
+  void roles(V&& v) {
+    roles_of(*this, v);
+  }
+  template <class V>
+  void roles(V&& v) const {
+    roles_of(*this, v);
+  }
+  /// @brief Validate every role's knobs; the first problem throws, naming the field.
+  void validate() const {
+    roles([](const char*, const char*, const auto& c) { c.validate(); });
+  }
+
+private:
+  template <class Self, class V>
+  static void roles_of(Self& c, V& v) {
+    v("optim", Optim::name, c.optim);
+    v("scale", Scaler::name, c.scale);
+    v("step", "engine", c.step);
+    v("partition", Partitioner::name, c.partition);
+    v("coordinate", Coordinator::name, c.coordinate);
+    v("bucket", Bucketer::name, c.bucket);
+    v("master", Master::name, c.master);
+  }
+};
+
+/// @brief The lines two ranks must agree on: the policies, then every role's fields
+/// (`role.field=value`). Compared across ranks at construction.
+template <class T, class Space, class Config>
+std::vector<std::string> agreement_lines(const Config& cfg) {
+  std::vector<std::string> out;
+  out.push_back(detail::concat("policies.param_type=", dtype_name<T>()));
+  out.push_back(detail::concat("policies.space=", Space::name));
+  cfg.roles([&](const char* role, const char* policy, const auto& c) {
+    out.push_back(detail::concat("policies.", role, '=', policy));
+    for (auto& l : config_lines(c, role)) out.push_back(std::move(l));
+  });
+  return out;
+}
+
+ZB_NAMESPACE_END
