@@ -344,6 +344,65 @@ TEST_CASE_TEMPLATE("cuda::fused_adamw with ±Inf / NaN gradients: non-NaN result
   check_fused_adamw<T, T>(23, true);
 }
 
+namespace {
+
+/// cuda::fused_step of `Rule` (one state array or none) against the host kernel and the
+/// plain reference `ref`, bit for bit, three consecutive steps.
+template <class Rule, class T, class MakeArgs, class Ref>
+void check_fused_step(std::uint32_t seed, MakeArgs make_args, Ref ref) {
+  constexpr int K = Rule::state_count;
+  std::mt19937 rng(seed);
+  stream_scope stream;
+  for (std::size_t n : sizes) {
+    CAPTURE(n);
+    auto master = make<float>(n, rng, -12, 2), st = make<float>(n, rng, -20, -6);
+    const auto grad = make<T>(n, rng, -14, 11);
+    std::vector<T> param(n, zb::from_float<T>(0.0f));
+    device_buffer<float> d_master(n), d_st(n);
+    device_buffer<T> d_grad(n), d_param(n);
+    d_master.upload(master);
+    d_st.upload(st);
+    d_grad.upload(grad);
+    d_param.upload(param);
+    auto h_master = master, h_st = st;
+    auto h_param = param;
+    for (long t = 1; t <= 3; ++t) {
+      const auto a = make_args(t);
+      float* d_state[1] = {d_st.get()};
+      float* h_state[1] = {h_st.data()};
+      kc::fused_step<Rule>(d_master.get(), d_state, d_grad.get(), d_param.get(), n, a, stream.get());
+      kn::fused_step<Rule>(h_master.data(), h_state, grad.data(), h_param.data(), n, a);
+      ref(master.data(), K > 0 ? st.data() : nullptr, grad.data(), param.data(), n, a);
+    }
+    stream.sync();
+    const auto dev_master = d_master.download(), dev_st = d_st.download();
+    const auto dev_param = d_param.download();
+    check_same("master vs reference", dev_master, master);
+    check_same("state vs reference", dev_st, st);
+    check_same("param vs reference", dev_param, param);
+    check_same("master vs host kernel", dev_master, h_master);
+    check_same("param vs host kernel", dev_param, h_param);
+  }
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("cuda::fused_step (Lion, SGD) is bit-identical to the host kernel and the reference", T, float,
+                   zb::half, bfloat16) {
+  check_fused_step<kn::lion_rule, T>(
+      31, [](long) { return kn::make_lion_args(1e-4f, 0.9f, 0.99f, 0.1f, 0.7f / 1024.0f); },
+      [](float* p, float* m, const T* g, T* q, std::size_t n, const kn::lion_step_args& a) {
+        zb::test::ref_lion(p, m, g, q, n, a);
+      });
+  auto sgd_ref = [](float* p, float* b, const T* g, T* q, std::size_t n, const kn::sgd_step_args& a) {
+    zb::test::ref_sgd(p, b, g, q, n, a);
+  };
+  check_fused_step<kn::sgd_rule<true>, T>(
+      32, [](long) { return kn::make_sgd_args(1e-2f, 0.9f, 0.01f, true, 0.7f / 1024.0f); }, sgd_ref);
+  check_fused_step<kn::sgd_rule<false>, T>(
+      33, [](long) { return kn::make_sgd_args(1e-2f, 0.0f, 0.01f, false, 0.7f / 1024.0f); }, sgd_ref);
+}
+
 // ---------------------------------------------------------------------------------
 // grad_sumsq
 // ---------------------------------------------------------------------------------

@@ -38,13 +38,13 @@ void check_stage_matches(const zbt::run_output& ref, const zbt::run_output& got,
 
 template <class T>
 void check_memory_and_traffic(const zbt::run_output& r, int stage, int gas,
-                              zbt::stage3_variant v = zbt::stage3_variant::on_demand) {
+                              zbt::stage3_variant v = zbt::stage3_variant::on_demand, std::size_t state_bytes = 12) {
   INFO("stage " << stage << " (variant " << static_cast<int>(v) << ") " << zb::dtype_name<T>() << " on "
                 << zb_world_size() << " ranks");
   // Model state equals the paper's formula for the padded Ψ, and every category the
   // policies' declaration.
   CHECK(r.memory.model_state() == r.formula);
-  CHECK(r.formula == zb::zero_formula_bytes(stage, r.psi, zb_world_size(), sizeof(T)));
+  CHECK(r.formula == zb::zero_formula_bytes(stage, r.psi, zb_world_size(), sizeof(T), state_bytes));
   for (std::size_t c = 0; c < zb::mem_category_count; ++c) {
     INFO("category " << zb::mem_category_name(static_cast<zb::mem_category>(c)));
     CHECK(r.memory.current[c] == r.estimate.current[c]);
@@ -129,6 +129,82 @@ TEST_CASE_TEMPLATE("stage 1 equals stage 0 with accumulation of continuous gradi
   o.gas = 2;
   o.max_grad_norm = 0.5f;
   all_stages<T>(o, /*exact_stage23=*/false);
+}
+
+// ---- other optimizers: every stage runs whatever rule it is given ------------------
+
+template <class T, class O>
+using opt_stage0 = zb::engine<T, zb::host_space, zb::comm::mpi, zb::partition::even, zb::coordinate::resident,
+                              zb::bucket::all_reduce, zb::master::resident<zb::host_space>, zb::default_scaler_t<T>, O>;
+template <class T, class O>
+using opt_stage1 = zb::engine<T, zb::host_space, zb::comm::mpi, zb::partition::even, zb::coordinate::resident,
+                              zb::bucket::reduce_at_boundary, zb::master::resident<zb::host_space>,
+                              zb::default_scaler_t<T>, O>;
+template <class T, class O>
+using opt_stage2 = zb::engine<T, zb::host_space, zb::comm::mpi, zb::partition::even, zb::coordinate::resident,
+                              zb::bucket::reduce_scatter, zb::master::resident<zb::host_space>,
+                              zb::default_scaler_t<T>, O>;
+template <class T, class O>
+using opt_stage3 = zb::engine<T, zb::host_space, zb::comm::mpi, zb::partition::even, zb::coordinate::prefetch_trace,
+                              zb::bucket::reduce_scatter, zb::master::resident<zb::host_space>,
+                              zb::default_scaler_t<T>, O>;
+
+template <class T, class O, class Tweak = zbt::no_tweak>
+void all_stages_with(const run_options& o, Tweak tweak = {}) {
+  using C = zb::comm::mpi;
+  INFO(O::name);
+  constexpr std::size_t k = zb::optimizer_state_bytes<O>;
+  auto r0 = zbt::run<opt_stage0<T, O>>(C(MPI_COMM_WORLD), o, tweak);
+  auto r1 = zbt::run<opt_stage1<T, O>>(C(MPI_COMM_WORLD), o, tweak);
+  auto r2 = zbt::run<opt_stage2<T, O>>(C(MPI_COMM_WORLD), o, tweak);
+  auto r3 = zbt::run<opt_stage3<T, O>>(C(MPI_COMM_WORLD), o, tweak);
+  check_memory_and_traffic<T>(r0, 0, o.gas, zbt::stage3_variant::on_demand, k);
+  check_memory_and_traffic<T>(r1, 1, o.gas, zbt::stage3_variant::on_demand, k);
+  check_memory_and_traffic<T>(r2, 2, o.gas, zbt::stage3_variant::on_demand, k);
+  check_memory_and_traffic<T>(r3, 3, o.gas, zbt::stage3_variant::defaults, k);
+  check_stage_matches<T>(r0, r1, 1);
+  check_stage_matches<T>(r0, r2, 2);
+  check_stage_matches<T>(r0, r3, 3);
+  // The optimizer state is what K says: none beyond the master for plain SGD.
+  CHECK(r0.memory[zb::mem_category::adam_m] == (k >= 8 ? 4 * r0.psi : 0));
+  CHECK(r0.memory[zb::mem_category::adam_v] == (k >= 12 ? 4 * r0.psi : 0));
+  // It trained: the parameters moved.
+  auto q = o;
+  q.steps = 0;
+  CHECK(zbt::first_difference(r0.master, zbt::run<opt_stage0<T, O>>(C(MPI_COMM_WORLD), q, tweak).master) != -1);
+}
+
+struct nesterov {
+  template <class Cfg>
+  void operator()(Cfg& c) const {
+    c.optim.nesterov = true;
+    c.optim.weight_decay = 0.01f;
+  }
+};
+struct lion_decay {
+  template <class Cfg>
+  void operator()(Cfg& c) const {
+    c.optim.lr = 1e-3f;
+    c.optim.weight_decay = 0.1f;
+  }
+};
+
+TEST_CASE_TEMPLATE("Lion and SGD: stages 1-3 equal stage 0, memory (p+g+K)Ψ exactly", T, float, zb::half,
+                   zb::bfloat16) {
+  run_options o;
+  o.steps = 4;
+  o.gas = 1;
+  o.overflow_step = 2;
+  o.max_grad_norm = 0.5f;
+  all_stages_with<T, zb::optim::lion>(o, lion_decay{});
+  all_stages_with<T, zb::optim::sgd>(o);
+  all_stages_with<T, zb::optim::sgd>(o, nesterov{});
+  all_stages_with<T, zb::optim::sgd_plain>(o);
+  // Accumulation over micro-steps on the exact grid.
+  o.gas = 2;
+  o.quantized = true;
+  all_stages_with<T, zb::optim::lion>(o);
+  all_stages_with<T, zb::optim::sgd>(o);
 }
 
 TEST_CASE("one big bucket and one bucket per unit give the same result") {

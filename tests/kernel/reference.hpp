@@ -11,6 +11,10 @@
 
 #include <zeroblocks/core/numeric.hpp>
 #include <zeroblocks/kernel/adamw.hpp>
+#include <zeroblocks/kernel/lion.hpp>
+#include <zeroblocks/kernel/sgd.hpp>
+
+#include <cmath>
 
 #include <cstddef>
 
@@ -25,6 +29,37 @@ void ref_fused_adamw(float* master, float* m, float* v, const G* grad, P* param,
     kernel::adamw_element(p, m[i], v[i], to_float(grad[i]), a);
     master[i] = p;
     param[i] = from_float<P>(p);
+  }
+}
+
+/// @brief Lion, written out from its definition (Chen et al. 2023, Algorithm 2) with
+/// every multiply-add as one fmaf and decoupled decay as fma(p, -lr*wd, p).
+template <class G, class P>
+void ref_lion(float* master, float* m, const G* grad, P* param, std::size_t n, const kernel::lion_step_args& a) {
+  for (std::size_t i = 0; i < n; ++i) {
+    const float g = to_float(grad[i]) * a.grad_scale;
+    const float c = std::fma(a.beta1, m[i], a.one_minus_beta1 * g);
+    const float sign = c > 0.0f ? 1.0f : c < 0.0f ? -1.0f : c;
+    float p = std::fma(master[i], a.neg_lr_wd, master[i]);
+    p = std::fma(a.neg_lr, sign, p);
+    m[i] = std::fma(a.beta2, m[i], a.one_minus_beta2 * g);
+    master[i] = p;
+    param[i] = from_float<P>(p);
+  }
+}
+
+/// @brief SGD with momentum (buffer `b`, or nullptr for none) and optional Nesterov, as
+/// torch.optim.SGD with dampening 0, every multiply-add one fmaf.
+template <class G, class P>
+void ref_sgd(float* master, float* b, const G* grad, P* param, std::size_t n, const kernel::sgd_step_args& a) {
+  for (std::size_t i = 0; i < n; ++i) {
+    float g = std::fma(a.weight_decay, master[i], to_float(grad[i]) * a.grad_scale);
+    if (b != nullptr) {
+      b[i] = std::fma(a.momentum, b[i], g);
+      g = a.nesterov ? std::fma(a.momentum, b[i], g) : b[i];
+    }
+    master[i] = std::fma(a.neg_lr, g, master[i]);
+    param[i] = from_float<P>(master[i]);
   }
 }
 

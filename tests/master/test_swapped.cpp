@@ -190,6 +190,43 @@ TEST_CASE_TEMPLATE("parameters on the tier: none in memory, written with the sta
   CHECK(zbt::first_difference(ref.gather_master(), eng.gather_master()) == -1);
 }
 
+template <class O, class Swap>
+using infinity_with = zb::engine<zb::bfloat16, zb::host_space, zb::comm::mpi, zb::partition::even,
+                                 zb::coordinate::prefetch_trace_nvme, zb::bucket::reduce_scatter,
+                                 zb::master::swapped<Swap>, zb::scale::none, O>;
+template <class O>
+using stage0_with = zb::engine<zb::bfloat16, zb::host_space, zb::comm::mpi, zb::partition::even,
+                               zb::coordinate::resident, zb::bucket::all_reduce, zb::master::resident<zb::host_space>,
+                               zb::scale::none, O>;
+
+TEST_CASE_TEMPLATE("Lion and SGD on the NVMe tier: equal to stage 0, records of 4 (1 + K) B", O, zb::optim::lion,
+                   zb::optim::sgd, zb::optim::sgd_plain) {
+  run_options o;
+  o.steps = 3;
+  o.max_grad_norm = 0.5f;
+  const auto ref = zbt::run<stage0_with<O>>(zb::comm::mpi(MPI_COMM_WORLD), o);
+  const auto got = zbt::run<infinity_with<O, zb::swap::posix>>(zb::comm::mpi(MPI_COMM_WORLD), o, tier{50, 3});
+  check_same(ref, got);
+  // The record is the master and the rule's state arrays: Lion and SGD 8 B, plain SGD 4.
+  zbt::synthetic_model model;
+  typename infinity_with<O, zb::swap::posix>::config cfg;
+  cfg.master = tier_config(50, 3);
+  infinity_with<O, zb::swap::posix> eng(model.reg, zb::comm::mpi(MPI_COMM_WORLD), cfg);
+  zbt::init_params(eng, model);
+  const std::size_t owned = eng.model_layout().shard_numel();
+  const auto before = eng.master_state().stats();
+  zbt::run_micro_steps(eng, model, o, 0);
+  REQUIRE(eng.step().applied);
+  const auto after = eng.master_state().stats();
+  CHECK(after.payload_written - before.payload_written == zb::optimizer_state_bytes<O> * owned);
+  CHECK(after.payload_read - before.payload_read == zb::optimizer_state_bytes<O> * owned);
+  // (Parameters on the tier round the sub-group up to 4 KiB of bf16: 2048 elements.)
+  const std::size_t sub = eng.master_state().stats().sub_group_numel;
+  CHECK(sub == 2048);
+  CHECK(eng.master_state().stats().staging_bytes ==
+        3 * (zb::swap_round_up(zb::optimizer_state_bytes<O> * sub) + zb::swap_round_up(2 * sub)));
+}
+
 TEST_CASE_TEMPLATE("bytes per step: 12 B per owned element each way, no gradients, none when skipped", Swap,
                    zb::swap::uring, zb::swap::posix) {
   zbt::synthetic_model model;

@@ -16,6 +16,8 @@
 #include "../master/resident.hpp"
 #include "../master/swapped.hpp"
 #include "../optim/adamw.hpp"
+#include "../optim/lion.hpp"
+#include "../optim/sgd.hpp"
 #include "../policy/context.hpp"
 #include "../partition/even.hpp"
 #include "../scale/scale.hpp"
@@ -55,10 +57,13 @@ struct step_result {
 };
 
 /// @brief The ZeRO model-state formula, bytes per rank, for `psi` elements.
-/// Stage 0 (p+g+12)Ψ, 1 (p+g)Ψ + 12Ψ/N, 2 pΨ + (g+12)Ψ/N, 3 (p+g+12)Ψ/N with p = g =
-/// bytes of T (2 for 16-bit: the paper's 16Ψ, 4Ψ+12Ψ/N, 2Ψ+14Ψ/N, 16Ψ/N).
-inline std::size_t zero_formula_bytes(int stage, std::size_t psi, int world, std::size_t elem_bytes) {
-  const std::size_t n = static_cast<std::size_t>(world), k = 12, p = elem_bytes, g = elem_bytes;
+/// Stage 0 (p+g+K)Ψ, 1 (p+g)Ψ + KΨ/N, 2 pΨ + (g+K)Ψ/N, 3 (p+g+K)Ψ/N with p = g =
+/// bytes of T and K the optimizer's fp32 bytes per element (`optimizer_state_bytes`:
+/// Adam 12, Lion and SGD with momentum 8, plain SGD 4). For 16-bit T and Adam: the
+/// paper's 16Ψ, 4Ψ+12Ψ/N, 2Ψ+14Ψ/N, 16Ψ/N.
+inline std::size_t zero_formula_bytes(int stage, std::size_t psi, int world, std::size_t elem_bytes,
+                                      std::size_t state_bytes = 12) {
+  const std::size_t n = static_cast<std::size_t>(world), k = state_bytes, p = elem_bytes, g = elem_bytes;
   switch (stage) {
     case 0: return (p + g + k) * psi;
     case 1: return (p + g) * psi + k * psi / n;
@@ -135,7 +140,7 @@ public:
   using param_type = T;
   using space = Space;
   using comm_type = Comm;
-  using context = policy_context<T, Space, Comm>;
+  using context = policy_context<T, Space, Comm, Optim>;
   /// @brief Every runtime knob, one member per role (`engine/config.hpp`).
   using config = engine_config<Partitioner, Coordinator, Bucketer, Master, Scaler, Optim>;
   /// @brief What `acquire` returns (`engine/unit_guard.hpp`).
@@ -494,7 +499,7 @@ public:
   }
   /// @brief The ZeRO formula for this engine's stage and layout.
   std::size_t formula_bytes() const {
-    return zero_formula_bytes(stage, layout_.total_numel(), comm_.size(), sizeof(T));
+    return zero_formula_bytes(stage, layout_.total_numel(), comm_.size(), sizeof(T), optimizer_state_bytes<Optim>);
   }
 
   /// @brief The full fp32 master weights in layout order. Collective; counts as traffic.

@@ -28,6 +28,8 @@
 #include "../core/error.hpp"
 #include "../core/numeric.hpp"
 #include "adamw.hpp"
+#include "lion.hpp"
+#include "sgd.hpp"
 #include "detail/host_parallel.hpp"
 #include "detail/host_scalar.hpp"
 
@@ -39,6 +41,7 @@
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 ZB_NAMESPACE_BEGIN
@@ -197,6 +200,36 @@ void fused_adamw(float* master, float* m, float* v, const G* grad, P* param, std
       default: detail::scalar::fused_adamw_range(master, m, v, grad, param, b, e, a); break;
     }
   });
+}
+
+/**
+ * @brief The fused optimizer pass of any update rule (`adamw_rule`, `lion_rule`,
+ * `sgd_rule<M>`): for every `i < n`, `Rule::update` on `master[i]` and the rule's
+ * `state_count` state arrays `state[k][i]` with gradient `float(grad[i])`, then
+ * `param[i] = P(master[i])`. One read and one write of each array, in one pass.
+ *
+ * Bit-identical, element by element, to `Rule::update` followed by `from_float<P>` on
+ * every ISA and thread count. AdamW runs its dedicated path (`fused_adamw`).
+ */
+template <class Rule, class G, class P>
+void fused_step(float* master, float* const* state, const G* grad, P* param, std::size_t n,
+                const typename Rule::args& a, int threads = 0) {
+  static_assert(is_param_type_v<G>, "fused_step: G must be float, half or bfloat16");
+  static_assert(is_param_type_v<P>, "fused_step: P must be float, half or bfloat16");
+  if constexpr (std::is_same_v<Rule, adamw_rule>) {
+    fused_adamw(master, state[0], state[1], grad, param, n, a, threads);
+  } else {
+    const isa which = host_isa();
+    detail::parallel_ranges(n, threads, [&](std::size_t b, std::size_t e) {
+      switch (which) {
+#if ZB_X86_KERNELS
+        case isa::avx512: detail::avx512::fused_step_range<Rule>(master, state, grad, param, b, e, a); break;
+        case isa::avx2: detail::avx2::fused_step_range<Rule>(master, state, grad, param, b, e, a); break;
+#endif
+        default: detail::scalar::fused_step_range<Rule>(master, state, grad, param, b, e, a); break;
+      }
+    });
+  }
 }
 
 /// @brief Gradient accumulation: `dst[i] = T(float(dst[i]) + float(src[i]))`, one rounding.

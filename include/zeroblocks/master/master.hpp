@@ -36,7 +36,6 @@
 #pragma once
 
 #include "../core/config.hpp"
-#include "../kernel/adamw.hpp"
 #include "../policy/config.hpp"
 #include "../space/host_space.hpp"
 #include "../space/memory.hpp"
@@ -71,25 +70,39 @@ concept master_policy = std::same_as<typename M::master_concept, master_tag> && 
                           { M::caps } -> std::convertible_to<master_caps>;
                         };
 
-/// @brief fp32 master, Adam m and v of `n` owned elements in `Space`, zeroed, tracked as
-/// `master_fp32`, `adam_m`, `adam_v` (the state `master::resident` and
-/// `master::offloaded` hold in memory).
-template <class Space>
-struct adam_state {
-  buffer<float, Space> master, m, v;
-  adam_state(std::size_t n, memory_tracker* tracker)
-      : master(n, mem_category::master_fp32, tracker),
-        m(n, mem_category::adam_m, tracker),
-        v(n, mem_category::adam_v, tracker) {
+/// @brief The fp32 master and the optimizer rule's `K` state arrays of `n` owned
+/// elements in `Space`, zeroed, tracked as `master_fp32` and `optim_state0/1` (the
+/// state `master::resident` and `master::offloaded` hold in memory): 4 (1 + K) bytes
+/// per element.
+template <class Space, int K>
+struct optimizer_state {
+  static_assert(K >= 0 && K <= 2, "optimizer_state: a rule keeps at most 2 fp32 state arrays");
+  buffer<float, Space> master;
+  std::vector<buffer<float, Space>> state;
+
+  optimizer_state(std::size_t n, memory_tracker* tracker) : master(n, mem_category::master_fp32, tracker) {
     master.zero();
-    m.zero();
-    v.zero();
+    state.reserve(K);
+    for (int k = 0; k < K; ++k) {
+      state.emplace_back(n, category(k), tracker);
+      state.back().zero();
+    }
   }
-  /// @brief What it holds, for the estimator: 12 B per element.
+  /// @brief The state arrays at owned element `offset`, as the fused step takes them.
+  struct at_offset {
+    float* p[K > 0 ? K : 1] = {};
+    float* const* data() const { return p; }
+  };
+  at_offset states(std::size_t offset) {
+    at_offset r;
+    for (int k = 0; k < K; ++k) r.p[k] = state[k].data() + offset;
+    return r;
+  }
+  static constexpr mem_category category(int k) { return k == 0 ? mem_category::optim_state0 : mem_category::optim_state1; }
+  /// @brief What it holds, for the estimator: 4 (1 + K) B per element.
   static void declare(std::size_t n, memory_report& r) {
     r.current[static_cast<std::size_t>(mem_category::master_fp32)] += n * 4;
-    r.current[static_cast<std::size_t>(mem_category::adam_m)] += n * 4;
-    r.current[static_cast<std::size_t>(mem_category::adam_v)] += n * 4;
+    for (int k = 0; k < K; ++k) r.current[static_cast<std::size_t>(category(k))] += n * 4;
   }
 };
 
@@ -116,10 +129,10 @@ consteval bool master_complete() {
                 "master role: impl lacks `set(std::size_t offset, const float* values, std::size_t n)`");
   static_assert(requires(I& m, std::size_t o, float* out) { m.read_master(o, out, o); },
                 "master role: impl lacks `read_master(std::size_t offset, float* out, std::size_t n)`");
-  static_assert(requires(I& m, const std::vector<step_slice<T>>& s, const kernel::adamw_step_args& a) {
+  static_assert(requires(I& m, const std::vector<step_slice<T>>& s, const typename Ctx::rule::args& a) {
                   m.apply(s, a);
                 },
-                "master role: impl lacks its step, `apply(const std::vector<step_slice<T>>&, const args&)`");
+                "master role: impl lacks its step, `apply(const std::vector<step_slice<T>>&, const rule::args&)`");
   static_assert(requires(const cfg& k, memory_report& r) { I::declare(master_shape{}, k, r); },
                 "master role: impl lacks `static declare(master_shape, const config&, memory_report&)`");
   if constexpr (M::caps.transactional)

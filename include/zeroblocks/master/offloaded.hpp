@@ -113,8 +113,11 @@ struct offloaded {
       (void)cudaStreamSynchronize(down_);
       (void)cudaStreamSynchronize(up_);
     }
+    using rule = typename Ctx::rule;
+    using state_t = optimizer_state<pinned_space, rule::state_count>;
+
     static void declare(master_shape shape, const config& cfg, memory_report& r) {
-      adam_state<pinned_space>::declare(shape.owned_numel, r);
+      state_t::declare(shape.owned_numel, r);
       r.current[static_cast<std::size_t>(mem_category::staging)] +=
           (shape.owned_numel + 2 * chunk(cfg, shape.owned_numel)) * sizeof(T);
     }
@@ -153,7 +156,7 @@ struct offloaded {
     }
 
     /// @brief The step: (gradients down,) host fused pass, parameters up, pipelined.
-    void apply(const std::vector<step_slice<T>>& slices, const kernel::adamw_step_args& a) {
+    void apply(const std::vector<step_slice<T>>& slices, const typename rule::args& a) {
       struct piece {
         const T* grad;
         T* param;
@@ -189,8 +192,8 @@ struct offloaded {
         if (k >= 2) uploaded_[b].synchronize();
         const auto& w = work[k];
         const std::size_t o = w.master_offset;
-        kernel::fused_adamw(st_.master.data() + o, st_.m.data() + o, st_.v.data() + o, grad_.data() + o,
-                            param_[b].data(), w.n, a, ctx_.threads);
+        kernel::fused_step<rule>(st_.master.data() + o, st_.states(o).data(), grad_.data() + o, param_[b].data(),
+                                 w.n, a, ctx_.threads);
         cuda_space::copy_async(w.param, param_[b].data(), w.n * sizeof(T), up_);
         uploaded_[b].record(up_);
         stats_.param_bytes_up += w.n * sizeof(T);
@@ -208,7 +211,7 @@ struct offloaded {
     Ctx& ctx_;
     std::size_t owned_;
     std::size_t chunk_;
-    adam_state<pinned_space> st_;
+    state_t st_;
     buffer<T, pinned_space> grad_;      ///< the 16-bit gradient shard, on the host
     buffer<T, pinned_space> param_[2];  ///< new 16-bit parameters of chunk k, k+1
     cuda_stream down_, up_;

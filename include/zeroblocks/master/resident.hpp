@@ -35,10 +35,11 @@ struct resident {
     using ops = space_ops<Space>;
 
   public:
+    using rule = typename Ctx::rule;
+    using state_t = optimizer_state<Space, rule::state_count>;
+
     impl(Ctx& ctx, const config&, master_shape shape) : ctx_(ctx), st_(shape.owned_numel, &ctx.tracker) {}
-    static void declare(master_shape shape, const config&, memory_report& r) {
-      adam_state<Space>::declare(shape.owned_numel, r);
-    }
+    static void declare(master_shape shape, const config&, memory_report& r) { state_t::declare(shape.owned_numel, r); }
 
     void set(std::size_t offset, const float* values, std::size_t n) {
       ops::from_host(st_.master.data() + offset, values, n * sizeof(float));
@@ -48,21 +49,22 @@ struct resident {
     void read_master(std::size_t offset, float* out, std::size_t n) const {
       ops::to_host(out, st_.master.data() + offset, n * sizeof(float));
     }
-    const float* moment1(std::size_t offset) const { return st_.m.data() + offset; }
-    const float* moment2(std::size_t offset) const { return st_.v.data() + offset; }
+    /// @brief The optimizer's state array `k` (Adam: 0 = m, 1 = v) at owned element `offset`.
+    const float* state(int k, std::size_t offset) const { return st_.state[k].data() + offset; }
 
-    /// @brief The fused pass: upcast, unscale, clip, AdamW, write master, m, v, param.
-    void apply(const std::vector<step_slice<T>>& slices, const kernel::adamw_step_args& a) {
+    /// @brief The fused pass: upcast, unscale, clip, the rule's update, write master,
+    /// its state and the parameter.
+    void apply(const std::vector<step_slice<T>>& slices, const typename rule::args& a) {
       for (const auto& s : slices) {
         const std::size_t o = s.master_offset;
-        ops::fused_adamw(st_.master.data() + o, st_.m.data() + o, st_.v.data() + o, s.grad, s.param, s.numel, a,
-                         ctx_.threads);
+        ops::template fused_step<rule>(st_.master.data() + o, st_.states(o).data(), s.grad, s.param, s.numel, a,
+                                       ctx_.threads);
       }
     }
 
   private:
     Ctx& ctx_;
-    adam_state<Space> st_;
+    state_t st_;
   };
 };
 

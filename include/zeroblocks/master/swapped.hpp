@@ -1,11 +1,14 @@
 /**
  * @file swapped.hpp
- * @brief `master::swapped<Swap>`: fp32 master weights, Adam m and v on NVMe
- * (ZeRO-Infinity's optimizer tier), the step a read · compute · write pipeline.
+ * @brief `master::swapped<Swap>`: fp32 master weights and the optimizer's state (Adam's
+ * m and v) on NVMe (ZeRO-Infinity's optimizer tier), the step a read · compute · write
+ * pipeline.
  *
- * The rank's owned elements are cut into sub-groups of `swap_config::sub_group_numel`.
- * A sub-group's state is one record on disk — its master, m and v back to back,
- * 12 B per element, padded to 4 KiB — so a step reads and writes each sub-group once,
+ * The rank's owned elements are cut into sub-groups of `cfg.master.sub_group_numel`.
+ * A sub-group's state is one record on disk — its master and the optimizer rule's
+ * state arrays back to back, 4 (1 + K) B per element (12 B for Adam, 8 for Lion and
+ * SGD with momentum; the figures below are Adam's), padded to 4 KiB — so a step reads
+ * and writes each sub-group once,
  * sequentially. The step is a pipeline over `buffer_count` staging buffers: while
  * sub-group k is updated by the fused host kernel, k+1 (and further, with more
  * buffers) is being read and k−1 written. Memory held by the tier is the staging pool,
@@ -133,6 +136,9 @@ struct swapped {
   template <class Ctx>
   class impl {
     using T = typename Ctx::param_type;
+    using rule = typename Ctx::rule;
+    /// Bytes of one element's record: the fp32 master and the rule's state (Adam: 12).
+    static constexpr std::size_t record_bytes = 4 * (1 + static_cast<std::size_t>(rule::state_count));
     struct piece {
       const T* grad;
       T* param;
@@ -149,7 +155,7 @@ struct swapped {
           n_(shape.owned_numel),
           s_(checked_sub_group(cfg, n_, params_ ? sizeof(T) : 0)),
           g_((n_ + s_ - 1) / s_),
-          rec_(swap_round_up(12 * s_)),
+          rec_(swap_round_up(record_bytes * s_)),
           prec_(params_ ? swap_round_up(sizeof(T) * s_) : 0),
           psec_(params_ ? swap_round_up(sizeof(T) * n_) : 0),
           pool_(cfg.buffer_count, rec_ + prec_, &ctx.tracker),
@@ -169,7 +175,7 @@ struct swapped {
       const std::size_t s = sub_group(cfg, shape.owned_numel, shape.params_on_tier ? sizeof(T) : 0);
       r.current[static_cast<std::size_t>(mem_category::staging)] +=
           static_cast<std::size_t>(std::max(cfg.buffer_count, 0)) *
-          (swap_round_up(12 * s) + (shape.params_on_tier ? swap_round_up(sizeof(T) * s) : 0));
+          (swap_round_up(record_bytes * s) + (shape.params_on_tier ? swap_round_up(sizeof(T) * s) : 0));
     }
 
     /// @brief Read access to the committed 16-bit parameter section (parameters on the
@@ -222,7 +228,7 @@ struct swapped {
     /// run the fused pass on the slices that fall in it, write it to the other slot.
     /// Nothing is committed until `commit()`. Throws (after every transfer settled)
     /// when a read or write failed.
-    void apply(const std::vector<step_slice<T>>& slices, const kernel::adamw_step_args& a) {
+    void apply(const std::vector<step_slice<T>>& slices, const typename rule::args& a) {
       flush();
       cached_ = npos;
       for (auto& p : per_) p.clear();
@@ -243,8 +249,8 @@ struct swapped {
           const std::size_t b = g % nb;
           io_.wait(rt[b]);
           compute(g, static_cast<int>(b), a);
-          wt[b] = io_.write(offset_of(to, g), pool_.data(static_cast<int>(b)), 12 * numel_of(g));
-          stats_.payload_written += 12 * numel_of(g);
+          wt[b] = io_.write(offset_of(to, g), pool_.data(static_cast<int>(b)), record_bytes * numel_of(g));
+          stats_.payload_written += record_bytes * numel_of(g);
           if (params_) {
             pt[b] = io_.write(param_base(to) + sizeof(T) * g * s_, param_area(static_cast<int>(b)),
                               sizeof(T) * numel_of(g));
@@ -307,8 +313,8 @@ struct swapped {
     std::size_t numel_of(std::size_t g) const { return std::min(s_, n_ - g * s_); }
     std::size_t offset_of(int slot, std::size_t g) const { return (static_cast<std::size_t>(slot) * g_ + g) * rec_; }
     swap_ticket read_record(int slot, std::size_t g, std::byte* buf) {
-      stats_.payload_read += 12 * numel_of(g);
-      return io_.read(offset_of(slot, g), buf, 12 * numel_of(g));
+      stats_.payload_read += record_bytes * numel_of(g);
+      return io_.read(offset_of(slot, g), buf, record_bytes * numel_of(g));
     }
 
     /// Byte offset of a slot's 16-bit parameter section (after both slots' records).
@@ -316,16 +322,20 @@ struct swapped {
     /// Where staging buffer b keeps its sub-group's 16-bit parameters (after the record).
     T* param_area(int b) const { return reinterpret_cast<T*>(pool_.data(b) + rec_); }
 
-    void compute(std::size_t g, int b, const kernel::adamw_step_args& a) {
+    void compute(std::size_t g, int b, const typename rule::args& a) {
       const std::size_t n = numel_of(g);
       float* rec = reinterpret_cast<float*>(pool_.data(b));
-      float *master = rec, *m = rec + n, *v = rec + 2 * n;
+      // The record: master, then each state array, n elements each.
+      float* master = rec;
       // Elements no slice covers (none today: the slices tile the shard) stay zero
       // rather than carrying another sub-group's values to disk.
       if (params_) std::memset(static_cast<void*>(param_area(b)), 0, sizeof(T) * n);
-      for (const auto& p : per_[g])
-        kernel::fused_adamw(master + p.at, m + p.at, v + p.at, p.grad, params_ ? param_area(b) + p.at : p.param,
-                            p.numel, a, ctx_.threads);
+      for (const auto& p : per_[g]) {
+        float* state[rule::state_count > 0 ? rule::state_count : 1] = {};
+        for (int k = 0; k < rule::state_count; ++k) state[k] = rec + (static_cast<std::size_t>(k) + 1) * n + p.at;
+        kernel::fused_step<rule>(master + p.at, state, p.grad, params_ ? param_area(b) + p.at : p.param, p.numel, a,
+                                 ctx_.threads);
+      }
     }
 
     /// The committed record of sub-group g in staging buffer 0 (one-record cache), with
@@ -335,7 +345,7 @@ struct swapped {
       if (cached_ == g) return rec;
       flush();
       cached_ = npos;
-      auto t = io_.read(offset_of(slot_, g), pool_.data(0), 12 * numel_of(g));
+      auto t = io_.read(offset_of(slot_, g), pool_.data(0), record_bytes * numel_of(g));
       swap_ticket tp;
       if (params_) tp = io_.read(param_base(slot_) + sizeof(T) * g * s_, param_area(0), sizeof(T) * numel_of(g));
       io_.wait(t);
@@ -346,7 +356,7 @@ struct swapped {
     void flush() {
       if (!dirty_) return;
       dirty_ = false;
-      auto t = io_.write(offset_of(slot_, cached_), pool_.data(0), 12 * numel_of(cached_));
+      auto t = io_.write(offset_of(slot_, cached_), pool_.data(0), record_bytes * numel_of(cached_));
       swap_ticket tp;
       if (params_)
         tp = io_.write(param_base(slot_) + sizeof(T) * cached_ * s_, param_area(0), sizeof(T) * numel_of(cached_));

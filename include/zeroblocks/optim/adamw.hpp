@@ -1,6 +1,15 @@
 /**
  * @file adamw.hpp
- * @brief The optimizer role: the update rule. Policy `optim::adamw`.
+ * @brief The optimizer role: the update rule. Policies `optim::adamw` (here),
+ *        `optim::lion` (`lion.hpp`), `optim::sgd` / `optim::sgd_plain` (`sgd.hpp`).
+ *
+ * An optimizer policy is a tag with `using optimizer_concept = optimizer_tag;`, its
+ * hyper-parameters as `config` (with an `lr`, which `engine::set_learning_rate`
+ * changes), `using rule = ...` — the per-element update shared by the host and CUDA
+ * kernels, which also fixes the state layout (`rule::state_count` fp32 arrays beside
+ * the fp32 master: K = 4 × (1 + state_count) bytes per element in the ZeRO formulas) —
+ * and `args(config, step, grad_scale) -> rule::args`, the constants of one step. The
+ * master-state policies run whatever rule they are given (`kernel::fused_step`).
  *
  * Adam with bias correction and either decoupled weight decay (AdamW, Loshchilov &
  * Hutter; `p *= 1 - lr*wd`) or L2 (`g += wd*p`). The per-element arithmetic is
@@ -16,6 +25,7 @@
 
 #include <cmath>
 #include <concepts>
+#include <cstddef>
 
 ZB_NAMESPACE_BEGIN
 
@@ -57,15 +67,21 @@ private:
 };
 
 /// @brief An optimizer: tagged, with its own `config` (which has an `lr`, the knob the
-/// engine's `set_learning_rate` changes) and `args(config, step, grad_scale)`, the
-/// per-step constants of its fused kernel.
+/// engine's `set_learning_rate` changes), its per-element `rule` (state layout and
+/// update) and `args(config, step, grad_scale)`, the per-step constants of the rule.
 template <class O>
 concept optimizer_policy = std::same_as<typename O::optimizer_concept, optimizer_tag> &&
                            policy_config<typename O::config> &&
                            requires(typename O::config& c, long t, float s) {
                              { c.lr } -> std::convertible_to<float>;
-                             O::args(c, t, s);
+                             { O::rule::state_count } -> std::convertible_to<int>;
+                             { O::args(c, t, s) } -> std::same_as<typename O::rule::args>;
                            };
+
+/// @brief fp32 bytes per element an optimizer keeps: the master and its state arrays
+/// (the ZeRO paper's K: Adam 12, Lion 8, SGD with momentum 8, plain SGD 4).
+template <class O>
+inline constexpr std::size_t optimizer_state_bytes = 4 * (1 + static_cast<std::size_t>(O::rule::state_count));
 
 namespace optim {
 
@@ -73,6 +89,7 @@ namespace optim {
 struct adamw {
   using optimizer_concept = optimizer_tag;
   using config = adamw_config;
+  using rule = kernel::adamw_rule;
   static constexpr const char* name = "adamw";
 
   /// @brief Constants of step t (1-based) with the given gradient multiplier.

@@ -21,12 +21,15 @@
 
 ZB_NAMESPACE_BEGIN
 
-/// @brief The engine's state as its policies see it.
-template <class T, class Space, class Comm>
+/// @brief The engine's state as its policies see it. `Optim` is the optimizer policy:
+/// master-state policies run its `rule` (`kernel::fused_step`) and keep its state arrays.
+template <class T, class Space, class Comm, class Optim>
 struct policy_context {
   using param_type = T;
   using space = Space;
   using comm_type = Comm;
+  using optimizer = Optim;
+  using rule = typename Optim::rule;
 
   const layout& lay;
   Comm& comm;         ///< gradient reductions (bucketers)

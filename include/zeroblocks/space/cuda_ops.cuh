@@ -105,6 +105,12 @@ struct space_ops<cuda_space> {
     if (n == 0) return;
     kernel::cuda::fused_adamw(master, m, v, grad, param, n, a, stream());
   }
+  template <class Rule, class G, class P>
+  static void fused_step(float* master, float* const* state, const G* grad, P* param, std::size_t n,
+                         const typename Rule::args& a, int /*threads*/) {
+    if (n == 0) return;
+    kernel::cuda::fused_step<Rule>(master, state, grad, param, n, a, stream());
+  }
   template <class T>
   static void downcast(T* dst, const float* src, std::size_t n, float scale, int /*threads*/) {
     if (n == 0) return;

@@ -24,14 +24,16 @@ enum class mem_category : int {
   params16 = 0,   ///< the 16-bit (or fp32) parameters the trainer computes with
   grads16,        ///< 16-bit gradients (full or shard)
   master_fp32,    ///< fp32 master weights
-  adam_m,         ///< Adam first moment
-  adam_v,         ///< Adam second moment
+  adam_m,         ///< the optimizer's first fp32 state array (Adam's m; Lion's m; SGD's momentum)
+  adam_v,         ///< the optimizer's second fp32 state array (Adam's v)
   buckets,        ///< gradient bucket buffers (stage 2/3)
   gathered,       ///< parameters all-gathered for use (stage 3), live until released
   persistent,     ///< stage 3: small units kept gathered for good (persistence threshold)
   staging,        ///< NVMe tier: aligned, pinned staging buffers of the swap pipeline
   other,          ///< anything else (communication scratch, ...)
-  count_
+  count_,
+  optim_state0 = adam_m,  ///< the optimizer's state array 0 (same category)
+  optim_state1 = adam_v,  ///< the optimizer's state array 1 (same category)
 };
 
 inline constexpr std::size_t mem_category_count = static_cast<std::size_t>(mem_category::count_);

@@ -21,6 +21,8 @@
  *  - `accumulate(dst, src, n, threads)`: `dst = T(float(dst) + float(src))`;
  *  - `grad_sumsq(g, n, threads) -> kernel::grad_stats` (on the host when it returns);
  *  - `fused_adamw(master, m, v, grad, param, n, args, threads)`;
+ *  - `fused_step<Rule>(master, state, grad, param, n, args, threads)`: the fused pass
+ *    of any optimizer rule (`state`: its `Rule::state_count` fp32 arrays);
  *  - `downcast(dst, src, n, scale, threads)`;
  *  - `scale(dst, src, n, scale, threads)`: `dst = T(scale * float(src))`, rounded once
  *    (a one-rank reduction: what `comm::basic_self` does for a reduce-scatter).
@@ -66,6 +68,11 @@ struct host_ops {
   static void fused_adamw(float* master, float* m, float* v, const G* grad, P* param, std::size_t n,
                           const kernel::adamw_step_args& a, int threads) {
     kernel::fused_adamw(master, m, v, grad, param, n, a, threads);
+  }
+  template <class Rule, class G, class P>
+  static void fused_step(float* master, float* const* state, const G* grad, P* param, std::size_t n,
+                         const typename Rule::args& a, int threads) {
+    kernel::fused_step<Rule>(master, state, grad, param, n, a, threads);
   }
   template <class T>
   static void downcast(T* dst, const float* src, std::size_t n, float scale, int threads) {

@@ -20,5 +20,6 @@
 #pragma once
 
 #include "fused_adamw.cuh"
+#include "fused_step.cuh"
 #include "grad_sumsq.cuh"
 #include "upcast.cuh"

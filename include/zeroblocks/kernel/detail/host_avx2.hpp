@@ -81,7 +81,7 @@ ZB_AVX2_INLINE void store(T* p, __m256 x) {
 /// @brief The step constants broadcast once per slice.
 struct adamw_consts {
   __m256 grad_scale, weight_decay, beta1, beta2, one_minus_beta1, one_minus_beta2;
-  __m256 inv_sqrt_bc2, eps, decay, neg_step_size;
+  __m256 inv_sqrt_bc2, eps, neg_lr_wd, neg_step_size;
 };
 
 ZB_AVX2_INLINE adamw_consts broadcast(const adamw_step_args& a) {
@@ -89,7 +89,7 @@ ZB_AVX2_INLINE adamw_consts broadcast(const adamw_step_args& a) {
           _mm256_set1_ps(a.beta1),           _mm256_set1_ps(a.beta2),
           _mm256_set1_ps(a.one_minus_beta1), _mm256_set1_ps(a.one_minus_beta2),
           _mm256_set1_ps(a.inv_sqrt_bc2),    _mm256_set1_ps(a.eps),
-          _mm256_set1_ps(a.decay),           _mm256_set1_ps(-a.step_size)};
+          _mm256_set1_ps(a.neg_lr_wd),           _mm256_set1_ps(-a.step_size)};
 }
 
 /// @brief `adamw_element` on 8 lanes: the same operations in the same order.
@@ -100,7 +100,7 @@ ZB_AVX2_INLINE void adamw_vec(__m256& p, __m256& m, __m256& v, __m256 g_raw, con
   m = _mm256_fmadd_ps(c.beta1, m, _mm256_mul_ps(c.one_minus_beta1, g));
   v = _mm256_fmadd_ps(c.beta2, v, _mm256_mul_ps(_mm256_mul_ps(c.one_minus_beta2, g), g));
   const __m256 denom = _mm256_fmadd_ps(_mm256_sqrt_ps(v), c.inv_sqrt_bc2, c.eps);
-  if constexpr (Decoupled) p = _mm256_mul_ps(p, c.decay);
+  if constexpr (Decoupled) p = _mm256_fmadd_ps(p, c.neg_lr_wd, p);
   p = _mm256_fmadd_ps(c.neg_step_size, _mm256_div_ps(m, denom), p);
 }
 
@@ -147,6 +147,88 @@ inline void fused_adamw_range(float* master, float* m, float* v, const G* grad, 
                               std::size_t begin, std::size_t end, const adamw_step_args& a) {
   if (a.decoupled) fused_adamw_impl<true>(master, m, v, grad, param, begin, end, a);
   else fused_adamw_impl<false>(master, m, v, grad, param, begin, end, a);
+}
+
+// ---- the other update rules: one vector body each, the generic loop below ---------
+
+/// @brief `sign_of` on 8 lanes: 1, -1, or the lane itself (±0, NaN).
+ZB_AVX2_INLINE __m256 sign_of(__m256 x) {
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256 r = _mm256_blendv_ps(x, _mm256_set1_ps(1.0f), _mm256_cmp_ps(x, zero, _CMP_GT_OQ));
+  return _mm256_blendv_ps(r, _mm256_set1_ps(-1.0f), _mm256_cmp_ps(x, zero, _CMP_LT_OQ));
+}
+
+/// @brief The vector body of an update rule (a specialisation per rule).
+template <class Rule>
+struct vec_rule;
+
+/// `lion_element` on 8 lanes: the same operations in the same order.
+template <>
+struct vec_rule<lion_rule> {
+  struct consts {
+    __m256 grad_scale, beta1, beta2, one_minus_beta1, one_minus_beta2, neg_lr, neg_lr_wd;
+  };
+  ZB_AVX2_INLINE static consts make(const lion_step_args& a) {
+    return {_mm256_set1_ps(a.grad_scale),      _mm256_set1_ps(a.beta1),  _mm256_set1_ps(a.beta2),
+            _mm256_set1_ps(a.one_minus_beta1), _mm256_set1_ps(a.one_minus_beta2), _mm256_set1_ps(a.neg_lr),
+            _mm256_set1_ps(a.neg_lr_wd)};
+  }
+  ZB_AVX2_INLINE static void update(__m256& p, __m256* s, __m256 g_raw, const consts& c) {
+    const __m256 g = _mm256_mul_ps(g_raw, c.grad_scale);
+    const __m256 d = _mm256_fmadd_ps(c.beta1, s[0], _mm256_mul_ps(c.one_minus_beta1, g));
+    p = _mm256_fmadd_ps(p, c.neg_lr_wd, p);
+    p = _mm256_fmadd_ps(c.neg_lr, sign_of(d), p);
+    s[0] = _mm256_fmadd_ps(c.beta2, s[0], _mm256_mul_ps(c.one_minus_beta2, g));
+  }
+};
+
+/// `sgd_element` on 8 lanes: the same operations in the same order.
+template <bool Momentum>
+struct vec_rule<sgd_rule<Momentum>> {
+  struct consts {
+    __m256 grad_scale, momentum, weight_decay, neg_lr;
+    bool nesterov;
+  };
+  ZB_AVX2_INLINE static consts make(const sgd_step_args& a) {
+    return {_mm256_set1_ps(a.grad_scale), _mm256_set1_ps(a.momentum), _mm256_set1_ps(a.weight_decay),
+            _mm256_set1_ps(a.neg_lr), a.nesterov};
+  }
+  ZB_AVX2_INLINE static void update(__m256& p, [[maybe_unused]] __m256* s, __m256 g_raw, const consts& c) {
+    __m256 g = _mm256_fmadd_ps(c.weight_decay, p, _mm256_mul_ps(g_raw, c.grad_scale));
+    if constexpr (Momentum) {
+      s[0] = _mm256_fmadd_ps(c.momentum, s[0], g);
+      g = c.nesterov ? _mm256_fmadd_ps(c.momentum, s[0], g) : s[0];
+    }
+    p = _mm256_fmadd_ps(c.neg_lr, g, p);
+  }
+};
+
+/// @brief The fused step of `Rule` over `[begin, end)`, 8 lanes at a time; the tail runs
+/// the scalar rule compiled for this target (explicit fmaf: the same vfmadd).
+template <class Rule, class G, class P>
+ZB_TARGET_AVX2 void fused_step_range(float* master, float* const* st, const G* grad, P* param, std::size_t begin,
+                                     std::size_t end, const typename Rule::args& a) {
+  constexpr int K = Rule::state_count;
+  const auto c = vec_rule<Rule>::make(a);
+  __m256 s[K > 0 ? K : 1];
+  std::size_t i = begin;
+  for (; i + 8 <= end; i += 8) {
+    __m256 p = load(master + i);
+    for (int k = 0; k < K; ++k) s[k] = load(st[k] + i);
+    vec_rule<Rule>::update(p, s, load(grad + i), c);
+    store(master + i, p);
+    for (int k = 0; k < K; ++k) store(st[k] + i, s[k]);
+    store(param + i, p);
+  }
+  for (; i < end; ++i) {
+    float p = master[i];
+    float sc[K > 0 ? K : 1];
+    for (int k = 0; k < K; ++k) sc[k] = st[k][i];
+    Rule::update(p, sc, to_float(grad[i]), a);
+    master[i] = p;
+    for (int k = 0; k < K; ++k) st[k][i] = sc[k];
+    param[i] = from_float<P>(p);
+  }
 }
 
 /// @brief Sum of squares of one block, lanes as `scalar::sumsq_block_sum` (8 × 4 doubles).

@@ -119,7 +119,7 @@ ZB_AVX512_INLINE void store(T* p, __m512 x, __mmask16 k) {
 /// @brief The step constants broadcast once per slice.
 struct adamw_consts {
   __m512 grad_scale, weight_decay, beta1, beta2, one_minus_beta1, one_minus_beta2;
-  __m512 inv_sqrt_bc2, eps, decay, neg_step_size;
+  __m512 inv_sqrt_bc2, eps, neg_lr_wd, neg_step_size;
 };
 
 ZB_AVX512_INLINE adamw_consts broadcast(const adamw_step_args& a) {
@@ -127,7 +127,7 @@ ZB_AVX512_INLINE adamw_consts broadcast(const adamw_step_args& a) {
           _mm512_set1_ps(a.beta1),           _mm512_set1_ps(a.beta2),
           _mm512_set1_ps(a.one_minus_beta1), _mm512_set1_ps(a.one_minus_beta2),
           _mm512_set1_ps(a.inv_sqrt_bc2),    _mm512_set1_ps(a.eps),
-          _mm512_set1_ps(a.decay),           _mm512_set1_ps(-a.step_size)};
+          _mm512_set1_ps(a.neg_lr_wd),           _mm512_set1_ps(-a.step_size)};
 }
 
 /// @brief `adamw_element` on 16 lanes: the same operations in the same order.
@@ -138,7 +138,7 @@ ZB_AVX512_INLINE void adamw_vec(__m512& p, __m512& m, __m512& v, __m512 g_raw, c
   m = _mm512_fmadd_ps(c.beta1, m, _mm512_mul_ps(c.one_minus_beta1, g));
   v = _mm512_fmadd_ps(c.beta2, v, _mm512_mul_ps(_mm512_mul_ps(c.one_minus_beta2, g), g));
   const __m512 denom = _mm512_fmadd_ps(_mm512_sqrt_ps(v), c.inv_sqrt_bc2, c.eps);
-  if constexpr (Decoupled) p = _mm512_mul_ps(p, c.decay);
+  if constexpr (Decoupled) p = _mm512_fmadd_ps(p, c.neg_lr_wd, p);
   p = _mm512_fmadd_ps(c.neg_step_size, _mm512_div_ps(m, denom), p);
 }
 
@@ -189,6 +189,87 @@ inline void fused_adamw_range(float* master, float* m, float* v, const G* grad, 
                               std::size_t begin, std::size_t end, const adamw_step_args& a) {
   if (a.decoupled) fused_adamw_impl<true>(master, m, v, grad, param, begin, end, a);
   else fused_adamw_impl<false>(master, m, v, grad, param, begin, end, a);
+}
+
+// ---- the other update rules: one vector body each, the generic loop below ---------
+
+/// @brief `sign_of` on 16 lanes: 1, -1, or the lane itself (±0, NaN).
+ZB_AVX512_INLINE __m512 sign_of(__m512 x) {
+  const __m512 zero = _mm512_setzero_ps();
+  const __m512 r = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, zero, _CMP_GT_OQ), x, _mm512_set1_ps(1.0f));
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, zero, _CMP_LT_OQ), r, _mm512_set1_ps(-1.0f));
+}
+
+/// @brief The vector body of an update rule (a specialisation per rule).
+template <class Rule>
+struct vec_rule;
+
+/// `lion_element` on 16 lanes: the same operations in the same order.
+template <>
+struct vec_rule<lion_rule> {
+  struct consts {
+    __m512 grad_scale, beta1, beta2, one_minus_beta1, one_minus_beta2, neg_lr, neg_lr_wd;
+  };
+  ZB_AVX512_INLINE static consts make(const lion_step_args& a) {
+    return {_mm512_set1_ps(a.grad_scale),      _mm512_set1_ps(a.beta1),  _mm512_set1_ps(a.beta2),
+            _mm512_set1_ps(a.one_minus_beta1), _mm512_set1_ps(a.one_minus_beta2), _mm512_set1_ps(a.neg_lr),
+            _mm512_set1_ps(a.neg_lr_wd)};
+  }
+  ZB_AVX512_INLINE static void update(__m512& p, __m512* s, __m512 g_raw, const consts& c) {
+    const __m512 g = _mm512_mul_ps(g_raw, c.grad_scale);
+    const __m512 d = _mm512_fmadd_ps(c.beta1, s[0], _mm512_mul_ps(c.one_minus_beta1, g));
+    p = _mm512_fmadd_ps(p, c.neg_lr_wd, p);
+    p = _mm512_fmadd_ps(c.neg_lr, sign_of(d), p);
+    s[0] = _mm512_fmadd_ps(c.beta2, s[0], _mm512_mul_ps(c.one_minus_beta2, g));
+  }
+};
+
+/// `sgd_element` on 16 lanes: the same operations in the same order.
+template <bool Momentum>
+struct vec_rule<sgd_rule<Momentum>> {
+  struct consts {
+    __m512 grad_scale, momentum, weight_decay, neg_lr;
+    bool nesterov;
+  };
+  ZB_AVX512_INLINE static consts make(const sgd_step_args& a) {
+    return {_mm512_set1_ps(a.grad_scale), _mm512_set1_ps(a.momentum), _mm512_set1_ps(a.weight_decay),
+            _mm512_set1_ps(a.neg_lr), a.nesterov};
+  }
+  ZB_AVX512_INLINE static void update(__m512& p, [[maybe_unused]] __m512* s, __m512 g_raw, const consts& c) {
+    __m512 g = _mm512_fmadd_ps(c.weight_decay, p, _mm512_mul_ps(g_raw, c.grad_scale));
+    if constexpr (Momentum) {
+      s[0] = _mm512_fmadd_ps(c.momentum, s[0], g);
+      g = c.nesterov ? _mm512_fmadd_ps(c.momentum, s[0], g) : s[0];
+    }
+    p = _mm512_fmadd_ps(c.neg_lr, g, p);
+  }
+};
+
+/// @brief The fused step of `Rule` over `[begin, end)`, 16 lanes at a time, a masked tail.
+template <class Rule, class G, class P>
+ZB_TARGET_AVX512 void fused_step_range(float* master, float* const* st, const G* grad, P* param, std::size_t begin,
+                                       std::size_t end, const typename Rule::args& a) {
+  constexpr int K = Rule::state_count;
+  const auto c = vec_rule<Rule>::make(a);
+  __m512 s[K > 0 ? K : 1];
+  std::size_t i = begin;
+  for (; i + 16 <= end; i += 16) {
+    __m512 p = load(master + i);
+    for (int k = 0; k < K; ++k) s[k] = load(st[k] + i);
+    vec_rule<Rule>::update(p, s, load(grad + i), c);
+    store(master + i, p);
+    for (int k = 0; k < K; ++k) store(st[k] + i, s[k]);
+    store(param + i, p);
+  }
+  if (i < end) {
+    const __mmask16 m = first_lanes(end - i);
+    __m512 p = load(master + i, m);
+    for (int k = 0; k < K; ++k) s[k] = load(st[k] + i, m);
+    vec_rule<Rule>::update(p, s, load(grad + i, m), c);
+    store(master + i, p, m);
+    for (int k = 0; k < K; ++k) store(st[k] + i, s[k], m);
+    store(param + i, p, m);
+  }
 }
 
 /// @brief Widen 8 elements of T to double lanes (helper of the sum of squares).

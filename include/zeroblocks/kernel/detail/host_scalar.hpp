@@ -19,6 +19,8 @@
 
 #include "../../core/numeric.hpp"
 #include "../adamw.hpp"
+#include "../lion.hpp"
+#include "../sgd.hpp"
 
 #include <cstddef>
 
@@ -74,6 +76,23 @@ inline void fused_adamw_range(float* master, float* m, float* v, const G* grad, 
     float p = master[i];
     adamw_element(p, m[i], v[i], to_float(grad[i]), a);
     master[i] = p;
+    param[i] = from_float<P>(p);
+  }
+}
+
+/// @brief The fused step of any update rule over `[begin, end)`: `Rule::update` on the
+/// master and the rule's `state_count` state arrays `st[k]`, then the 16-bit parameter.
+template <class Rule, class G, class P>
+inline void fused_step_range(float* master, float* const* st, const G* grad, P* param, std::size_t begin,
+                             std::size_t end, const typename Rule::args& a) {
+  constexpr int K = Rule::state_count;
+  for (std::size_t i = begin; i < end; ++i) {
+    float p = master[i];
+    float s[K > 0 ? K : 1];
+    for (int k = 0; k < K; ++k) s[k] = st[k][i];
+    Rule::update(p, s, to_float(grad[i]), a);
+    master[i] = p;
+    for (int k = 0; k < K; ++k) st[k][i] = s[k];
     param[i] = from_float<P>(p);
   }
 }
