@@ -207,6 +207,24 @@ TEST_CASE_TEMPLATE("Lion and SGD: stages 1-3 equal stage 0, memory (p+g+K)Ψ exa
   all_stages_with<T, zb::optim::sgd>(o);
 }
 
+TEST_CASE_TEMPLATE("parameter groups: stages 1-3 equal stage 0 with slices that span groups", T, float, zb::half,
+                   zb::bfloat16) {
+  run_options o;
+  o.steps = 4;
+  o.overflow_step = 2;
+  o.max_grad_norm = 0.5f;
+  o.grouped = true;
+  all_stages<T>(o);
+  all_stages_with<T, zb::optim::lion>(o);
+  all_stages_with<T, zb::optim::sgd>(o);
+  // The groups really change the result.
+  o.grouped = false;
+  const auto plain = zbt::run<zb::stage0<zb::comm::mpi, T>>(zb::comm::mpi(MPI_COMM_WORLD), o);
+  o.grouped = true;
+  const auto grouped = zbt::run<zb::stage0<zb::comm::mpi, T>>(zb::comm::mpi(MPI_COMM_WORLD), o);
+  CHECK(zbt::first_difference(plain.master, grouped.master) != -1);
+}
+
 TEST_CASE("one big bucket and one bucket per unit give the same result") {
   using C = zb::comm::mpi;
   run_options a, b;

@@ -141,6 +141,9 @@ static_assert(member_count<zb::master::swapped_config>() == 3, "swapped_config: 
 static_assert(member_count<zb::swap_config>() == 7,
               "swap_config: 4 in swapped_config's fields(); paths, threads, fault_hook per rank");
 static_assert(member_count<zb::no_config>() == 0);
+static_assert(member_count<zb::param_group>() == 2, "param_group: add the new setting to agreement_lines");
+static_assert(member_count<zb::lion_config>() == 4, "lion_config: list the new knob in fields()");
+static_assert(member_count<zb::sgd_config>() == 4, "sgd_config: list the new knob in fields()");
 
 /// Changes the k-th field a config lists (`fields`) to another valid value: a bool
 /// flipped, a number doubled (0 becomes 1) or, for floating point, halved (0 becomes
@@ -197,6 +200,20 @@ TEST_CASE_TEMPLATE("every knob of the NVMe presets is compared across ranks", E,
   typename E::config base;
   base.master.swap.paths = {"."};  // never reached: the check fails before any file exists
   every_knob_must_agree<E>(small_model(false), base);
+}
+
+TEST_CASE("parameter groups that differ between ranks fail on every rank") {
+  const int rank = zb_world_rank(), world = zb_world_size();
+  if (world == 1) return;
+  auto reg = small_model(false);
+  zb::stage2<C>::config cfg;
+  cfg.groups = {{}, {.lr_scale = 1.0f, .weight_decay = 0.0f}};
+  if (rank == world - 1) cfg.groups[1].weight_decay = 0.1f;
+  auto msg = error_of([&] { zb::stage2<C> eng(reg, C(MPI_COMM_WORLD), cfg); });
+  CHECK(has(msg, "configuration differs across ranks: groups.1.weight_decay (role 'groups') is 0 on rank 0 but 0.1"));
+  if (rank == world - 1) cfg.groups.push_back({});
+  msg = error_of([&] { zb::stage2<C> eng(reg, C(MPI_COMM_WORLD), cfg); });
+  CHECK(has(msg, "groups.count (role 'groups') is 2 on rank 0 but 3 on rank " + std::to_string(world - 1)));
 }
 
 TEST_CASE("ranks built from different policies fail on every rank") {

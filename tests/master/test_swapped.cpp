@@ -207,6 +207,11 @@ TEST_CASE_TEMPLATE("Lion and SGD on the NVMe tier: equal to stage 0, records of 
   const auto ref = zbt::run<stage0_with<O>>(zb::comm::mpi(MPI_COMM_WORLD), o);
   const auto got = zbt::run<infinity_with<O, zb::swap::posix>>(zb::comm::mpi(MPI_COMM_WORLD), o, tier{50, 3});
   check_same(ref, got);
+  // With parameter groups: sub-group pieces carry their group's constants.
+  auto og = o;
+  og.grouped = true;
+  check_same(zbt::run<stage0_with<O>>(zb::comm::mpi(MPI_COMM_WORLD), og),
+             zbt::run<infinity_with<O, zb::swap::posix>>(zb::comm::mpi(MPI_COMM_WORLD), og, tier{50, 3}));
   // The record is the master and the rule's state arrays: Lion and SGD 8 B, plain SGD 4.
   zbt::synthetic_model model;
   typename infinity_with<O, zb::swap::posix>::config cfg;

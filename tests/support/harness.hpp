@@ -26,21 +26,28 @@ struct synthetic_model {
   std::vector<zb::unit_id> units;
 
   /// `width` multiplies the first dimension of every non-empty parameter (a bigger model
-  /// with the same awkward shape).
-  explicit synthetic_model(std::size_t width = 1) {
+  /// with the same awkward shape). `grouped`: biases in parameter group 1, `l3.w` and
+  /// `head.w` in group 2 (`group_settings` gives the groups' hyper-parameters), so units
+  /// and slices span several groups.
+  explicit synthetic_model(std::size_t width = 1, bool grouped = false) {
     add("embed.w", {13 * width, 7}, "embed");
     add("embed.empty", {0}, "embed");
     add("l1.w", {5 * width, 11}, "l1");
-    add("l1.b", {5 * width}, "l1");
+    add("l1.b", {5 * width}, "l1", grouped ? 1 : 0);
     add("l2.w", {1 * width}, "l2");
-    add("l3.w", {97 * width, 3}, "l3");
-    add("l3.b", {3 * width}, "l3");
+    add("l3.w", {97 * width, 3}, "l3", grouped ? 2 : 0);
+    add("l3.b", {3 * width}, "l3", grouped ? 1 : 0);
     add("nothing", {0}, "empty_unit");
-    add("head.w", {37 * width}, "head");
+    add("head.w", {37 * width}, "head", grouped ? 2 : 0);
     for (auto& n : reg.units()) units.push_back(reg.unit(n));
   }
-  void add(const char* n, std::vector<std::size_t> shape, const char* unit) {
-    params.push_back(reg.add(n, std::move(shape), unit));
+  void add(const char* n, std::vector<std::size_t> shape, const char* unit, std::size_t group = 0) {
+    params.push_back(reg.add(n, std::move(shape), unit, group));
+  }
+  /// The groups of a `grouped` model: 1 without weight decay, 2 at half the learning
+  /// rate with a stronger decay.
+  static std::vector<zb::param_group> group_settings() {
+    return {{}, {.lr_scale = 1.0f, .weight_decay = 0.0f}, {.lr_scale = 0.5f, .weight_decay = 0.1f}};
   }
   static float init(std::size_t p, std::size_t i) {
     return 0.5f * std::sin(0.37f * static_cast<float>(i) + 1.3f * static_cast<float>(p) + 0.1f);
@@ -55,6 +62,7 @@ struct run_options {
   float max_grad_norm = 0.0f;
   std::size_t bucket_numel = 100;  ///< small, so there are several buckets
   std::size_t width = 1;           ///< synthetic_model's width
+  bool grouped = false;            ///< synthetic_model's parameter groups (and their settings)
 };
 
 struct run_output {
@@ -142,6 +150,7 @@ typename Engine::config config_for(const run_options& o, Tweak&& tweak = {}) {
   cfg.step.max_grad_norm = o.max_grad_norm;
   if constexpr (requires { cfg.bucket.bucket_numel; }) cfg.bucket.bucket_numel = o.bucket_numel;
   cfg.optim.lr = 0.01f;
+  if (o.grouped) cfg.groups = synthetic_model::group_settings();
   tweak(cfg);
   return cfg;
 }
@@ -149,7 +158,7 @@ typename Engine::config config_for(const run_options& o, Tweak&& tweak = {}) {
 /// Train the synthetic model with `o`; `tweak(cfg)` adjusts the engine's config.
 template <class Engine, class Tweak = no_tweak>
 run_output run(typename Engine::comm_type comm, const run_options& o, Tweak&& tweak = {}) {
-  synthetic_model model(o.width);
+  synthetic_model model(o.width, o.grouped);
   Engine eng(model.reg, std::move(comm), config_for<Engine>(o, tweak));
   init_params(eng, model);
   run_output out;

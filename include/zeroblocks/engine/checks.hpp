@@ -68,6 +68,9 @@ void agree_config_valid(Comm& comm, const Config& cfg, const param_registry& reg
   try {
     cfg.validate();
     ZB_REQUIRE(reg.size() > 0, "engine: no parameters registered");
+    for (const auto& p : reg.params())
+      ZB_REQUIRE(p.group == 0 || p.group < cfg.groups.size(), "engine: parameter '", p.name, "' is in group ",
+                 p.group, " but cfg.groups has ", cfg.groups.size(), " entries (group 0 needs none)");
   } catch (const error& e) {
     problem = e.reason();
   }

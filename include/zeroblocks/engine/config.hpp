@@ -28,6 +28,7 @@
 #include "../policy/config.hpp"
 
 #include <cmath>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -52,6 +53,23 @@ struct step_config {
   void fields(V&& v) const { v("max_grad_norm", max_grad_norm); }
 };
 
+/// @brief The hyper-parameters of one parameter group (as PyTorch's `param_groups`):
+/// parameters registered with group g (`param_registry::add(..., g)`) are updated with
+/// `cfg.groups[g]` applied to the optimizer's config. Must agree across ranks.
+struct param_group {
+  /// Multiplies the optimizer's learning rate (and what `set_learning_rate` sets).
+  float lr_scale = 1.0f;
+  /// The group's weight decay; none: the optimizer's (`cfg.optim.weight_decay`).
+  std::optional<float> weight_decay;
+
+  void validate(std::size_t g) const {
+    ZB_REQUIRE(lr_scale >= 0.0f && std::isfinite(lr_scale), "groups[", g, "].lr_scale ", lr_scale,
+               " must be finite and >= 0");
+    ZB_REQUIRE(!weight_decay || (*weight_decay >= 0.0f && std::isfinite(*weight_decay)), "groups[", g,
+               "].weight_decay ", weight_decay.value_or(0.0f), " must be finite and >= 0");
+  }
+};
+
 /// @brief Every runtime knob of an engine made of these policies, one member per role.
 /// Use it as `Engine::config`.
 template <class Partitioner, class Coordinator, class Bucketer, class Master, class Scaler, class Optim>
@@ -63,6 +81,11 @@ struct engine_config {
   typename Coordinator::config coordinate{};   ///< when full parameters exist (stage 3 prefetch)
   typename Bucketer::config bucket{};          ///< gradient buckets
   typename Master::config master{};            ///< the fp32 state's tier (NVMe, offload)
+  /// Parameter groups: `groups[g]` for the parameters registered in group g. Group 0
+  /// needs no entry (the optimizer's own settings); a parameter in a group g ≥ 1 needs
+  /// `groups.size() > g`. E.g. GPT practice: `groups = {{}, {.weight_decay = 0.0f}}`
+  /// and biases and norms registered in group 1.
+  std::vector<param_group> groups{};
 
   /// @brief Call `v(role, policy name, role config)` for each role, in a fixed order.
   template <class V>
@@ -76,6 +99,7 @@ struct engine_config {
   /// @brief Validate every role's knobs; the first problem throws, naming the field.
   void validate() const {
     roles([](const char*, const char*, const auto& c) { c.validate(); });
+    for (std::size_t g = 0; g < groups.size(); ++g) groups[g].validate(g);
   }
 
 private:
@@ -102,6 +126,12 @@ std::vector<std::string> agreement_lines(const Config& cfg) {
     out.push_back(detail::concat("policies.", role, '=', policy));
     for (auto& l : config_lines(c, role)) out.push_back(std::move(l));
   });
+  out.push_back(detail::concat("groups.count=", cfg.groups.size()));
+  for (std::size_t g = 0; g < cfg.groups.size(); ++g) {
+    out.push_back(detail::concat("groups.", g, ".lr_scale=", field_text(cfg.groups[g].lr_scale)));
+    out.push_back(detail::concat("groups.", g, ".weight_decay=",
+                                 cfg.groups[g].weight_decay ? field_text(*cfg.groups[g].weight_decay) : "optim"));
+  }
   return out;
 }
 

@@ -210,6 +210,12 @@ public:
         if (sharded_master && r != comm_.rank()) continue;
         const std::size_t moff = sharded_master ? up.shard_offset : up.offset + r * up.slice_numel;
         owned_.push_back({u, r, moff, up.slice_numel});
+        // The fused pass takes the slice in runs of one parameter group, each with its
+        // group's constants (no extra pass over memory: the runs tile the slice).
+        const std::size_t s0 = static_cast<std::size_t>(r) * up.slice_numel;
+        layout_.group_runs(u, s0, s0 + up.slice_numel, [&](std::size_t a, std::size_t b, std::size_t g) {
+          pieces_.push_back({u, r, moff + (a - s0), a - s0, b - a, g});
+        });
       }
     }
   }
@@ -410,14 +416,19 @@ private:
     if (cfg_.step.max_grad_norm > 0.0f && res.grad_norm > cfg_.step.max_grad_norm)
       res.clip_factor = static_cast<float>(cfg_.step.max_grad_norm / (res.grad_norm + 1e-6));
 
-    // Pass 2: the fused upcast · unscale · clip · AdamW · downcast.
+    // Pass 2: the fused upcast · unscale · clip · optimizer update · downcast, with each
+    // parameter group's constants.
     ++steps_;
-    const auto args = Optim::args(cfg_.optim, steps_, grad_scale * res.clip_factor);
+    std::vector<typename Optim::rule::args> args;
+    for (std::size_t g = 0; g < layout_.group_count(); ++g)
+      args.push_back(Optim::args(group_config(g), steps_, grad_scale * res.clip_factor));
     std::vector<step_slice<T>> slices;
-    slices.reserve(owned_.size());
-    for (const auto& s : owned_)
-      slices.push_back({bucketer_->grad_slice(s.unit, s.rank), coord_->owned_slice(s.unit, s.rank), s.numel,
-                        s.master_offset});
+    slices.reserve(pieces_.size());
+    // (A coordinator with the parameters on the tier has no slice in memory: nullptr.)
+    auto at = [](auto* p, std::size_t off) { return p ? p + off : p; };
+    for (const auto& s : pieces_)
+      slices.push_back({at(bucketer_->grad_slice(s.unit, s.rank), s.offset),
+                        at(coord_->owned_slice(s.unit, s.rank), s.offset), s.numel, s.master_offset, s.group});
     if constexpr (Master::caps.transactional) {
       // A transaction (master::swapped): commit only if every rank's state landed.
       std::string problem;
@@ -575,6 +586,25 @@ private:
     std::size_t master_offset;
     std::size_t numel;
   };
+  /// A run of one parameter group inside an owned slice.
+  struct step_piece {
+    std::size_t unit;
+    int rank;
+    std::size_t master_offset;
+    std::size_t offset;  // in the slice
+    std::size_t numel;
+    std::size_t group;
+  };
+
+  /// The optimizer's config for parameter group g (`cfg.groups[g]` applied).
+  typename Optim::config group_config(std::size_t g) const {
+    auto c = cfg_.optim;
+    if (g < cfg_.groups.size()) {
+      c.lr = c.lr * cfg_.groups[g].lr_scale;
+      if (cfg_.groups[g].weight_decay) c.weight_decay = *cfg_.groups[g].weight_decay;
+    }
+    return c;
+  }
 
   /// Run a public operation; if it throws, make sure the peers learn of it (a failure
   /// that came from a peer is not echoed back).
@@ -658,7 +688,8 @@ private:
   std::vector<int> holds_;
   std::vector<const T*> bases_;
   std::vector<char> reported_;
-  std::vector<owned_slice_ref> owned_;
+  std::vector<owned_slice_ref> owned_;  // the norm pass: whole slices (its sums do not depend on groups)
+  std::vector<step_piece> pieces_;      // the fused pass: the same slices in runs of one group
   bool in_micro_ = false;
   bool grads_reduced_ = false;  // this step's gradients are reduced (a retry must not reduce again)
   int micro_steps_ = 0;

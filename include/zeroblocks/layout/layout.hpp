@@ -32,6 +32,7 @@ struct param_place {
   std::size_t offset = 0;          ///< in the full flat layout
   std::size_t offset_in_unit = 0;
   std::size_t numel = 0;
+  std::size_t group = 0;           ///< parameter group (registry)
 };
 
 /// @brief Placement of one unit.
@@ -67,7 +68,7 @@ public:
       for (auto pi : u.params) {
         pos = round_up(pos, align_);
         params_[pi] = {static_cast<std::size_t>(&u - units_.data()), offset + pos, pos,
-                       reg.params()[pi].numel};
+                       reg.params()[pi].numel, reg.params()[pi].group};
         pos += reg.params()[pi].numel;
         u.raw_numel += reg.params()[pi].numel;
       }
@@ -98,6 +99,33 @@ public:
   const unit_place& unit(std::size_t u) const { return units_[u]; }
   const param_place& param(std::size_t p) const { return params_[p]; }
   const std::string& unit_name(std::size_t u) const { return names_[u]; }
+  /// @brief Number of parameter groups used (highest group index + 1).
+  std::size_t group_count() const {
+    std::size_t g = 1;
+    for (const auto& p : params_) g = p.group + 1 > g ? p.group + 1 : g;
+    return g;
+  }
+  /// @brief Runs of one parameter group in `[begin, end)` of unit `u` (unit
+  /// coordinates): calls `f(begin, end, group)` for each maximal run, in order. An
+  /// element between parameters (alignment, padding) belongs to the group of the
+  /// parameter before it (the first parameter's before any).
+  template <class F>
+  void group_runs(std::size_t u, std::size_t begin, std::size_t end, F&& f) const {
+    if (begin >= end) return;
+    const auto& up = units_[u];
+    std::size_t g = up.params.empty() ? 0 : params_[up.params.front()].group;
+    std::size_t run = begin;
+    for (auto pi : up.params) {
+      const auto& pp = params_[pi];
+      if (pp.offset_in_unit >= end) break;
+      if (pp.group == g) continue;
+      if (pp.offset_in_unit > run) f(run, pp.offset_in_unit, g);
+      run = pp.offset_in_unit > run ? pp.offset_in_unit : run;
+      g = pp.group;
+    }
+    f(run, end, g);
+  }
+
   /// @brief Largest padded unit.
   std::size_t max_unit_numel() const {
     std::size_t m = 0;

@@ -7,6 +7,11 @@
  * over the ranks. The trainer fills a `param_registry` in the same order on every rank;
  * the engine checks that all ranks registered the same thing and fails on every rank,
  * naming the first difference, if not.
+ *
+ * A parameter may name a *parameter group* (as PyTorch's `param_groups`): group 0, the
+ * default, uses the optimizer's hyper-parameters; group g ≥ 1 those of
+ * `cfg.groups[g]` (its own weight decay and learning-rate multiplier — e.g. no decay on
+ * biases and norms, GPT practice). Groups do not affect the layout.
  */
 #pragma once
 
@@ -41,13 +46,15 @@ struct param_decl {
   std::vector<std::size_t> shape;
   std::size_t unit = 0;
   std::size_t numel = 0;
+  std::size_t group = 0;  ///< parameter group (0: the optimizer's own settings)
 };
 
 /// @brief The ordered list of parameters and units a model registers.
 class param_registry {
 public:
-  /// @brief Register a parameter of `shape` in unit `unit` (created on first use).
-  param_id add(std::string name, std::vector<std::size_t> shape, const std::string& unit) {
+  /// @brief Register a parameter of `shape` in unit `unit` (created on first use), in
+  /// parameter group `group` (0: the optimizer's own hyper-parameters).
+  param_id add(std::string name, std::vector<std::size_t> shape, const std::string& unit, std::size_t group = 0) {
     ZB_REQUIRE(!name.empty(), "param_registry::add: empty parameter name");
     ZB_REQUIRE(!by_name_.count(name), "param_registry::add: parameter '", name,
                "' registered twice");
@@ -61,7 +68,7 @@ public:
     auto [it, inserted] = unit_index_.try_emplace(unit, units_.size());
     if (inserted) units_.push_back(unit);
     by_name_[name] = params_.size();
-    params_.push_back({std::move(name), std::move(shape), it->second, numel});
+    params_.push_back({std::move(name), std::move(shape), it->second, numel, group});
     return {params_.size() - 1};
   }
 
@@ -89,6 +96,7 @@ public:
     os << "'" << p.name << "' [";
     for (std::size_t d = 0; d < p.shape.size(); ++d) os << (d ? "," : "") << p.shape[d];
     os << "] in unit '" << units_[p.unit] << "'";
+    if (p.group != 0) os << " group " << p.group;
     return os.str();
   }
 

@@ -18,7 +18,8 @@
  * built as `impl(ctx, config, master_shape)` for the rank's owned numel (Ψ for stage 0,
  * Ψ/N otherwise). Every `impl` provides (checked by `master_complete<M, Ctx>()`, which
  * names what is missing) `set(offset, values, n)`, `read_master(offset, out, n)`,
- * `apply(slices, args)` — the fused pass over every owned slice, the step — and
+ * `apply(slices, per_group)` — the fused pass over every owned slice, each with the
+ * constants of its parameter group (`per_group[slice.group]`), the step — and
  * `static declare(master_shape, config, report&)` (the memory it holds).
  *
  * Optional capabilities, declared in `caps`:
@@ -107,13 +108,15 @@ struct optimizer_state {
 };
 
 /// @brief One contiguous piece of the step: a slice's gradient, its 16-bit parameter
-/// destination, its length and where it sits in the master arrays.
+/// destination, its length, where it sits in the master arrays, and its parameter group
+/// (the index of its constants in `apply`'s per-group arguments).
 template <class T>
 struct step_slice {
   const T* grad = nullptr;
   T* param = nullptr;
   std::size_t numel = 0;
   std::size_t master_offset = 0;
+  std::size_t group = 0;
 };
 
 /// @brief Checks, with a message naming the role and the operation, that master
@@ -129,10 +132,10 @@ consteval bool master_complete() {
                 "master role: impl lacks `set(std::size_t offset, const float* values, std::size_t n)`");
   static_assert(requires(I& m, std::size_t o, float* out) { m.read_master(o, out, o); },
                 "master role: impl lacks `read_master(std::size_t offset, float* out, std::size_t n)`");
-  static_assert(requires(I& m, const std::vector<step_slice<T>>& s, const typename Ctx::rule::args& a) {
-                  m.apply(s, a);
-                },
-                "master role: impl lacks its step, `apply(const std::vector<step_slice<T>>&, const rule::args&)`");
+  static_assert(requires(I& m, const std::vector<step_slice<T>>& s,
+                         const std::vector<typename Ctx::rule::args>& a) { m.apply(s, a); },
+                "master role: impl lacks its step, `apply(const std::vector<step_slice<T>>&, "
+                "const std::vector<rule::args>& per_group)`");
   static_assert(requires(const cfg& k, memory_report& r) { I::declare(master_shape{}, k, r); },
                 "master role: impl lacks `static declare(master_shape, const config&, memory_report&)`");
   if constexpr (M::caps.transactional)

@@ -156,16 +156,16 @@ struct offloaded {
     }
 
     /// @brief The step: (gradients down,) host fused pass, parameters up, pipelined.
-    void apply(const std::vector<step_slice<T>>& slices, const typename rule::args& a) {
+    void apply(const std::vector<step_slice<T>>& slices, const std::vector<typename rule::args>& per_group) {
       struct piece {
         const T* grad;
         T* param;
-        std::size_t n, master_offset;
+        std::size_t n, master_offset, group;
       };
       std::vector<piece> work;
       for (const auto& s : slices)
         for (std::size_t d = 0; d < s.numel; d += chunk_)
-          work.push_back({s.grad + d, s.param + d, std::min(chunk_, s.numel - d), s.master_offset + d});
+          work.push_back({s.grad + d, s.param + d, std::min(chunk_, s.numel - d), s.master_offset + d, s.group});
       if (work.empty()) return;
       const cudaStream_t compute = cuda_space::compute_stream();
       // The gradients are final, and the parameters free to be overwritten, once the
@@ -193,7 +193,7 @@ struct offloaded {
         const auto& w = work[k];
         const std::size_t o = w.master_offset;
         kernel::fused_step<rule>(st_.master.data() + o, st_.states(o).data(), grad_.data() + o, param_[b].data(),
-                                 w.n, a, ctx_.threads);
+                                 w.n, per_group[w.group], ctx_.threads);
         cuda_space::copy_async(w.param, param_[b].data(), w.n * sizeof(T), up_);
         uploaded_[b].record(up_);
         stats_.param_bytes_up += w.n * sizeof(T);

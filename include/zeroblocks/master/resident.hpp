@@ -54,11 +54,11 @@ struct resident {
 
     /// @brief The fused pass: upcast, unscale, clip, the rule's update, write master,
     /// its state and the parameter.
-    void apply(const std::vector<step_slice<T>>& slices, const typename rule::args& a) {
+    void apply(const std::vector<step_slice<T>>& slices, const std::vector<typename rule::args>& per_group) {
       for (const auto& s : slices) {
         const std::size_t o = s.master_offset;
-        ops::template fused_step<rule>(st_.master.data() + o, st_.states(o).data(), s.grad, s.param, s.numel, a,
-                                       ctx_.threads);
+        ops::template fused_step<rule>(st_.master.data() + o, st_.states(o).data(), s.grad, s.param, s.numel,
+                                       per_group[s.group], ctx_.threads);
       }
     }
 

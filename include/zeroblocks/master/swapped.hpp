@@ -143,7 +143,8 @@ struct swapped {
       const T* grad;
       T* param;
       std::size_t numel;
-      std::size_t at;  // offset inside the sub-group
+      std::size_t at;     // offset inside the sub-group
+      std::size_t group;  // parameter group
     };
 
   public:
@@ -228,7 +229,7 @@ struct swapped {
     /// run the fused pass on the slices that fall in it, write it to the other slot.
     /// Nothing is committed until `commit()`. Throws (after every transfer settled)
     /// when a read or write failed.
-    void apply(const std::vector<step_slice<T>>& slices, const typename rule::args& a) {
+    void apply(const std::vector<step_slice<T>>& slices, const std::vector<typename rule::args>& a) {
       flush();
       cached_ = npos;
       for (auto& p : per_) p.clear();
@@ -236,7 +237,7 @@ struct swapped {
         for (std::size_t done = 0; done < s.numel;) {
           const std::size_t o = s.master_offset + done, g = o / s_, at = o % s_;
           const std::size_t len = std::min(s.numel - done, numel_of(g) - at);
-          per_[g].push_back({s.grad + done, s.param + done, len, at});
+          per_[g].push_back({s.grad + done, s.param + done, len, at, s.group});
           done += len;
         }
       pending_ = true;
@@ -322,7 +323,7 @@ struct swapped {
     /// Where staging buffer b keeps its sub-group's 16-bit parameters (after the record).
     T* param_area(int b) const { return reinterpret_cast<T*>(pool_.data(b) + rec_); }
 
-    void compute(std::size_t g, int b, const typename rule::args& a) {
+    void compute(std::size_t g, int b, const std::vector<typename rule::args>& a) {
       const std::size_t n = numel_of(g);
       float* rec = reinterpret_cast<float*>(pool_.data(b));
       // The record: master, then each state array, n elements each.
@@ -333,8 +334,8 @@ struct swapped {
       for (const auto& p : per_[g]) {
         float* state[rule::state_count > 0 ? rule::state_count : 1] = {};
         for (int k = 0; k < rule::state_count; ++k) state[k] = rec + (static_cast<std::size_t>(k) + 1) * n + p.at;
-        kernel::fused_step<rule>(master + p.at, state, p.grad, params_ ? param_area(b) + p.at : p.param, p.numel, a,
-                                 ctx_.threads);
+        kernel::fused_step<rule>(master + p.at, state, p.grad, params_ ? param_area(b) + p.at : p.param, p.numel,
+                                 a[p.group], ctx_.threads);
       }
     }
 

@@ -74,6 +74,7 @@ concept optimizer_policy = std::same_as<typename O::optimizer_concept, optimizer
                            policy_config<typename O::config> &&
                            requires(typename O::config& c, long t, float s) {
                              { c.lr } -> std::convertible_to<float>;
+                             { c.weight_decay } -> std::convertible_to<float>;  // parameter groups override it
                              { O::rule::state_count } -> std::convertible_to<int>;
                              { O::args(c, t, s) } -> std::same_as<typename O::rule::args>;
                            };
