@@ -185,7 +185,7 @@ struct streaming_probe {
       streamed_ = 0;
       ++g_log.changes;
     }
-    void apply(const std::vector<zb::step_slice<P>>& slices, const zb::kernel::adamw_step_args& a) {
+    void apply(const std::vector<zb::step_slice<P>>& slices, const std::vector<zb::kernel::adamw_step_args>& a) {
       ++g_log.applies;
       if (streamed_ != owned_) ++g_log.uncovered;
       for (const auto& s : slices)

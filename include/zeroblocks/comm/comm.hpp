@@ -77,6 +77,15 @@ struct comm_counters {
     elements[static_cast<std::size_t>(c)] += n;
     calls[static_cast<std::size_t>(c)] += 1;
   }
+  /// @brief The counting convention, in one place (elements per rank): an all-gather
+  /// counts its output, a reduce-scatter its input (`count` per rank each, times the
+  /// world), an all-reduce twice its buffer, a broadcast its buffer.
+  void count_all_gather(std::uint64_t count, int world) { this->count(collective::all_gather, count * world); }
+  void count_reduce_scatter(std::uint64_t count, int world) {
+    this->count(collective::reduce_scatter, count * world);
+  }
+  void count_all_reduce(std::uint64_t count) { this->count(collective::all_reduce, 2 * count); }
+  void count_broadcast(std::uint64_t count) { this->count(collective::broadcast, count); }
   friend comm_counters operator+(comm_counters a, const comm_counters& b) {
     for (std::size_t i = 0; i < collective_count; ++i) {
       a.elements[i] += b.elements[i];

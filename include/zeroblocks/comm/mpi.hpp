@@ -26,7 +26,9 @@
 #pragma once
 
 #include "comm.hpp"
+#include "detail/control.hpp"
 #include "detail/mpi_progress.hpp"  // also <mpi.h>, C API only (no deprecated C++ bindings)
+#include "detail/mpi_abort_channel.hpp"
 #include "detail/reduce.hpp"
 
 #include <climits>
@@ -38,7 +40,7 @@ ZB_NAMESPACE_BEGIN
 namespace comm {
 
 /// @brief Collectives over an MPI communicator (duplicated at construction).
-class mpi {
+class mpi : public detail::control_ops<mpi> {
 public:
   using communicator_concept = communicator_tag;
   static constexpr const char* name = "mpi";
@@ -122,21 +124,12 @@ public:
     MPI_Initialized(&init);
     ZB_REQUIRE(init, "comm::mpi: MPI is not initialised; call MPI_Init_thread first");
     check(MPI_Comm_dup(parent, &comm_), "MPI_Comm_dup");
-    check(MPI_Comm_dup(parent, &abort_comm_), "MPI_Comm_dup");
     // Errors come back as codes (and then as zeroblocks::error), not as a job abort.
     MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
-    MPI_Comm_set_errhandler(abort_comm_, MPI_ERRORS_RETURN);
     MPI_Comm_rank(comm_, &rank_);
     MPI_Comm_size(comm_, &size_);
-    // Freed communicators' context ids get reused, and an abort message that arrived
-    // for an earlier communicator must never match this one's receive: every instance
-    // gets a generation, agreed by all ranks, that is also its abort message tag.
-    static int last_generation = 0;
-    int mine = last_generation + 1, agreed = 0;
-    check(MPI_Allreduce(&mine, &agreed, 1, MPI_INT, MPI_MAX, comm_), "MPI_Allreduce");
-    last_generation = agreed;
-    abort_tag_ = 1 + agreed % 30000;
-    post_abort_receive();
+    // The abort protocol on a private duplicate (detail/abort_channel.hpp).
+    abort_ = std::make_unique<detail::mpi_abort_channel>("comm::mpi", parent);
     progress_ = detail::mpi_progress::shared();
   }
   mpi(const mpi&) = delete;
@@ -148,28 +141,15 @@ public:
   }
   ~mpi() {
     progress_.reset();  // the last holder joins the thread, before MPI_Finalize
-    if (failed_ && !graveyard_.empty()) new std::vector<std::shared_ptr<void>>(std::move(graveyard_));  // leak, see wait_request
-    if (sent_abort_) (void)abort_out_.release();  // freed sends may still be reading it
+    if (failed() && !graveyard_.empty()) new std::vector<std::shared_ptr<void>>(std::move(graveyard_));  // leak, see wait_request
     int fin = 0;
     MPI_Finalized(&fin);
     if (fin || comm_ == MPI_COMM_NULL) return;
-    if (abort_req_ != MPI_REQUEST_NULL) {
-      MPI_Cancel(&abort_req_);
-      MPI_Wait(&abort_req_, MPI_STATUS_IGNORE);
-    }
-    // Drop abort messages that arrived but were never received (several peers failed).
-    for (int flag = 1; flag;) {
-      MPI_Status st;
-      MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, abort_comm_, &flag, &st);
-      if (flag)
-        MPI_Recv(abort_in_.get(), message_capacity, MPI_CHAR, st.MPI_SOURCE, st.MPI_TAG, abort_comm_,
-                 MPI_STATUS_IGNORE);
-    }
     // After a failure, abandoned non-blocking collectives still reference the
     // communicator from inside MPI's progress engine: freeing it would crash a later,
-    // unrelated MPI call. Leak it instead; the process is expected to end.
-    if (failed_) return;
-    MPI_Comm_free(&abort_comm_);
+    // unrelated MPI call. Leak it instead; the process is expected to end. (The abort
+    // channel cleans up after itself.)
+    if (failed()) return;
     MPI_Comm_free(&comm_);
   }
 
@@ -186,9 +166,9 @@ public:
   /// collectives between calls (MPI_THREAD_MULTIPLE, see detail/mpi_progress.hpp).
   bool async_progress() const { return progress_ != nullptr; }
   /// @brief True once a peer aborted (or this rank did); collectives then throw.
-  bool failed() const { return failed_; }
+  bool failed() const { return abort_ && abort_->failed(); }
   /// @brief True when the failure came from another rank (it told everyone already).
-  bool peer_failed() const { return failed_ && !sent_abort_; }
+  bool peer_failed() const { return abort_ && abort_->peer_failed(); }
 
   // ---- payload collectives ------------------------------------------------------
 
@@ -199,11 +179,11 @@ public:
     // milliseconds on the trainer's thread. A peer's abort is then seen by the wait,
     // which polls for it.
     if (progress_) {
-      if (failed_) ensure_usable();
+      if (failed()) ensure_usable();
     } else {
       ensure_usable();
     }
-    counters_.count(collective::all_gather, count * size_);
+    counters_.count_all_gather(count, size_);
     if (count == 0) return {};
     const int n = checked_count(count);
     const bool in_place = send == recv + static_cast<std::size_t>(rank_) * count;
@@ -234,7 +214,7 @@ public:
   template <class T>
   request ireduce_scatter(T* buf, T* recv, std::size_t count, float scale) {
     ensure_usable();
-    counters_.count(collective::reduce_scatter, count * size_);
+    counters_.count_reduce_scatter(count, size_);
     if (count == 0) return {};
     const int n = checked_count(count);
     MPI_Request r;
@@ -260,7 +240,7 @@ public:
     ensure_usable();
     ZB_REQUIRE(count % size_ == 0, "comm::mpi::all_reduce: count ", count,
                " is not a multiple of the world size ", size_, " (pad the buffer)");
-    counters_.count(collective::all_reduce, 2 * count);
+    counters_.count_all_reduce(count);
     if (count == 0) return {};
     const std::size_t block = count / size_;
     const int n = checked_count(block);
@@ -289,7 +269,7 @@ public:
   request ibroadcast(T* buf, std::size_t count, int root) {
     ensure_usable();
     ZB_REQUIRE(root >= 0 && root < size_, "comm::mpi::broadcast: root ", root, " out of range");
-    counters_.count(collective::broadcast, count);
+    counters_.count_broadcast(count);
     if (count == 0) return {};
     MPI_Request r;
     in_order();
@@ -310,99 +290,35 @@ public:
   }
   void barrier() { ibarrier().wait(); }
 
-  // ---- control (counted separately) ---------------------------------------------
-
-  /// @brief Every rank's values (same count on each rank), concatenated in rank order.
-  std::vector<double> all_gather_values(const std::vector<double>& mine) {
-    ensure_usable();
-    // Send and receive buffers live in one block that outlives a failed wait.
-    auto io = std::make_shared<std::vector<double>>(mine.size() * (size_ + 1));
-    std::copy(mine.begin(), mine.end(), io->begin());
-    counters_.control_elements += mine.size() * size_;
-    counters_.control_calls += 1;
-    MPI_Request r;
-    in_order();
-    check(MPI_Iallgather(io->data(), checked_count(mine.size()), MPI_DOUBLE, io->data() + mine.size(),
-                         checked_count(mine.size()), MPI_DOUBLE, comm_, &r),
-          "MPI_Iallgather");
-    wait_request(r, io);
-    return {io->begin() + static_cast<std::ptrdiff_t>(mine.size()), io->end()};
-  }
-
-  /// @brief Every rank's string, in rank order.
-  std::vector<std::string> all_gather_strings(const std::string& mine) {
-    ensure_usable();
-    std::vector<double> lens = all_gather_values({static_cast<double>(mine.size())});
-    struct io_block {
-      std::string mine;
-      std::vector<int> counts, displs;
-      std::vector<char> all;
-    };
-    auto io = std::make_shared<io_block>();
-    io->mine = mine;
-    io->counts.resize(size_);
-    io->displs.resize(size_);
-    int total = 0;
-    for (int i = 0; i < size_; ++i) {
-      io->counts[i] = static_cast<int>(lens[i]);
-      io->displs[i] = total;
-      total += io->counts[i];
-    }
-    io->all.resize(total);
-    MPI_Request r;
-    in_order();
-    check(MPI_Iallgatherv(io->mine.data(), static_cast<int>(io->mine.size()), MPI_CHAR, io->all.data(),
-                          io->counts.data(), io->displs.data(), MPI_CHAR, comm_, &r),
-          "MPI_Iallgatherv");
-    wait_request(r, io);
-    counters_.control_calls += 1;
-    std::vector<std::string> out(size_);
-    for (int i = 0; i < size_; ++i) out[i].assign(io->all.data() + io->displs[i], io->counts[i]);
-    return out;
-  }
-
-  /// @brief Collective check. If any rank passes `ok == false`, every rank throws the
-  /// message of the lowest such rank (prefixed with its number).
-  void agree(bool ok, const std::string& message) {
-    ensure_usable();
-    auto vals = std::make_shared<std::vector<int>>(2, size_);  // [mine, result]
-    (*vals)[0] = ok ? size_ : rank_;
-    MPI_Request r;
-    in_order();
-    check(MPI_Iallreduce(vals->data(), vals->data() + 1, 1, MPI_INT, MPI_MIN, comm_, &r), "MPI_Iallreduce");
-    wait_request(r, vals);
-    counters_.control_elements += 1;
-    counters_.control_calls += 1;
-    const int result = (*vals)[1];
-    if (result == size_) return;
-    auto text = std::make_shared<std::vector<char>>(message_capacity, '\0');
-    if (rank_ == result) std::strncpy(text->data(), message.c_str(), message_capacity - 1);
-    check(MPI_Ibcast(text->data(), message_capacity, MPI_CHAR, result, comm_, &r), "MPI_Ibcast");
-    wait_request(r, text);
-    ZB_FAIL("rank ", result, ": ", text->data());
-  }
+  // ---- control (counted separately): all_gather_values, all_gather_strings and
+  // agree come from detail::control_ops, over control_all_gather below.
 
   /// @brief Tell every other rank this rank failed, so their waits raise instead of
   /// hanging. Idempotent; never blocks.
   void abort_peers(const std::string& message) {
-    // Nothing to send if we already sent, or if a peer's failure is what we are reporting.
-    if (sent_abort_ || failed_ || comm_ == MPI_COMM_NULL) return;
-    sent_abort_ = true;
-    failed_ = true;
-    if (abort_reason_.empty()) abort_reason_ = "comm::mpi: unusable after this rank failed: " + message;
-    std::memset(abort_out_.get(), 0, message_capacity);
-    std::strncpy(abort_out_.get(), message.c_str(), message_capacity - 1);
-    for (int r = 0; r < size_; ++r) {
-      if (r == rank_) continue;
-      MPI_Request q;
-      if (MPI_Isend(abort_out_.get(), message_capacity, MPI_CHAR, r, abort_tag_, abort_comm_, &q) ==
-          MPI_SUCCESS)
-        MPI_Request_free(&q);
-    }
+    // Nothing to send if we already sent, or if a peer's failure is what we are
+    // reporting (the channel checks both).
+    if (abort_) abort_->send(message);
   }
 
 private:
-  static constexpr int message_capacity = 1024;
+  friend class detail::control_ops<mpi>;
+
+  /// The control helpers' transport: every rank's `bytes` bytes, in rank order. The
+  /// buffers live in one block that outlives a failed wait (a peer's transfer may still
+  /// write into it).
+  std::vector<char> control_all_gather(const void* mine, std::size_t bytes) {
+    auto io = std::make_shared<std::vector<char>>(bytes * (static_cast<std::size_t>(size_) + 1));
+    std::memcpy(io->data(), mine, bytes);
+    MPI_Request r;
+    in_order();
+    check(MPI_Iallgather(io->data(), checked_count(bytes), MPI_CHAR, io->data() + bytes, checked_count(bytes),
+                         MPI_CHAR, comm_, &r),
+          "MPI_Iallgather");
+    wait_request(r, io);
+    return {io->begin() + static_cast<std::ptrdiff_t>(bytes), io->end()};
+  }
+  comm_counters& control_counters() { return counters_; }
 
   template <class T>
   static MPI_Datatype datatype() {
@@ -434,7 +350,7 @@ private:
       next_poll = clock::now() + std::chrono::milliseconds(1);
       if (poll_abort()) {
         if (deadline == clock::time_point{}) deadline = clock::now() + std::chrono::milliseconds(200);
-        else if (clock::now() > deadline) ZB_FAIL(abort_reason_);
+        else if (clock::now() > deadline) ZB_FAIL(abort_->reason());
       }
     }
   }
@@ -450,26 +366,11 @@ private:
     ZB_FAIL(message);
   }
   void ensure_usable() {
-    if (poll_abort()) ZB_FAIL(abort_reason_.empty() ? std::string("comm::mpi: communicator unusable after a failure")
-                                                    : abort_reason_);
+    if (poll_abort()) ZB_FAIL(abort_->reason().empty() ? std::string("comm::mpi: communicator unusable after a failure")
+                                                       : abort_->reason());
   }
-  void post_abort_receive() {
-    check(MPI_Irecv(abort_in_.get(), message_capacity, MPI_CHAR, MPI_ANY_SOURCE, abort_tag_, abort_comm_,
-                    &abort_req_),
-          "MPI_Irecv");
-  }
-  /// Receive a peer's abort message if one arrived; true once this communicator failed.
-  bool poll_abort() {
-    if (abort_req_ == MPI_REQUEST_NULL) return failed_;
-    int flag = 0;
-    MPI_Status st;
-    MPI_Test(&abort_req_, &flag, &st);
-    if (!flag) return failed_;
-    abort_req_ = MPI_REQUEST_NULL;
-    failed_ = true;
-    abort_reason_ = detail::concat("rank ", st.MPI_SOURCE, " failed: ", abort_in_.get());
-    return true;
-  }
+  /// A peer's abort message, if one arrived; true once this communicator failed.
+  bool poll_abort() { return abort_ && abort_->poll(); }
   bool test_request(MPI_Request& r) {
     int flag = 0;
     check(MPI_Test(&r, &flag, MPI_STATUS_IGNORE), "MPI_Test");
@@ -492,29 +393,22 @@ private:
     using clock = std::chrono::steady_clock;
     clock::time_point deadline{};
     for (unsigned spins = 0; !test_request(r); ++spins) {
-      if (failed_) {
+      if (failed()) {
         // A peer failed. It may have failed *after* joining this collective, which
         // then still completes: give it a moment, so this rank's own next call (and
         // not a collective that was fine) is where the failure surfaces.
         if (deadline == clock::time_point{}) deadline = clock::now() + std::chrono::milliseconds(200);
-        else if (clock::now() > deadline) ZB_FAIL(abort_reason_);
+        else if (clock::now() > deadline) ZB_FAIL(abort_->reason());
       }
       if (spins > 64) sched_yield();
     }
   }
   void swap(mpi& o) noexcept {
     std::swap(comm_, o.comm_);
-    std::swap(abort_comm_, o.abort_comm_);
     std::swap(rank_, o.rank_);
     std::swap(size_, o.size_);
-    std::swap(abort_tag_, o.abort_tag_);
     std::swap(counters_, o.counters_);
-    std::swap(abort_req_, o.abort_req_);
-    std::swap(failed_, o.failed_);
-    std::swap(sent_abort_, o.sent_abort_);
-    std::swap(abort_reason_, o.abort_reason_);
-    std::swap(abort_in_, o.abort_in_);  // heap buffers: a posted receive survives the move
-    std::swap(abort_out_, o.abort_out_);
+    std::swap(abort_, o.abort_);  // on the heap: a posted receive survives the move
     std::swap(graveyard_, o.graveyard_);
     std::swap(progress_, o.progress_);
     std::swap(offload_started_, o.offload_started_);
@@ -522,21 +416,14 @@ private:
   }
 
   MPI_Comm comm_ = MPI_COMM_NULL;
-  MPI_Comm abort_comm_ = MPI_COMM_NULL;
   int rank_ = 0;
   int size_ = 1;
-  int abort_tag_ = 1;
   comm_counters counters_;
-  MPI_Request abort_req_ = MPI_REQUEST_NULL;
-  bool failed_ = false;
-  bool sent_abort_ = false;
-  std::string abort_reason_;
+  std::unique_ptr<detail::mpi_abort_channel> abort_;
   std::vector<std::shared_ptr<void>> graveyard_;
   std::shared_ptr<detail::mpi_progress> progress_;
   std::shared_ptr<std::atomic<unsigned long>> offload_started_ = std::make_shared<std::atomic<unsigned long>>(0);
   unsigned long offload_submitted_ = 0;
-  std::unique_ptr<char[]> abort_in_ = std::make_unique<char[]>(message_capacity);
-  std::unique_ptr<char[]> abort_out_ = std::make_unique<char[]>(message_capacity);
 };
 
 static_assert(communicator_policy<mpi>);

@@ -103,789 +103,22 @@
  */
 #pragma once
 
-#include "../core/config.hpp"
-#include "../core/cuda_check.hpp"
-#include "../core/error.hpp"
-#include "../core/numeric.hpp"
 #include "../space/cuda_space.hpp"
 #include "comm.hpp"
-
-#include <cuda_runtime.h>
-#include <nccl.h>
-
-/// `ZB_NCCL_WITH_MPI`: offer the MPI bootstrap. On by default when `<mpi.h>` is found
-/// (the zeroblocks target links MPI unless ZEROBLOCKS_WITH_MPI is OFF); define it to 0
-/// to build without MPI.
-#ifndef ZB_NCCL_WITH_MPI
-#if __has_include(<mpi.h>)
-#define ZB_NCCL_WITH_MPI 1
-#else
-#define ZB_NCCL_WITH_MPI 0
-#endif
-#endif
-#if ZB_NCCL_WITH_MPI
-// We use MPI's C API only; keep the deprecated C++ bindings (and their warnings) out.
-#ifndef OMPI_SKIP_MPICXX
-#define OMPI_SKIP_MPICXX 1
-#endif
-#ifndef MPICH_SKIP_MPICXX
-#define MPICH_SKIP_MPICXX 1
-#endif
-#include <mpi.h>
-#endif
-
-#include <unistd.h>
-
-#include <algorithm>
-#include <array>
-#include <chrono>
-#include <cstdint>
-#include <cstring>
-#include <exception>
-#include <filesystem>
-#include <fstream>
-#include <functional>
-#include <memory>
-#include <mutex>
-#include <optional>
-#include <random>
-#include <source_location>
-#include <set>
-#include <sstream>
-#include <string>
-#include <thread>
-#include <tuple>
-#include <type_traits>
-#include <utility>
-#include <vector>
+#include "detail/control.hpp"
+#include "detail/nccl_base.hpp"       // includes, configs, element types, abort channels
+#include "detail/nccl_bootstrap.hpp"  // unique-id exchange, NCCL config
+#include "detail/nccl_group.hpp"      // groups (and nccl_state, nccl_op)
+#include "detail/nccl_state.hpp"      // the shared state
 
 ZB_NAMESPACE_BEGIN
 namespace comm {
 
-/// @brief How `comm::nccl` reduces (see the header's "Reductions").
-enum class reduce_mode {
-  deterministic,  ///< all-to-all + fp32 rank-ordered sum kernel: bit-identical with comm::mpi
-  native,         ///< ncclReduceScatter / ncclAllReduce: faster, not bit-identical
-};
-
-/// @brief Runtime knobs of `comm::nccl`; copied into communicators made by dup()/split().
-struct nccl_config {
-  /// @brief Reduction algorithm for reduce_scatter / all_reduce.
-  reduce_mode reduce = reduce_mode::deterministic;
-  /// @brief NCCL blocking communicators: initialisation, split and finalisation block in
-  /// NCCL, with no timeout. The default (false) polls them, with `init_timeout`.
-  bool blocking = false;
-  /// @brief How long initialisation, split and finalisation may take (non-blocking
-  /// communicators) before this rank gives up with an error.
-  std::chrono::milliseconds init_timeout{std::chrono::minutes(5)};
-  /// @brief Priority of the communicator's stream (lower is higher; 0 = default).
-  int stream_priority = 0;
-  /// @brief Device to use (made current by the constructor); -1: the current device.
-  int device = -1;
-  /// @brief Name for NCCL's logs (`commName`); empty: none.
-  std::string name;
-};
-
-/// @brief Bootstrap through a shared directory (single node, no MPI); see the header.
-struct file_bootstrap {
-  std::string dir;   ///< an existing directory every rank sees
-  std::string name;  ///< unique per job: files are `<dir>/<name>.ncclid` and `<dir>/<name>.<nonce>.abort`
-  int rank = 0;      ///< this rank, 0..size-1 (rank 0 creates the id)
-  int size = 1;      ///< number of ranks
-  /// @brief How long ranks other than 0 wait for the id file.
-  std::chrono::milliseconds timeout{std::chrono::seconds(60)};
-};
-
-}  // namespace comm
-
-namespace detail {
-
-template <class>
-inline constexpr bool nccl_always_false = false;
-
-/// @brief The NCCL datatype of an element type.
-template <class T>
-constexpr ncclDataType_t nccl_datatype() {
-  if constexpr (std::is_same_v<T, float>) return ncclFloat32;
-  else if constexpr (std::is_same_v<T, half>) return ncclFloat16;
-  else if constexpr (std::is_same_v<T, bfloat16>) return ncclBfloat16;
-  else static_assert(nccl_always_false<T>, "comm::nccl: element type must be float, half or bfloat16");
-}
-
-/// @brief Launches, on `s`: out[i] = T(scale * sum_{j<nblocks} float(block_j[i])) for
-/// i < count, block `self` being `mine` and block j != self being
-/// `others + (j - (j > self)) * count`. `out` may alias `mine`. Defined in `nccl.cuh`.
-using nccl_block_reduce_fn = cudaError_t (*)(const void* mine, const void* others, int self, int nblocks,
-                                             std::size_t count, float scale, void* out, cudaStream_t s);
-
-/// @brief The block-reduction kernels, one per element type; filled in by `nccl.cuh`.
-struct nccl_block_reducers {
-  nccl_block_reduce_fn f32 = nullptr;
-  nccl_block_reduce_fn f16 = nullptr;
-  nccl_block_reduce_fn bf16 = nullptr;
-};
-inline nccl_block_reducers& nccl_reducers() noexcept {
-  static nccl_block_reducers r;
-  return r;
-}
-template <class T>
-nccl_block_reduce_fn nccl_reducer() noexcept {
-  if constexpr (std::is_same_v<T, float>) return nccl_reducers().f32;
-  else if constexpr (std::is_same_v<T, half>) return nccl_reducers().f16;
-  else return nccl_reducers().bf16;
-}
-
-/// @brief "ncclX error text: NCCL's last message".
-inline std::string nccl_error_text(ncclResult_t r, ncclComm_t c) {
-  std::string s = ncclGetErrorString(r);
-  const char* last = ncclGetLastError(c);
-  if (last && *last) s += std::string(": ") + last;
-  return s;
-}
-
-/// @brief Spin, then yield, then sleep: host waits that stay responsive without
-/// burning a core for long.
-inline void nccl_backoff(unsigned n) {
-  if (n < 64) return;
-  if (n < 2048) std::this_thread::yield();
-  else std::this_thread::sleep_for(std::chrono::microseconds(50));
-}
-
-/// @brief The side channel a failed rank uses to tell its peers (shared by a
-/// communicator and those made from it by dup/split).
-class nccl_abort_channel {
-public:
-  virtual ~nccl_abort_channel() = default;
-
-  /// @brief Tell every other rank that `rank` failed. Idempotent; never blocks or throws.
-  /// Nothing is sent once a peer's failure was received (that is what we would report).
-  void send(int rank, const std::string& message) noexcept {
-    if (failed_) return;
-    failed_ = true;
-    sent_ = true;
-    try {
-      reason_ = concat("comm::nccl: unusable after rank ", rank, " failed: ", message);
-      do_send(message);
-    } catch (...) {
-      // Best effort: peers may then only notice through NCCL itself.
-    }
-  }
-  /// @brief Look for a peer's message (at most every 100 µs); true once failed.
-  bool poll() noexcept {
-    if (failed_) return true;
-    const auto now = std::chrono::steady_clock::now();
-    if (now < next_poll_) return false;
-    next_poll_ = now + std::chrono::microseconds(100);
-    try {
-      if (auto m = do_poll()) {
-        failed_ = true;
-        reason_ = std::move(*m);
-      }
-    } catch (...) {
-    }
-    return failed_;
-  }
-  bool failed() const noexcept { return failed_; }
-  bool peer_failed() const noexcept { return failed_ && !sent_; }
-  /// @brief "rank k failed: message" (or this rank's own failure).
-  const std::string& reason() const noexcept { return reason_; }
-
-protected:
-  virtual void do_send(const std::string& message) = 0;
-  virtual std::optional<std::string> do_poll() = 0;
-
-private:
-  bool failed_ = false;
-  bool sent_ = false;
-  std::string reason_;
-  std::chrono::steady_clock::time_point next_poll_{};
-};
-
-#if ZB_NCCL_WITH_MPI
-/// @brief Abort messages over a private duplicate of the bootstrap MPI communicator
-/// (the scheme of `comm::mpi`: a posted receive, tested while waiting).
-class nccl_mpi_abort_channel final : public nccl_abort_channel {
-public:
-  explicit nccl_mpi_abort_channel(MPI_Comm parent) {
-    check(MPI_Comm_dup(parent, &comm_), "MPI_Comm_dup");
-    MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
-    MPI_Comm_rank(comm_, &rank_);
-    MPI_Comm_size(comm_, &size_);
-    // A freed communicator's context id is reused: a generation agreed by all ranks,
-    // used as the tag, keeps a stale message from matching this channel's receive.
-    static int last_generation = 0;
-    int mine = last_generation + 1, agreed = 0;
-    check(MPI_Allreduce(&mine, &agreed, 1, MPI_INT, MPI_MAX, comm_), "MPI_Allreduce");
-    last_generation = agreed;
-    tag_ = 1 + agreed % 30000;
-    check(MPI_Irecv(in_.get(), capacity, MPI_CHAR, MPI_ANY_SOURCE, tag_, comm_, &req_), "MPI_Irecv");
-  }
-  nccl_mpi_abort_channel(const nccl_mpi_abort_channel&) = delete;
-  nccl_mpi_abort_channel& operator=(const nccl_mpi_abort_channel&) = delete;
-  ~nccl_mpi_abort_channel() override {
-    int fin = 0;
-    MPI_Finalized(&fin);
-    if (fin || comm_ == MPI_COMM_NULL) return;
-    if (req_ != MPI_REQUEST_NULL) {
-      MPI_Cancel(&req_);
-      MPI_Wait(&req_, MPI_STATUS_IGNORE);
-    }
-    for (int flag = 1; flag;) {  // drop messages never received (several peers failed)
-      MPI_Status st;
-      MPI_Iprobe(MPI_ANY_SOURCE, tag_, comm_, &flag, &st);
-      if (flag) MPI_Recv(in_.get(), capacity, MPI_CHAR, st.MPI_SOURCE, tag_, comm_, MPI_STATUS_IGNORE);
-    }
-    if (failed()) return;  // sends may still be in flight: leak the communicator, the process ends soon
-    MPI_Comm_free(&comm_);
-  }
-
-protected:
-  static bool mpi_usable() {
-    int fin = 0;
-    MPI_Finalized(&fin);
-    return !fin;
-  }
-  void do_send(const std::string& message) override {
-    if (!mpi_usable()) return;
-    // The sends are freed, not waited for: the buffer must outlive them (leaked).
-    char* out = new char[capacity]();
-    std::strncpy(out, message.c_str(), capacity - 1);
-    for (int r = 0; r < size_; ++r) {
-      if (r == rank_) continue;
-      MPI_Request q;
-      if (MPI_Isend(out, capacity, MPI_CHAR, r, tag_, comm_, &q) == MPI_SUCCESS) MPI_Request_free(&q);
-    }
-  }
-  std::optional<std::string> do_poll() override {
-    if (req_ == MPI_REQUEST_NULL || !mpi_usable()) return std::nullopt;
-    int flag = 0;
-    MPI_Status st;
-    if (MPI_Test(&req_, &flag, &st) != MPI_SUCCESS || !flag) return std::nullopt;
-    req_ = MPI_REQUEST_NULL;
-    return concat("rank ", st.MPI_SOURCE, " failed: ", in_.get());
-  }
-
-private:
-  static constexpr int capacity = 1024;
-  static void check(int rc, const char* what) {
-    ZB_REQUIRE(rc == MPI_SUCCESS, "comm::nccl: ", what, " failed (MPI error ", rc, ") creating the abort channel");
-  }
-  MPI_Comm comm_ = MPI_COMM_NULL;
-  MPI_Request req_ = MPI_REQUEST_NULL;
-  int rank_ = 0;
-  int size_ = 1;
-  int tag_ = 1;
-  std::unique_ptr<char[]> in_ = std::make_unique<char[]>(capacity);
-};
-#endif
-
-/// @brief Abort messages through a file: the first rank that fails links
-/// "<rank>\n<message>" into place at `path`; the others look for it.
-class nccl_file_abort_channel final : public nccl_abort_channel {
-public:
-  nccl_file_abort_channel(std::filesystem::path path, int rank) : path_(std::move(path)), rank_(rank) {}
-  const std::filesystem::path& path() const noexcept { return path_; }
-
-protected:
-  void do_send(const std::string& message) override {
-    std::filesystem::path tmp = path_;
-    tmp += concat(".", rank_, ".", ::getpid(), ".tmp");
-    {
-      std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-      f << rank_ << '\n' << message;
-    }
-    std::error_code ec;
-    std::filesystem::create_hard_link(tmp, path_, ec);  // fails if a peer was first: keep its message
-    std::filesystem::remove(tmp, ec);
-  }
-  std::optional<std::string> do_poll() override {
-    std::error_code ec;
-    if (!std::filesystem::exists(path_, ec)) return std::nullopt;
-    std::ifstream f(path_, std::ios::binary);
-    std::string first, rest;
-    std::getline(f, first);
-    std::ostringstream os;
-    os << f.rdbuf();
-    rest = os.str();
-    return concat("rank ", first.empty() ? std::string("?") : first, " failed: ", rest);
-  }
-
-private:
-  std::filesystem::path path_;
-  int rank_;
-};
-
-struct nccl_state;
-
-/// @brief This thread's NCCL group: depth, the communicators with operations in it, what
-/// must run once it is launched (events, kernels, second phases) in issue order, and the
-/// communicators to abort once it is closed (NCCL would defer an abort made inside a
-/// group to the group's end anyway; we make that explicit).
-struct nccl_group_state {
-  int depth = 0;
-  std::vector<std::shared_ptr<nccl_state>> touched;
-  std::vector<std::function<void()>> after;
-  std::vector<std::weak_ptr<nccl_state>> aborts;
-};
-inline nccl_group_state& nccl_group_now() {
-  thread_local nccl_group_state g;
-  return g;
-}
-
-/// @brief What a communicator and its requests share: the NCCL handle, the stream, the
-/// event pool, the abort channel, the failure state. It outlives the `comm::nccl` while
-/// requests hold it.
-struct nccl_state : std::enable_shared_from_this<nccl_state> {
-  ncclComm_t comm = nullptr;
-  int rank = 0;
-  int size = 0;
-  int device = 0;
-  comm::nccl_config cfg;
-  std::shared_ptr<nccl_abort_channel> channel;
-  cudaStream_t stream = nullptr;   ///< owned: where the collectives run
-  /// The trainer's stream (not owned); unset: `cuda_space::compute_stream()` of the
-  /// calling thread, the stream the engine's own copies and kernels run on.
-  std::optional<cudaStream_t> compute;
-  cudaEvent_t ready = nullptr;  ///< recorded on the compute stream before each collective
-  std::vector<cudaEvent_t> spare_events;
-  void* barrier_word = nullptr;  ///< a few bytes of device memory barriers reduce
-  bool aborted = false;          ///< ncclCommAbort was called
-  bool abort_queued = false;     ///< to be aborted when this thread's group closes
-  bool failed = false;           ///< unusable; `reason` says why
-  std::string reason;
-
-  nccl_state() = default;
-  nccl_state(const nccl_state&) = delete;
-  /// @brief The stream collectives follow and `wait()` orders, now.
-  cudaStream_t compute_now() const { return compute ? *compute : cuda_space::compute_stream(); }
-  nccl_state& operator=(const nccl_state&) = delete;
-
-  /// @brief Wrap an NCCL communicator being initialised (`ncclCommInitRankConfig` or
-  /// `ncclCommSplit` returned it): wait for it (non-blocking), then make the stream,
-  /// events and barrier word. On failure the communicator is aborted, peers are told.
-  static std::shared_ptr<nccl_state> make(ncclComm_t c, int rank, int size, const comm::nccl_config& cfg,
-                                          std::shared_ptr<nccl_abort_channel> channel,
-                                          std::optional<cudaStream_t> compute,
-                                          const char* what) {
-    auto s = std::make_shared<nccl_state>();
-    s->comm = c;
-    s->rank = rank;
-    s->size = size;
-    s->cfg = cfg;
-    s->channel = std::move(channel);
-    s->compute = compute;
-    // The current device is the communicator's (checked below): if settling fails, the
-    // destructor must not make another device current.
-    if (cudaGetDevice(&s->device) != cudaSuccess) s->device = 0;
-    s->settle(c, what, cfg.init_timeout);
-    try {
-      ZB_REQUIRE(ncclCommUserRank(c, &s->rank) == ncclSuccess && ncclCommCount(c, &s->size) == ncclSuccess &&
-                     ncclCommCuDevice(c, &s->device) == ncclSuccess,
-                 "comm::nccl: querying the new communicator failed");
-      ZB_CUDA_CHECK(cudaStreamCreateWithPriority(&s->stream, cudaStreamNonBlocking, cfg.stream_priority));
-      ZB_CUDA_CHECK(cudaEventCreateWithFlags(&s->ready, cudaEventDisableTiming));
-      s->barrier_word = cuda_space::allocate(16);
-    } catch (const std::exception& e) {
-      s->fail_quietly(concat("comm::nccl: setting up the communicator on rank ", rank, " failed: ", e.what()));
-      throw;
-    }
-    return s;
-  }
-
-  ~nccl_state() {
-    int previous = -1;
-    const bool switch_device = cudaGetDevice(&previous) == cudaSuccess && previous != device;
-    if (switch_device) (void)cudaSetDevice(device);
-    if (comm && !aborted) {
-      bool ok = !failed && !(channel && channel->poll());
-      if (ok) {
-        try {
-          // Let issued work finish (watching for a peer's failure), then finalise.
-          host_wait([&] { return query(cudaStreamQuery(stream), "cudaStreamQuery"); });
-          const ncclResult_t r = ncclCommFinalize(comm);
-          if (r == ncclSuccess || r == ncclInProgress) settle(comm, "ncclCommFinalize", cfg.init_timeout);
-          else ok = false;
-        } catch (...) {
-          ok = false;
-        }
-      }
-      if (ok && !aborted) {
-        (void)ncclCommDestroy(comm);
-      } else if (!aborted) {
-        (void)ncclCommAbort(comm);  // directly: no group can outlive us usefully
-        aborted = true;
-      }
-    }
-    if (barrier_word) (void)cudaFreeAsync(barrier_word, stream ? stream : cudaStreamLegacy);
-    if (stream) {
-      (void)cudaStreamSynchronize(stream);
-      (void)cudaStreamDestroy(stream);
-    }
-    if (ready) (void)cudaEventDestroy(ready);
-    for (cudaEvent_t e : spare_events) (void)cudaEventDestroy(e);
-    (void)cudaGetLastError();
-    if (switch_device) (void)cudaSetDevice(previous);
-  }
-
-  /// @brief An event for a collective's completion (from the pool).
-  cudaEvent_t take_event() {
-    if (!spare_events.empty()) {
-      cudaEvent_t e = spare_events.back();
-      spare_events.pop_back();
-      return e;
-    }
-    cudaEvent_t e = nullptr;
-    cuda_ok(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreateWithFlags");
-    return e;
-  }
-  void give_event(cudaEvent_t e) noexcept { spare_events.push_back(e); }
-
-  /// @brief Stop the NCCL communicator (and its kernels). Idempotent. Inside a group,
-  /// queued until the group is closed.
-  void abort_nccl() noexcept {
-    if (!comm || aborted) {
-      aborted = true;
-      return;
-    }
-    auto& g = nccl_group_now();
-    if (g.depth > 0) {
-      if (!abort_queued) {
-        try {
-          g.aborts.push_back(weak_from_this());
-          abort_queued = true;
-          return;
-        } catch (...) {
-          // (no memory: abort now)
-        }
-      } else {
-        return;
-      }
-    }
-    (void)ncclCommAbort(comm);
-    aborted = true;
-    abort_queued = false;
-  }
-  /// @brief Mark failed, tell the peers, abort NCCL; no throw.
-  void fail_quietly(const std::string& message) noexcept {
-    if (!failed) {
-      failed = true;
-      try {
-        reason = message;
-      } catch (...) {
-      }
-    }
-    if (channel) channel->send(rank, message);
-    abort_nccl();
-  }
-  /// @brief Mark failed (telling the peers unless `tell_peers` is false), abort NCCL, throw.
-  [[noreturn]] void fail(const std::string& message, bool tell_peers = true,
-                         std::source_location loc = std::source_location::current()) {
-    if (tell_peers) {
-      fail_quietly(message);
-    } else {
-      if (!failed) {
-        failed = true;
-        reason = message;
-      }
-      abort_nccl();
-    }
-    throw error(message, location_string(loc));
-  }
-  void cuda_ok(cudaError_t e, const char* what, std::source_location loc = std::source_location::current()) {
-    if (e != cudaSuccess)
-      fail(concat("comm::nccl: ", what, " failed on rank ", rank, ": ", cuda_error_text(e)), true, loc);
-  }
-  void nccl_ok(ncclResult_t r, const char* what, std::source_location loc = std::source_location::current()) {
-    if (r != ncclSuccess && r != ncclInProgress)
-      fail(concat("comm::nccl: ", what, " failed on rank ", rank, ": ", nccl_error_text(r, comm)), true, loc);
-  }
-  /// @brief cudaSuccess → true, cudaErrorNotReady → false, anything else fails.
-  bool query(cudaError_t e, const char* what) {
-    if (e == cudaErrorNotReady) {
-      (void)cudaGetLastError();
-      return false;
-    }
-    cuda_ok(e, what);
-    return true;
-  }
-
-  /// @brief Throw if this communicator failed, a peer reported failure, or NCCL reports an
-  /// asynchronous error (in the last two cases, abort it first).
-  void check(std::source_location loc = std::source_location::current()) {
-    if (failed) throw error(reason, location_string(loc));
-    if (channel && channel->poll()) fail(channel->reason(), false, loc);
-    ncclResult_t state = ncclSuccess;
-    const ncclResult_t r = ncclCommGetAsyncError(comm, &state);
-    if (r != ncclSuccess)
-      fail(concat("comm::nccl: ncclCommGetAsyncError failed on rank ", rank, ": ", nccl_error_text(r, comm)), true,
-           loc);
-    if (state != ncclSuccess && state != ncclInProgress)
-      fail(concat("comm::nccl: NCCL reported an error on rank ", rank, ": ", nccl_error_text(state, comm)), true, loc);
-  }
-
-  /// @brief Wait (host) until a non-blocking communicator `c` has finished what it was
-  /// doing (`what`), watching the abort channel; `timeout` 0 = none.
-  void settle(ncclComm_t c, const char* what, std::chrono::milliseconds timeout = std::chrono::milliseconds(0)) {
-    const auto start = std::chrono::steady_clock::now();
-    for (unsigned n = 0;; ++n) {
-      ncclResult_t state = ncclInProgress;
-      const ncclResult_t r = ncclCommGetAsyncError(c, &state);
-      if (r != ncclSuccess) fail(concat("comm::nccl: ", what, " on rank ", rank, ": ", nccl_error_text(r, c)));
-      if (state == ncclSuccess) return;
-      if (state != ncclInProgress)
-        fail(concat("comm::nccl: ", what, " failed on rank ", rank, ": ", nccl_error_text(state, c)));
-      if (channel && channel->poll()) fail(channel->reason(), false);
-      if (timeout.count() > 0 && std::chrono::steady_clock::now() - start > timeout)
-        fail(concat("comm::nccl: ", what, " did not complete within ",
-                    std::chrono::duration<double>(timeout).count(), " s on rank ", rank, " (do all ", size,
-                    " ranks make this call?)"));
-      nccl_backoff(n);
-    }
-  }
-
-  /// @brief Poll `done()` until true, checking for failures while waiting.
-  template <class Done>
-  void host_wait(Done&& done) {
-    for (unsigned n = 0; !done(); ++n) {
-      if (n >= 64) check();
-      nccl_backoff(n);
-    }
-  }
-};
-
-/// @brief One issued operation: its completion event, recorded once it is on the stream.
-struct nccl_op {
-  std::shared_ptr<nccl_state> st;
-  cudaEvent_t done = nullptr;
-  bool recorded = false;
-
-  explicit nccl_op(std::shared_ptr<nccl_state> s) : st(std::move(s)) { done = st->take_event(); }
-  nccl_op(const nccl_op&) = delete;
-  nccl_op& operator=(const nccl_op&) = delete;
-  ~nccl_op() {
-    if (done) st->give_event(done);
-  }
-  void record() {
-    st->cuda_ok(cudaEventRecord(done, st->stream), "cudaEventRecord");
-    recorded = true;
-  }
-};
-
-inline void nccl_group_begin() {
-  auto& g = nccl_group_now();
-  if (g.depth == 0) {
-    const ncclResult_t r = ncclGroupStart();
-    ZB_REQUIRE(r == ncclSuccess, "comm::nccl: ncclGroupStart failed: ", nccl_error_text(r, nullptr));
-  }
-  ++g.depth;
-}
-inline void nccl_group_touch(const std::shared_ptr<nccl_state>& s) {
-  auto& t = nccl_group_now().touched;
-  if (std::find(t.begin(), t.end(), s) == t.end()) t.push_back(s);
-}
-inline void nccl_group_defer(std::function<void()> f) { nccl_group_now().after.push_back(std::move(f)); }
-
-/// @brief Abort the communicators that failed while the group was open.
-inline void nccl_run_queued_aborts() noexcept {
-  auto aborts = std::exchange(nccl_group_now().aborts, {});
-  for (auto& w : aborts)
-    if (auto s = w.lock()) {
-      s->abort_queued = false;
-      s->abort_nccl();
-    }
-}
-
-/// @brief Close one group level; the outermost launches the group (ncclGroupEnd), waits
-/// for non-blocking communicators to have enqueued it, then runs the deferred work.
-inline void nccl_group_end() {
-  auto& g = nccl_group_now();
-  if (--g.depth > 0) return;
-  auto touched = std::exchange(g.touched, {});
-  auto after = std::exchange(g.after, {});
-  const ncclResult_t r = ncclGroupEnd();
-  // ncclCommAbort frees a communicator: read the group's error text first, and settle
-  // only communicators that were not aborted. (Aborts run right away, so a healthy
-  // communicator fused with a failed one is not left waiting on the failed one's work.)
-  if (r != ncclSuccess && r != ncclInProgress) {
-    const ncclComm_t first = touched.empty() ? nullptr : touched.front()->comm;
-    const std::string message = concat("comm::nccl: ncclGroupEnd failed: ", nccl_error_text(r, first));
-    for (auto& t : touched) t->fail_quietly(message);
-    nccl_run_queued_aborts();
-    ZB_FAIL(message);
-  }
-  nccl_run_queued_aborts();
-  for (std::size_t i = 0; i < touched.size(); ++i) {
-    if (touched[i]->failed || touched[i]->aborted) continue;  // aborted: nothing to wait for
-    try {
-      touched[i]->settle(touched[i]->comm, "ncclGroupEnd");
-    } catch (...) {
-      for (std::size_t j = i + 1; j < touched.size(); ++j)
-        touched[j]->fail_quietly("comm::nccl: a communicator grouped with this one failed");
-      throw;
-    }
-  }
-  std::exception_ptr first;
-  for (auto& f : after) {
-    try {
-      f();
-    } catch (...) {
-      if (!first) first = std::current_exception();
-    }
-  }
-  if (first) std::rethrow_exception(first);
-}
-/// @brief Close one group level after an exception: the outermost ends the group and
-/// fails the communicators in it (this rank issued a different set of calls than its
-/// peers, who would otherwise hang).
-inline void nccl_group_abandon(const std::string& why) noexcept {
-  auto& g = nccl_group_now();
-  if (--g.depth > 0) return;
-  auto touched = std::exchange(g.touched, {});
-  g.after.clear();
-  (void)ncclGroupEnd();
-  nccl_run_queued_aborts();
-  for (auto& t : touched) t->fail_quietly(why);
-}
-
-/// @brief Issue `enqueue()` (NCCL calls) in a group on `st`, then `after()` once launched.
-template <class Enqueue>
-void nccl_grouped_on(const std::shared_ptr<nccl_state>& st, Enqueue&& enqueue, std::function<void()> after) {
-  nccl_group_begin();
-  nccl_group_touch(st);
-  try {
-    enqueue();
-    if (after) nccl_group_defer(std::move(after));
-  } catch (...) {
-    std::string what = "an unknown exception";
-    try {
-      throw;
-    } catch (const std::exception& e) {
-      what = e.what();
-    } catch (...) {
-    }
-    nccl_group_abandon(concat("comm::nccl: issuing a collective failed on rank ", st->rank, ": ", what));
-    throw;
-  }
-  nccl_group_end();
-}
-
-/// @brief The NCCL communicator configuration for our knobs.
-inline ncclConfig_t nccl_make_config(const comm::nccl_config& cfg) {
-  ncclConfig_t c = NCCL_CONFIG_INITIALIZER;
-  c.blocking = cfg.blocking ? 1 : 0;
-  if (!cfg.name.empty()) {
-    // NCCL may keep the pointer for the communicator's life: names are interned for good.
-    static std::mutex m;
-    static auto* names = new std::set<std::string>();
-    std::lock_guard<std::mutex> lock(m);
-    c.commName = names->insert(cfg.name).first->c_str();
-  }
-  return c;
-}
-
-/// @brief A 16-hex-digit random token.
-inline std::string nccl_nonce() {
-  std::random_device rd;
-  const std::uint64_t v = (static_cast<std::uint64_t>(rd()) << 32) ^ rd() ^
-                          static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()) ^
-                          (static_cast<std::uint64_t>(::getpid()) << 16);
-  std::ostringstream os;
-  os << std::hex;
-  os.width(16);
-  os.fill('0');
-  os << v;
-  return os.str();
-}
-
-inline constexpr const char* nccl_id_magic = "zeroblocks-nccl-id";
-
-/// @brief Rank 0's side of the file bootstrap: write, then rename into place (atomic).
-inline void nccl_write_id_file(const std::filesystem::path& path, int size, const std::string& nonce,
-                               const ncclUniqueId& id) {
-  std::filesystem::path tmp = path;
-  tmp += concat(".", ::getpid(), ".tmp");
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    f << nccl_id_magic << " 1 " << size << ' ' << nonce << '\n';
-    f.write(id.internal, NCCL_UNIQUE_ID_BYTES);
-    f.flush();
-    ZB_REQUIRE(f.good(), "comm::nccl: cannot write the NCCL id file '", tmp.string(), "'");
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  ZB_REQUIRE(!ec, "comm::nccl: cannot rename '", tmp.string(), "' to '", path.string(), "': ", ec.message());
-}
-
-/// @brief The other ranks' side: poll for the file until `timeout`.
-inline std::pair<ncclUniqueId, std::string> nccl_read_id_file(const std::filesystem::path& path, int rank,
-                                                               int size, std::chrono::milliseconds timeout) {
-  const auto start = std::chrono::steady_clock::now();
-  for (;;) {
-    std::error_code ec;
-    if (std::filesystem::exists(path, ec)) {
-      std::ifstream f(path, std::ios::binary);
-      std::string line;
-      std::getline(f, line);
-      std::istringstream head(line);
-      std::string magic, nonce;
-      int version = 0, n = 0;
-      head >> magic >> version >> n >> nonce;
-      ncclUniqueId id{};
-      f.read(id.internal, NCCL_UNIQUE_ID_BYTES);
-      ZB_REQUIRE(magic == nccl_id_magic && version == 1 && f.gcount() == NCCL_UNIQUE_ID_BYTES,
-                 "comm::nccl: '", path.string(), "' is not a zeroblocks NCCL id file");
-      ZB_REQUIRE(n == size, "comm::nccl: rank ", rank, " expects ", size, " ranks but the NCCL id file '",
-                 path.string(), "' was written for ", n, " (same name used by another job?)");
-      return {id, nonce};
-    }
-    if (std::chrono::steady_clock::now() - start > timeout)
-      ZB_FAIL("comm::nccl: rank ", rank, " timed out after ", std::chrono::duration<double>(timeout).count(),
-              " s waiting for the NCCL id file '", path.string(),
-              "' that rank 0 writes (is rank 0 running, with the same directory and name?)");
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-}
-
-}  // namespace detail
-
-namespace comm {
-
-/// @brief RAII NCCL group: collectives issued on this thread (any `comm::nccl`) while it
-/// lives are fused and launched when it ends (`end()`, or the destructor).
-class nccl_group {
-public:
-  nccl_group() : uncaught_(std::uncaught_exceptions()) { detail::nccl_group_begin(); }
-  nccl_group(const nccl_group&) = delete;
-  nccl_group& operator=(const nccl_group&) = delete;
-  /// @brief Ends the group if `end()` was not called. Errors are not thrown from here:
-  /// the communicators involved are failed and throw at their next call. Leaving the
-  /// scope by an exception abandons the group and fails its communicators.
-  ~nccl_group() {
-    if (ended_) return;
-    if (std::uncaught_exceptions() > uncaught_) {
-      detail::nccl_group_abandon("comm::nccl: an exception left a group of NCCL calls half issued");
-      return;
-    }
-    try {
-      detail::nccl_group_end();
-    } catch (...) {
-    }
-  }
-  /// @brief Launch the group now; throws if launching failed.
-  void end() {
-    ZB_REQUIRE(!ended_, "comm::nccl::group: end() called twice");
-    ended_ = true;
-    detail::nccl_group_end();
-  }
-
-private:
-  bool ended_ = false;
-  int uncaught_;
-};
-
 /// @brief Collectives over NCCL for device buffers (see the header for streams,
 /// requests, reduction modes, bootstrap and failure handling).
-class nccl {
+class nccl : public detail::control_ops<nccl> {
+  friend class detail::control_ops<nccl>;
+
 public:
   using communicator_concept = communicator_tag;
   static constexpr const char* name = "nccl";
@@ -961,7 +194,7 @@ public:
     MPI_Comm_rank(parent, &rank);
     MPI_Comm_size(parent, &size);
     if (cfg.device >= 0) ZB_CUDA_CHECK(cudaSetDevice(cfg.device));
-    auto channel = std::make_shared<detail::nccl_mpi_abort_channel>(parent);
+    auto channel = std::make_shared<detail::nccl_mpi_abort_channel>("comm::nccl", parent);
     struct {
       ncclUniqueId id;
       int ok;
@@ -1004,7 +237,7 @@ public:
       std::tie(id, nonce) = detail::nccl_read_id_file(id_path, boot.rank, boot.size, boot.timeout);
     }
     auto channel = std::make_shared<detail::nccl_file_abort_channel>(
-        fs::path(boot.dir) / (boot.name + "." + nonce + ".abort"), boot.rank);
+        "comm::nccl", fs::path(boot.dir) / (boot.name + "." + nonce + ".abort"), boot.rank);
     try {
       st_ = init_rank(id, boot.rank, boot.size, cfg, std::move(channel));
     } catch (...) {
@@ -1105,7 +338,7 @@ public:
   template <class T>
   request iall_gather(const T* send, T* recv, std::size_t count) {
     ensure_usable();
-    counters_.count(collective::all_gather, count * static_cast<std::size_t>(size()));
+    counters_.count_all_gather(count, size());
     if (count == 0) return {};
     detail::nccl_state* st = st_.get();
     return launch(true, [=] {
@@ -1123,7 +356,7 @@ public:
   template <class T>
   request ireduce_scatter(T* buf, T* recv, std::size_t count, float scale) {
     ensure_usable();
-    counters_.count(collective::reduce_scatter, count * static_cast<std::size_t>(size()));
+    counters_.count_reduce_scatter(count, size());
     if (count == 0) return {};
     if (st_->cfg.reduce == reduce_mode::native) {
       detail::nccl_state* st = st_.get();
@@ -1146,7 +379,7 @@ public:
     ensure_usable();
     ZB_REQUIRE(count % static_cast<std::size_t>(size()) == 0, "comm::nccl::all_reduce: count ", count,
                " is not a multiple of the world size ", size(), " (pad the buffer)");
-    counters_.count(collective::all_reduce, 2 * count);
+    counters_.count_all_reduce(count);
     if (count == 0) return {};
     if (st_->cfg.reduce == reduce_mode::native) {
       detail::nccl_state* st = st_.get();
@@ -1169,7 +402,7 @@ public:
   request ibroadcast(T* buf, std::size_t count, int root) {
     ensure_usable();
     ZB_REQUIRE(root >= 0 && root < size(), "comm::nccl::broadcast: root ", root, " out of range");
-    counters_.count(collective::broadcast, count);
+    counters_.count_broadcast(count);
     if (count == 0) return {};
     detail::nccl_state* st = st_.get();
     return launch(true, [=] {
@@ -1196,58 +429,8 @@ public:
   /// collectives and compute-stream work completed.
   void barrier() { ibarrier().synchronize(); }
 
-  // ---- control (counted separately, as comm::mpi counts them) -------------------
-
-  /// @brief Every rank's values (same count on each rank), concatenated in rank order.
-  std::vector<double> all_gather_values(const std::vector<double>& mine) {
-    ensure_usable();
-    counters_.control_elements += mine.size() * static_cast<std::size_t>(size());
-    counters_.control_calls += 1;
-    if (mine.empty()) return {};
-    const std::vector<char> all = control_all_gather(mine.data(), mine.size() * sizeof(double));
-    std::vector<double> out(mine.size() * static_cast<std::size_t>(size()));
-    std::memcpy(out.data(), all.data(), all.size());
-    return out;
-  }
-
-  /// @brief Every rank's string, in rank order.
-  std::vector<std::string> all_gather_strings(const std::string& mine) {
-    ensure_usable();
-    const std::vector<double> lens = all_gather_values({static_cast<double>(mine.size())});
-    counters_.control_calls += 1;
-    std::size_t longest = 0;
-    for (double l : lens) longest = std::max(longest, static_cast<std::size_t>(l));
-    std::vector<std::string> out(static_cast<std::size_t>(size()));
-    if (longest == 0) return out;
-    std::string padded = mine;
-    padded.resize(longest, '\0');
-    const std::vector<char> all = control_all_gather(padded.data(), longest);
-    for (std::size_t r = 0; r < out.size(); ++r)
-      out[r].assign(all.data() + r * longest, static_cast<std::size_t>(lens[r]));
-    return out;
-  }
-
-  /// @brief Collective check. If any rank passes `ok == false`, every rank throws the
-  /// message of the lowest such rank (prefixed with its number).
-  void agree(bool ok, const std::string& message) {
-    ensure_usable();
-    counters_.control_elements += 1;
-    counters_.control_calls += 1;
-    const std::int32_t mine = ok ? size() : rank();
-    const std::vector<char> all = control_all_gather(&mine, sizeof mine);
-    std::int32_t result = size();
-    for (int r = 0; r < size(); ++r) {
-      std::int32_t v;
-      std::memcpy(&v, all.data() + static_cast<std::size_t>(r) * sizeof v, sizeof v);
-      result = std::min(result, v);
-    }
-    if (result == size()) return;
-    std::array<char, 1024> text{};
-    if (rank() == result) std::strncpy(text.data(), message.c_str(), text.size() - 1);
-    control_broadcast(text.data(), text.size(), result);
-    text.back() = '\0';
-    ZB_FAIL("rank ", result, ": ", text.data());
-  }
+  // ---- control (counted separately): all_gather_values, all_gather_strings and
+  // agree come from detail::control_ops, over control_all_gather below.
 
   /// @brief Tell every other rank this rank failed, so their waits raise instead of
   /// hanging; then abort this communicator. Idempotent; never throws.
@@ -1262,7 +445,7 @@ public:
       return;
     }
     // Peers see "rank k failed: <message>"; this rank's calls raise the channel's reason.
-    if (st_->channel) st_->channel->send(st_->rank, message);
+    if (st_->channel) st_->channel->send(message);
     if (!st_->failed) {
       st_->failed = true;
       st_->reason = st_->channel ? st_->channel->reason()
@@ -1300,7 +483,7 @@ private:
     if (r != ncclSuccess && r != ncclInProgress) {
       const std::string message = detail::concat("comm::nccl: ncclCommInitRankConfig failed on rank ", rank, " of ",
                                                  size, ": ", detail::nccl_error_text(r, comm));
-      channel->send(rank, message);
+      channel->send(message);
       if (comm) (void)ncclCommAbort(comm);
       ZB_FAIL(message);
     }
@@ -1403,6 +586,7 @@ private:
     }
   }
 
+  comm_counters& control_counters() { return counters_; }
   /// Control all-gather of `bytes` per rank through device memory; host wait.
   std::vector<char> control_all_gather(const void* mine, std::size_t bytes) {
     ZB_REQUIRE(detail::nccl_group_now().depth == 0, "comm::nccl: control helpers cannot run inside a group");
@@ -1422,19 +606,7 @@ private:
     return out;
   }
 
-  /// Control broadcast of `bytes` from `root` (in place in host memory); host wait.
-  void control_broadcast(void* data, std::size_t bytes, int root) {
-    ZB_REQUIRE(detail::nccl_group_now().depth == 0, "comm::nccl: control helpers cannot run inside a group");
-    detail::nccl_state* st = st_.get();
-    char* dev = static_cast<char*>(scratch_on_stream(st, bytes));
-    st->cuda_ok(cudaMemcpyAsync(dev, data, bytes, cudaMemcpyHostToDevice, st->stream), "cudaMemcpyAsync");
-    launch(false, [=] {
-      st->nccl_ok(ncclBroadcast(dev, dev, bytes, ncclUint8, root, st->comm, st->stream), "ncclBroadcast (control)");
-    }, nullptr).synchronize();
-    st->cuda_ok(cudaMemcpyAsync(data, dev, bytes, cudaMemcpyDeviceToHost, st->stream), "cudaMemcpyAsync");
-    st->cuda_ok(cudaFreeAsync(dev, st->stream), "cudaFreeAsync");
-    st->cuda_ok(cudaStreamSynchronize(st->stream), "cudaStreamSynchronize");
-  }
+
 
   std::shared_ptr<detail::nccl_state> st_;
   comm_counters counters_;

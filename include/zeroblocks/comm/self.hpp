@@ -15,6 +15,7 @@
 #include "../space/host_space.hpp"
 #include "../space/ops.hpp"
 #include "comm.hpp"
+#include "detail/control.hpp"
 
 #include <string>
 #include <vector>
@@ -27,7 +28,8 @@ namespace comm {
 
 /// @brief One rank; collectives are local operations on memory of `Space`.
 template <class Space>
-class basic_self {
+class basic_self : public detail::control_ops<basic_self<Space>> {
+  friend class detail::control_ops<basic_self>;
   /// Used only when a collective is instantiated (`space_ops<cuda_space>` is in
   /// `space/cuda_ops.cuh`).
   using ops = space_ops<Space>;
@@ -52,7 +54,7 @@ public:
   template <class T>
   void all_gather(const T* send, T* recv, std::size_t count) {
     if (send != recv && count) ops::copy(recv, send, count * sizeof(T));
-    counters_.count(collective::all_gather, count);
+    counters_.count_all_gather(count, 1);
   }
   template <class T>
   request iall_gather(const T* send, T* recv, std::size_t count) {
@@ -62,7 +64,7 @@ public:
   template <class T>
   void reduce_scatter(T* buf, T* recv, std::size_t count, float scale) {
     ops::scale(recv, buf, count, scale, 1);
-    counters_.count(collective::reduce_scatter, count);
+    counters_.count_reduce_scatter(count, 1);
   }
   template <class T>
   request ireduce_scatter(T* buf, T* recv, std::size_t count, float scale) {
@@ -72,7 +74,7 @@ public:
   template <class T>
   void all_reduce(T* buf, std::size_t count, float scale) {
     ops::scale(buf, buf, count, scale, 1);
-    counters_.count(collective::all_reduce, 2 * count);
+    counters_.count_all_reduce(count);
   }
   template <class T>
   request iall_reduce(T* buf, std::size_t count, float scale) {
@@ -82,7 +84,7 @@ public:
   template <class T>
   void broadcast(T*, std::size_t count, int root) {
     ZB_REQUIRE(root == 0, "comm::self: broadcast root ", root, " out of range");
-    counters_.count(collective::broadcast, count);
+    counters_.count_broadcast(count);
   }
   template <class T>
   request ibroadcast(T* buf, std::size_t count, int root) {
@@ -92,30 +94,22 @@ public:
   void barrier() {}
   request ibarrier() { return {}; }
 
-  /// @brief Every rank's value, in rank order (control traffic).
-  std::vector<double> all_gather_values(const std::vector<double>& mine) {
-    counters_.control_elements += mine.size();
-    counters_.control_calls += 1;
-    return mine;
-  }
-  /// @brief Every rank's string, in rank order (control traffic).
-  std::vector<std::string> all_gather_strings(const std::string& mine) {
-    all_gather_values({static_cast<double>(mine.size())});  // counted as comm::mpi counts it
-    counters_.control_calls += 1;
-    return {mine};
-  }
-  /// @brief Collective check: throws the same error on every rank if any rank's `ok` is false.
-  void agree(bool ok, const std::string& message) {
-    counters_.control_elements += 1;
-    counters_.control_calls += 1;
-    if (!ok) ZB_FAIL("rank 0: ", message);
-  }
+  // all_gather_values, all_gather_strings, agree: detail::control_ops.
+
   /// @brief Tell the other ranks that this rank failed (nothing to do with one rank).
   void abort_peers(const std::string&) {}
   bool failed() const { return false; }
   bool peer_failed() const { return false; }
 
 private:
+  // The transport of the control helpers: one rank's bytes are all there is.
+  void ensure_usable() {}
+  std::vector<char> control_all_gather(const void* mine, std::size_t bytes) {
+    const char* p = static_cast<const char*>(mine);
+    return {p, p + bytes};
+  }
+  comm_counters& control_counters() { return counters_; }
+
   comm_counters counters_;
 };
 

@@ -41,6 +41,7 @@
 #include "../kernel/host.hpp"
 #include "../space/cuda_space.hpp"
 #include "../space/host_space.hpp"
+#include "detail/chunks.hpp"
 #include "master.hpp"
 
 #include <cuda_runtime.h>
@@ -157,15 +158,9 @@ struct offloaded {
 
     /// @brief The step: (gradients down,) host fused pass, parameters up, pipelined.
     void apply(const std::vector<step_slice<T>>& slices, const std::vector<typename rule::args>& per_group) {
-      struct piece {
-        const T* grad;
-        T* param;
-        std::size_t n, master_offset, group;
-      };
-      std::vector<piece> work;
-      for (const auto& s : slices)
-        for (std::size_t d = 0; d < s.numel; d += chunk_)
-          work.push_back({s.grad + d, s.param + d, std::min(chunk_, s.numel - d), s.master_offset + d, s.group});
+      // Pieces of at most one chunk (the staging buffers' size), cut as master::swapped cuts
+      // its sub-groups.
+      const auto work = detail::cut_into_chunks(slices, chunk_);
       if (work.empty()) return;
       const cudaStream_t compute = cuda_space::compute_stream();
       // The gradients are final, and the parameters free to be overwritten, once the
@@ -180,9 +175,9 @@ struct offloaded {
         ready_.enqueue_wait(down_);
         while (fetched_.size() < work.size()) fetched_.emplace_back();
         for (std::size_t k = 0; k < work.size(); ++k) {
-          cuda_space::copy_async(grad_.data() + work[k].master_offset, work[k].grad, work[k].n * sizeof(T), down_);
+          cuda_space::copy_async(grad_.data() + work[k].master_offset, work[k].grad, work[k].numel * sizeof(T), down_);
           fetched_[k].record(down_);
-          stats_.grad_bytes_down_step += work[k].n * sizeof(T);
+          stats_.grad_bytes_down_step += work[k].numel * sizeof(T);
         }
       }
       for (std::size_t k = 0; k < work.size(); ++k) {
@@ -193,10 +188,10 @@ struct offloaded {
         const auto& w = work[k];
         const std::size_t o = w.master_offset;
         kernel::fused_step<rule>(st_.master.data() + o, st_.states(o).data(), grad_.data() + o, param_[b].data(),
-                                 w.n, per_group[w.group], ctx_.threads);
-        cuda_space::copy_async(w.param, param_[b].data(), w.n * sizeof(T), up_);
+                                 w.numel, per_group[w.group], ctx_.threads);
+        cuda_space::copy_async(w.param, param_[b].data(), w.numel * sizeof(T), up_);
         uploaded_[b].record(up_);
-        stats_.param_bytes_up += w.n * sizeof(T);
+        stats_.param_bytes_up += w.numel * sizeof(T);
       }
       // Later work on the compute stream (the next forward, the parameter all-gather)
       // follows the last upload.

@@ -49,6 +49,7 @@
 #include "../swap/posix.hpp"
 #include "../swap/swap.hpp"
 #include "../swap/uring.hpp"
+#include "detail/chunks.hpp"
 #include "master.hpp"
 
 #include <algorithm>
@@ -139,13 +140,7 @@ struct swapped {
     using rule = typename Ctx::rule;
     /// Bytes of one element's record: the fp32 master and the rule's state (Adam: 12).
     static constexpr std::size_t record_bytes = 4 * (1 + static_cast<std::size_t>(rule::state_count));
-    struct piece {
-      const T* grad;
-      T* param;
-      std::size_t numel;
-      std::size_t at;     // offset inside the sub-group
-      std::size_t group;  // parameter group
-    };
+    using piece = detail::chunk_piece<T>;  // a slice's part in one sub-group
 
   public:
     /// `shape.params_on_tier`: keep the 16-bit parameter shard in the tier as well (the
@@ -233,13 +228,7 @@ struct swapped {
       flush();
       cached_ = npos;
       for (auto& p : per_) p.clear();
-      for (const auto& s : slices)
-        for (std::size_t done = 0; done < s.numel;) {
-          const std::size_t o = s.master_offset + done, g = o / s_, at = o % s_;
-          const std::size_t len = std::min(s.numel - done, numel_of(g) - at);
-          per_[g].push_back({s.grad + done, s.param + done, len, at, s.group});
-          done += len;
-        }
+      for (const auto& p : detail::cut_into_chunks(slices, s_)) per_[p.chunk].push_back(p);
       pending_ = true;
       const std::size_t nb = static_cast<std::size_t>(pool_.count());
       const int from = slot_, to = 1 - slot_;

@@ -55,8 +55,12 @@
 ZB_NAMESPACE_BEGIN
 namespace detail {
 
+/// The ring and its I/O thread (defined only when built with liburing; `swap::uring`
+/// holds it through a pointer whose deleter is set where it is created, so the class's
+/// layout is the same whether or not a translation unit sees liburing).
+class uring_engine;
+
 #if ZB_HAVE_LIBURING
-/// The ring and its I/O thread.
 class uring_engine {
 public:
   /// Sets up the ring; returns nullptr and the reason when io_uring cannot be used.
@@ -222,7 +226,8 @@ public:
     std::string why;
 #if ZB_HAVE_LIBURING
     if (env::swap_forced_posix()) why = "ZEROBLOCKS_SWAP=posix";
-    else ring_ = detail::uring_engine::try_create(*files_, counters_, cfg.queue_depth, why);
+    else if (auto r = detail::uring_engine::try_create(*files_, counters_, cfg.queue_depth, why))
+      ring_ = ring_ptr(r.release(), [](detail::uring_engine* e) { delete e; });
 #else
     why = "zeroblocks was built without liburing";
 #endif
@@ -265,17 +270,10 @@ public:
   }
 
 private:
-  bool uses_uring() const {
-#if ZB_HAVE_LIBURING
-    return ring_ != nullptr;
-#else
-    return false;
-#endif
-  }
+  bool uses_uring() const { return ring_ != nullptr; }
   // After files_ (in the base): the engines finish and join before the files close.
-#if ZB_HAVE_LIBURING
-  std::unique_ptr<detail::uring_engine> ring_;
-#endif
+  using ring_ptr = std::unique_ptr<detail::uring_engine, void (*)(detail::uring_engine*)>;
+  ring_ptr ring_{nullptr, nullptr};
   std::unique_ptr<detail::posix_engine> fallback_;
   std::string fallback_reason_;
   bool registered_ = false;

@@ -25,6 +25,7 @@
 #include <limits>
 #include <memory>
 #include <mutex>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -67,14 +68,16 @@ public:
     const std::size_t b = cfg.block_size, nf = cfg.paths.size();
     capacity_ = (bytes + b - 1) / b * b;
     const std::size_t stripes = capacity_ / b;
-    static std::atomic<unsigned> sequence{0};
-    const unsigned seq = sequence.fetch_add(1);
+    // A random token tells this tier's files from any other's in the same process (no
+    // process-wide counter: no hidden state).
+    std::random_device rd;
+    const std::uint64_t token = (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
     try {
       for (std::size_t f = 0; f < nf; ++f) {
         std::string path = cfg.paths[f];
         if (path.empty()) path = ".";
         if (path.back() != '/') path += '/';
-        path += concat("zeroblocks-", tier, "-rank", rank, "-", ::getpid(), "-", seq, ".swap");
+        path += concat("zeroblocks-", tier, "-rank", rank, "-", ::getpid(), "-", std::hex, token, std::dec, ".swap");
         const std::size_t size = (stripes > f ? (stripes - f + nf - 1) / nf : 0) * b;
         open_one(path, cfg.paths[f], size);
       }
