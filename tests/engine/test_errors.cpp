@@ -118,7 +118,7 @@ TEST_CASE("a configuration that differs between ranks fails on every rank") {
 namespace {
 
 // A tripwire for new knobs: the number of members of every config. A knob added to a
-// config breaks these counts, so whoever adds it is sent to its `fields()` (which the
+// config breaks these counts, so whoever adds it is sent to its `fields_of()` (which the
 // cross-rank comparison and the test below walk) — or to its doc, if it may differ
 // per rank. (Counted as aggregate initialisers; nested configs count as one.)
 struct any_init {
@@ -130,22 +130,22 @@ consteval std::size_t member_count() {
   if constexpr (requires { T{A{}..., any_init{}}; }) return member_count<T, A..., any_init>();
   else return sizeof...(A);
 }
-static_assert(member_count<zb::adamw_config>() == 6, "adamw_config: list the new knob in fields()");
-static_assert(member_count<zb::dynamic_scale_config>() == 4, "dynamic_scale_config: list the new knob in fields()");
-static_assert(member_count<zb::fixed_scale_config>() == 1, "fixed_scale_config: list the new knob in fields()");
-static_assert(member_count<zb::step_config>() == 2, "step_config: 1 in fields(), threads per rank");
-static_assert(member_count<zb::partition_config>() == 1, "partition_config: list the new knob in fields()");
-static_assert(member_count<zb::prefetch_config>() == 6, "prefetch_config: list the new knob in fields()");
-static_assert(member_count<zb::bucket_config>() == 2, "bucket_config: list the new knob in fields()");
-static_assert(member_count<zb::master::swapped_config>() == 3, "swapped_config: list the new knob in fields()");
+static_assert(member_count<zb::adamw_config>() == 6, "adamw_config: list the new knob in fields_of()");
+static_assert(member_count<zb::dynamic_scale_config>() == 4, "dynamic_scale_config: list the new knob in fields_of()");
+static_assert(member_count<zb::fixed_scale_config>() == 1, "fixed_scale_config: list the new knob in fields_of()");
+static_assert(member_count<zb::step_config>() == 2, "step_config: 1 in fields_of(), threads per rank");
+static_assert(member_count<zb::partition_config>() == 1, "partition_config: list the new knob in fields_of()");
+static_assert(member_count<zb::prefetch_config>() == 6, "prefetch_config: list the new knob in fields_of()");
+static_assert(member_count<zb::bucket_config>() == 2, "bucket_config: list the new knob in fields_of()");
+static_assert(member_count<zb::master::swapped_config>() == 3, "swapped_config: list the new knob in fields_of()");
 static_assert(member_count<zb::swap_config>() == 7,
-              "swap_config: 4 in swapped_config's fields(); paths, threads, fault_hook per rank");
+              "swap_config: 4 in swapped_config's fields_of(); paths, threads, fault_hook per rank");
 static_assert(member_count<zb::no_config>() == 0);
 static_assert(member_count<zb::param_group>() == 2, "param_group: add the new setting to agreement_lines");
-static_assert(member_count<zb::lion_config>() == 4, "lion_config: list the new knob in fields()");
-static_assert(member_count<zb::sgd_config>() == 4, "sgd_config: list the new knob in fields()");
+static_assert(member_count<zb::lion_config>() == 4, "lion_config: list the new knob in fields_of()");
+static_assert(member_count<zb::sgd_config>() == 4, "sgd_config: list the new knob in fields_of()");
 
-/// Changes the k-th field a config lists (`fields`) to another valid value: a bool
+/// Changes the k-th field a config lists (`fields_of`) to another valid value: a bool
 /// flipped, a number doubled (0 becomes 1) or, for floating point, halved (0 becomes
 /// 0.5). Returns the field's `role.name`, or "" when the config has fewer fields.
 template <class Config>
@@ -153,7 +153,7 @@ std::string vary_field(Config& cfg, std::size_t k) {
   std::size_t i = 0;
   std::string hit;
   cfg.roles([&](const char* role, const char*, auto& c) {
-    c.fields([&](const char* name, auto& f) {
+    zb::config_fields(c, [&](const char* name, auto& f) {
       if (i++ != k) return;
       hit = std::string(role) + "." + name;
       using F = std::remove_cvref_t<decltype(f)>;

@@ -60,14 +60,9 @@ struct bucket_config {
     ZB_REQUIRE(bucket_numel >= 1, "bucket.bucket_numel must be >= 1");
     ZB_REQUIRE(bucket_count >= 1, "bucket.bucket_count must be >= 1 (got ", bucket_count, ")");
   }
-  template <class V>
-  void fields(V&& v) { fields_of(*this, v); }
-  template <class V>
-  void fields(V&& v) const { fields_of(*this, v); }
-
-private:
+  /// Calls `v(name, field)` for each knob that must agree across ranks (`policy/config.hpp`).
   template <class Self, class V>
-  static void fields_of(Self& c, V& v) {
+  static void fields_of(Self& c, V&& v) {
     v("bucket_numel", c.bucket_numel);
     v("bucket_count", c.bucket_count);
   }

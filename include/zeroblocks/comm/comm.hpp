@@ -42,6 +42,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 ZB_NAMESPACE_BEGIN
 
@@ -126,6 +127,14 @@ concept communicator_policy =
       { cc.dup() } -> std::same_as<C>;
       { cc.counters() } -> std::same_as<const comm_counters&>;
       typename C::request;
+      // What the engine's agreements and failure handling call (detail/control.hpp and
+      // detail/abort_channel.hpp implement them once for every communicator).
+      { c.all_gather_values(std::vector<double>{}) } -> std::same_as<std::vector<double>>;
+      { c.all_gather_strings(std::string{}) } -> std::same_as<std::vector<std::string>>;
+      c.agree(true, std::string{});
+      c.abort_peers(std::string{});
+      { cc.failed() } -> std::convertible_to<bool>;
+      { cc.peer_failed() } -> std::convertible_to<bool>;
     };
 
 /// @brief Whether communicator `C` can move buffers of memory space `Space`: a

@@ -104,14 +104,9 @@ struct prefetch_config {
   void validate() const {
     ZB_REQUIRE(max_inflight >= 0, "coordinate.max_inflight must be >= 0 (got ", max_inflight, "; 0 = no prefetch)");
   }
-  template <class V>
-  void fields(V&& v) { fields_of(*this, v); }
-  template <class V>
-  void fields(V&& v) const { fields_of(*this, v); }
-
-private:
+  /// Calls `v(name, field)` for each knob that must agree across ranks (`policy/config.hpp`).
   template <class Self, class V>
-  static void fields_of(Self& c, V& v) {
+  static void fields_of(Self& c, V&& v) {
     v("prefetch_numel", c.prefetch_numel);
     v("max_live_numel", c.max_live_numel);
     v("max_reuse_distance_numel", c.max_reuse_distance_numel);

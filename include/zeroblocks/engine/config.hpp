@@ -16,7 +16,7 @@
  * exactly the knobs of the policies it is made of: `cfg.coordinate` of a stage-2
  * engine (`coordinate::resident`) is `no_config`, and setting a stage-3 knob on it does
  * not compile. Each role validates its own knobs, naming the field; the engine checks
- * them on every rank and then compares every rank's fields (`fields()`), so ranks whose
+ * them on every rank and then compares every rank's fields (`fields_of`), so ranks whose
  * knobs or policies differ fail at construction on every rank with the role, the field,
  * both values and both ranks.
  */
@@ -47,10 +47,9 @@ struct step_config {
                " must be finite and >= 0 (0 = off)");
     ZB_REQUIRE(threads >= 0, "step.threads must be >= 0 (0 = all), got ", threads);
   }
-  template <class V>
-  void fields(V&& v) { v("max_grad_norm", max_grad_norm); }
-  template <class V>
-  void fields(V&& v) const { v("max_grad_norm", max_grad_norm); }
+  /// Calls `v(name, field)` for each knob that must agree across ranks (`policy/config.hpp`).
+  template <class Self, class V>
+  static void fields_of(Self& c, V&& v) { v("max_grad_norm", c.max_grad_norm); }
 };
 
 /// @brief The hyper-parameters of one parameter group (as PyTorch's `param_groups`):

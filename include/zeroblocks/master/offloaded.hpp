@@ -70,10 +70,9 @@ struct offloaded_config {
   std::size_t chunk_numel = std::size_t{1} << 24;
 
   void validate() const { ZB_REQUIRE(chunk_numel >= 1, "master.chunk_numel must be >= 1"); }
-  template <class V>
-  void fields(V&& v) { v("chunk_numel", chunk_numel); }
-  template <class V>
-  void fields(V&& v) const { v("chunk_numel", chunk_numel); }
+  /// Calls `v(name, field)` for each knob that must agree across ranks (`policy/config.hpp`).
+  template <class Self, class V>
+  static void fields_of(Self& c, V&& v) { v("chunk_numel", c.chunk_numel); }
 };
 
 /// @brief fp32 master, m, v in pinned host memory; host step; 16-bit copies over PCIe.

@@ -95,14 +95,9 @@ struct swapped_config {
     ZB_REQUIRE(buffer_count >= 2, "master.buffer_count must be >= 2 (got ", buffer_count,
                "; 3 overlaps read, update and write)");
   }
-  template <class V>
-  void fields(V&& v) { fields_of(*this, v); }
-  template <class V>
-  void fields(V&& v) const { fields_of(*this, v); }
-
-private:
+  /// Calls `v(name, field)` for each knob that must agree across ranks (`policy/config.hpp`).
   template <class Self, class V>
-  static void fields_of(Self& c, V& v) {
+  static void fields_of(Self& c, V&& v) {
     v("buffer_count", c.buffer_count);
     v("sub_group_numel", c.sub_group_numel);
     v("swap.block_size", c.swap.block_size);

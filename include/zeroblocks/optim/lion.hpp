@@ -28,20 +28,14 @@ struct lion_config {
   float weight_decay = 0.0f;  ///< decoupled: p -= lr*wd*p
 
   void validate() const {
-    ZB_REQUIRE(lr >= 0.0f && std::isfinite(lr), "optim.lr ", lr, " must be finite and >= 0");
-    ZB_REQUIRE(beta1 >= 0.0f && beta1 < 1.0f, "optim.beta1 ", beta1, " must be in [0, 1)");
-    ZB_REQUIRE(beta2 >= 0.0f && beta2 < 1.0f, "optim.beta2 ", beta2, " must be in [0, 1)");
-    ZB_REQUIRE(weight_decay >= 0.0f && std::isfinite(weight_decay), "optim.weight_decay ", weight_decay,
-               " must be finite and >= 0");
+    require_finite_nonnegative("optim.lr", lr);
+    require_unit_interval("optim.beta1", beta1);
+    require_unit_interval("optim.beta2", beta2);
+    require_finite_nonnegative("optim.weight_decay", weight_decay);
   }
-  template <class V>
-  void fields(V&& v) { fields_of(*this, v); }
-  template <class V>
-  void fields(V&& v) const { fields_of(*this, v); }
-
-private:
+  /// Calls `v(name, field)` for each knob that must agree across ranks (`policy/config.hpp`).
   template <class Self, class V>
-  static void fields_of(Self& c, V& v) {
+  static void fields_of(Self& c, V&& v) {
     v("lr", c.lr);
     v("beta1", c.beta1);
     v("beta2", c.beta2);

@@ -28,20 +28,14 @@ struct sgd_config {
   bool nesterov = false;      ///< `optim::sgd` only
 
   void validate() const {
-    ZB_REQUIRE(lr >= 0.0f && std::isfinite(lr), "optim.lr ", lr, " must be finite and >= 0");
-    ZB_REQUIRE(momentum >= 0.0f && momentum < 1.0f, "optim.momentum ", momentum, " must be in [0, 1)");
-    ZB_REQUIRE(weight_decay >= 0.0f && std::isfinite(weight_decay), "optim.weight_decay ", weight_decay,
-               " must be finite and >= 0");
+    require_finite_nonnegative("optim.lr", lr);
+    require_unit_interval("optim.momentum", momentum);
+    require_finite_nonnegative("optim.weight_decay", weight_decay);
     ZB_REQUIRE(!nesterov || momentum > 0.0f, "optim.nesterov needs optim.momentum > 0");
   }
-  template <class V>
-  void fields(V&& v) { fields_of(*this, v); }
-  template <class V>
-  void fields(V&& v) const { fields_of(*this, v); }
-
-private:
+  /// Calls `v(name, field)` for each knob that must agree across ranks (`policy/config.hpp`).
   template <class Self, class V>
-  static void fields_of(Self& c, V& v) {
+  static void fields_of(Self& c, V&& v) {
     v("lr", c.lr);
     v("momentum", c.momentum);
     v("weight_decay", c.weight_decay);

@@ -33,10 +33,9 @@ struct partition_config {
     ZB_REQUIRE(align_numel >= 1 && (align_numel & (align_numel - 1)) == 0, "partition.align_numel ", align_numel,
                " must be a power of two");
   }
-  template <class V>
-  void fields(V&& v) { v("align_numel", align_numel); }
-  template <class V>
-  void fields(V&& v) const { v("align_numel", align_numel); }
+  /// Calls `v(name, field)` for each knob that must agree across ranks (`policy/config.hpp`).
+  template <class Self, class V>
+  static void fields_of(Self& c, V&& v) { v("align_numel", c.align_numel); }
 };
 
 template <class P>

@@ -7,10 +7,13 @@
  * one; a policy without knobs uses `no_config`). A config provides
  *
  * ```
- * void validate() const;                // throws zeroblocks::error naming the field
- * template <class V> void fields(V&& v);        // v("name", member) for each knob that
- * template <class V> void fields(V&& v) const;  // must agree across ranks
+ * void validate() const;                     // throws zeroblocks::error naming the field
+ * template <class Self, class V>
+ * static void fields_of(Self& c, V&& v);     // v("name", c.member) for each knob that
+ *                                            // must agree across ranks
  * ```
+ * `fields_of` is one function for const and mutable configs alike (call it through
+ * `config_fields(c, v)`).
  *
  * The engine's config aggregates one config per role (`cfg.coordinate`, `cfg.bucket`,
  * `cfg.master`, `cfg.scale`, `cfg.optim`, `cfg.partition`, `cfg.step`). At
@@ -18,10 +21,10 @@
  * `config_text` on a mismatch), so ranks whose knobs differ fail on every rank with
  * the role, the field, both values and both ranks — instead of pairing collectives of
  * different sizes and hanging. The field list is also what a test walks to vary every
- * knob (`fields` gives mutable references), so a new knob cannot be forgotten.
+ * knob (`fields_of` on a mutable config gives mutable references), so a new knob cannot be forgotten.
  *
  * Knobs that may legitimately differ per rank (a rank's own directories, a test's
- * fault hook, the number of host threads) are not listed by `fields`; their config's
+ * fault hook, the number of host threads) are not listed by `fields_of`; their config's
  * doc says so.
  */
 #pragma once
@@ -29,6 +32,7 @@
 #include "../core/config.hpp"
 #include "../core/error.hpp"
 
+#include <cmath>
 #include <concepts>
 #include <iomanip>
 #include <limits>
@@ -43,28 +47,42 @@ ZB_NAMESPACE_BEGIN
 /// @brief The config of a policy without knobs.
 struct no_config {
   void validate() const {}
-  template <class V>
-  void fields(V&&) {}
-  template <class V>
-  void fields(V&&) const {}
+  template <class Self, class V>
+  static void fields_of(Self&, V&&) {}
 };
 
+/// @brief Call `v(name, field)` for each field of `c` that must agree across ranks
+/// (mutable references when `c` is mutable).
+template <class C, class V>
+void config_fields(C& c, V&& v) {
+  std::remove_const_t<C>::fields_of(c, v);
+}
+
 namespace detail {
-/// Visits nothing; used to check a config's `fields` compiles with a generic visitor.
+/// Visits nothing; used to check a config's `fields_of` compiles with a generic visitor.
 struct any_field_visitor {
   template <class F>
   void operator()(const char*, F&) const {}
 };
 }  // namespace detail
 
-/// @brief A policy config: default-constructible, copyable, `validate()`, `fields(v)`.
+/// @brief A policy config: default-constructible, copyable, `validate()`, `fields_of(c, v)`.
 template <class C>
 concept policy_config = std::default_initializable<C> && std::copyable<C> &&
                         requires(const C& c, C& m, detail::any_field_visitor v) {
                           c.validate();
-                          c.fields(v);
-                          m.fields(v);
+                          C::fields_of(c, v);
+                          C::fields_of(m, v);
                         };
+
+/// @brief Throws unless `value` is finite and >= 0, naming the field (`optim.lr`, ...).
+inline void require_finite_nonnegative(const char* field, float value) {
+  ZB_REQUIRE(value >= 0.0f && std::isfinite(value), field, " ", value, " must be finite and >= 0");
+}
+/// @brief Throws unless `value` is in [0, 1), naming the field (`optim.beta1`, ...).
+inline void require_unit_interval(const char* field, float value) {
+  ZB_REQUIRE(value >= 0.0f && value < 1.0f, field, " ", value, " must be in [0, 1)");
+}
 
 /// @brief One field's value as text: exact for every arithmetic type (floats in
 /// hexadecimal, so two values that print alike but differ in a bit are told apart).
@@ -82,7 +100,9 @@ std::string field_text(const F& f) {
 template <class C>
 std::vector<std::string> config_lines(const C& c, const char* role) {
   std::vector<std::string> out;
-  c.fields([&](const char* name, const auto& f) { out.push_back(detail::concat(role, '.', name, '=', field_text(f))); });
+  config_fields(c, [&](const char* name, const auto& f) {
+    out.push_back(detail::concat(role, '.', name, '=', field_text(f)));
+  });
   return out;
 }
 

@@ -33,10 +33,9 @@ struct fixed_scale_config {
   void validate() const {
     ZB_REQUIRE(scale > 0.0f && std::isfinite(scale), "scale.scale ", scale, " must be finite and > 0");
   }
-  template <class V>
-  void fields(V&& v) { v("scale", scale); }
-  template <class V>
-  void fields(V&& v) const { v("scale", scale); }
+  /// Calls `v(name, field)` for each knob that must agree across ranks (`policy/config.hpp`).
+  template <class Self, class V>
+  static void fields_of(Self& c, V&& v) { v("scale", c.scale); }
 };
 
 /// @brief Knobs of `scale::dynamic` (DeepSpeed names in brackets).
@@ -51,14 +50,9 @@ struct dynamic_scale_config {
     ZB_REQUIRE(growth_interval >= 1, "scale.growth_interval must be >= 1 (got ", growth_interval, ")");
     ZB_REQUIRE(hysteresis >= 1, "scale.hysteresis must be >= 1 (got ", hysteresis, ")");
   }
-  template <class V>
-  void fields(V&& v) { fields_of(*this, v); }
-  template <class V>
-  void fields(V&& v) const { fields_of(*this, v); }
-
-private:
+  /// Calls `v(name, field)` for each knob that must agree across ranks (`policy/config.hpp`).
   template <class Self, class V>
-  static void fields_of(Self& c, V& v) {
+  static void fields_of(Self& c, V&& v) {
     v("initial_scale", c.initial_scale);
     v("growth_interval", c.growth_interval);
     v("hysteresis", c.hysteresis);

@@ -29,14 +29,7 @@
 #include "../../core/env.hpp"
 #include "../../core/error.hpp"
 
-// We use MPI's C API only; keep the deprecated C++ bindings (and their warnings) out.
-#ifndef OMPI_SKIP_MPICXX
-#define OMPI_SKIP_MPICXX 1
-#endif
-#ifndef MPICH_SKIP_MPICXX
-#define MPICH_SKIP_MPICXX 1
-#endif
-#include <mpi.h>
+#include "mpi_include.hpp"  // <mpi.h>, C API only
 #include <sched.h>
 
 #include <atomic>

@@ -27,14 +27,7 @@
 #endif
 #endif
 #if ZB_NCCL_WITH_MPI
-// We use MPI's C API only; keep the deprecated C++ bindings (and their warnings) out.
-#ifndef OMPI_SKIP_MPICXX
-#define OMPI_SKIP_MPICXX 1
-#endif
-#ifndef MPICH_SKIP_MPICXX
-#define MPICH_SKIP_MPICXX 1
-#endif
-#include <mpi.h>
+#include "mpi_include.hpp"  // <mpi.h>, C API only
 
 #include "mpi_abort_channel.hpp"
 #endif
