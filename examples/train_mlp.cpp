@@ -315,7 +315,7 @@ struct mlp {
 /// Widen a parameter the engine hands out to fp32 for the arithmetic. The view's type
 /// says where it lives: on the GPU it is copied to the host first.
 template <class T, class Space>
-std::vector<float> widen(zb::space_span<const T, Space> p) {
+std::vector<float> widen(zb::space_span<const T, Space> p, [[maybe_unused]] typename Space::stream_type cs) {
   std::vector<float> out(p.size());
   if constexpr (Space::host_accessible) {
     for (std::size_t i = 0; i < p.size(); ++i) out[i] = zb::to_float(p[i]);
@@ -324,7 +324,6 @@ std::vector<float> widen(zb::space_span<const T, Space> p) {
     // On the compute stream, after the gather that filled it (a plain cudaMemcpy would run
     // on the legacy stream, which does not wait for the engine's non-blocking streams).
     std::vector<T> host(p.size());
-    const cudaStream_t cs = zb::cuda_space::compute_stream();
     ZB_CUDA_CHECK(cudaMemcpyAsync(host.data(), p.data(), p.size_bytes(), cudaMemcpyDeviceToHost, cs));
     ZB_CUDA_CHECK(cudaStreamSynchronize(cs));
     for (std::size_t i = 0; i < host.size(); ++i) out[i] = zb::to_float(host[i]);
@@ -342,7 +341,7 @@ void give_grad(Engine& eng, zb::param_id p, const std::vector<T>& g) {
     eng.grad_ready(p, std::span<const T>(g));
   } else {
 #if defined(ZB_DEMO_CUDA)
-    const cudaStream_t cs = zb::cuda_space::compute_stream();
+    const cudaStream_t cs = eng.compute_stream();
     zb::buffer<T, zb::cuda_space> d(std::max<std::size_t>(g.size(), 1), zb::mem_category::other, nullptr);
     ZB_CUDA_CHECK(cudaMemcpyAsync(d.data(), g.data(), g.size() * sizeof(T), cudaMemcpyHostToDevice, cs));
     eng.grad_ready(p, std::span<const T>(d.data(), g.size()));
@@ -377,7 +376,7 @@ batch_stats forward_backward(Engine& eng, const mlp& model, const dataset& data,
   for (std::size_t l = 0; l < layer_count; ++l) {
     const auto& d = model.layers[l];
     auto u = eng.acquire(d.unit);
-    const auto w = widen(u.param(d.w)), b = widen(u.param(d.b));
+    const auto w = widen(u.param(d.w), eng.compute_stream()), b = widen(u.param(d.b), eng.compute_stream());
     auto& out = acts[l + 1];
     out.assign(n * d.out, 0.0f);
     const bool hidden = l + 1 < layer_count;
@@ -422,7 +421,7 @@ batch_stats forward_backward(Engine& eng, const mlp& model, const dataset& data,
   for (std::size_t l = layer_count; l-- > 0;) {
     const auto& d = model.layers[l];
     auto u = eng.acquire(d.unit);
-    const auto w = widen(u.param(d.w));
+    const auto w = widen(u.param(d.w), eng.compute_stream());
     const auto& x = acts[l];
     std::vector<float> gw(d.out * d.in, 0.0f), gb(d.out, 0.0f);
     for (std::size_t i = 0; i < n; ++i)
@@ -520,7 +519,15 @@ stage_report run_stage(const options& opt, const mlp& model, const dataset& trai
   if constexpr (requires { cfg.master.chunk_numel; }) cfg.master.chunk_numel = 2048;
 
   typename Engine::comm_type comm(MPI_COMM_WORLD);  // comm::mpi, or comm::nccl bootstrapped over MPI
-  Engine eng(model.reg, std::move(comm), cfg);
+  // On the GPU the engine runs on the trainer's own non-blocking stream (its compute
+  // stream): the engine's copies, kernels and collectives are ordered on it, and so are
+  // the trainer's reads of gathered parameters and its gradient uploads.
+  typename Engine::stream_type compute{};
+#if defined(ZB_DEMO_CUDA)
+  std::optional<zb::cuda_stream> stream;  // outlives the engine
+  if constexpr (Engine::has_streams) compute = stream.emplace().get();
+#endif
+  Engine eng(model.reg, std::move(comm), cfg, compute);
   model.init(eng, opt.seed);
   const bool root = eng.rank() == 0;
 

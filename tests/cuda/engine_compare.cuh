@@ -27,8 +27,9 @@ namespace zb = zeroblocks;
 using model = zbt::synthetic_model;
 
 /// Copies a parameter view to the host; its type says whether it is device memory.
+/// Device memory is read on the engine's compute stream `cs`.
 template <class T, class Space>
-std::vector<T> to_host(zb::space_span<const T, Space> v) {
+std::vector<T> to_host(zb::space_span<const T, Space> v, typename Space::stream_type cs = {}) {
   std::vector<T> h(v.size());
   if (v.empty()) return h;
   if constexpr (Space::host_accessible) {
@@ -36,11 +37,17 @@ std::vector<T> to_host(zb::space_span<const T, Space> v) {
   } else {
     // On the compute stream, which the engine's gathers are ordered before (a plain
     // cudaMemcpy runs on the legacy stream, which does not wait for a non-blocking one).
-    const cudaStream_t cs = zb::cuda_space::compute_stream();
     REQUIRE(cudaMemcpyAsync(h.data(), v.data(), v.size_bytes(), cudaMemcpyDeviceToHost, cs) == cudaSuccess);
     REQUIRE(cudaStreamSynchronize(cs) == cudaSuccess);
   }
   return h;
+}
+
+/// The engine's compute stream, or 0 for a host engine.
+template <class E>
+cudaStream_t compute_stream_of(const E& eng) {
+  if constexpr (E::has_streams) return eng.compute_stream();
+  else return nullptr;
 }
 
 struct outcome {
@@ -78,7 +85,7 @@ outcome train(E& eng, const model& m, bool device, train_options o = {}) {
       for (auto it = m.units.rbegin(); it != m.units.rend(); ++it) {
         auto g = eng.acquire(*it);
         for (auto pi : eng.model_layout().unit(it->index).params) {
-          const auto x = to_host(g.param({pi}));
+          const auto x = to_host(g.param({pi}), eng.compute_stream());
           std::vector<T> grad(x.size());
           for (std::size_t i = 0; i < x.size(); ++i)
             grad[i] = zb::from_float<T>(
@@ -91,7 +98,7 @@ outcome train(E& eng, const model& m, bool device, train_options o = {}) {
           if (device && !grad.empty()) {
             // Stream-ordered on the compute stream: the upload, then grad_ready's copy out of
             // dgrad; the host waits before the next upload overwrites dgrad (and `grad`).
-            const cudaStream_t cs = zb::cuda_space::compute_stream();
+            const cudaStream_t cs = compute_stream_of(eng);
             REQUIRE(cudaMemcpyAsync(dgrad, grad.data(), grad.size() * sizeof(T), cudaMemcpyHostToDevice, cs) ==
                     cudaSuccess);
             eng.grad_ready({pi}, std::span<const T>(dgrad, grad.size()));
@@ -129,14 +136,12 @@ C one_rank(const std::string& tag) {
 }
 
 /// The GPU engine runs on a non-blocking stream of its own, as a trainer's would (the
-/// legacy default stream would hide missing stream ordering by synchronising).
+/// legacy default stream would hide missing stream ordering by synchronising): engines
+/// are built with `scope.stream` as their compute stream. Declared before the engines,
+/// so it outlives them.
 struct compute_stream_scope {
   zb::cuda_stream stream;
-  compute_stream_scope() { zb::cuda_space::set_compute_stream(stream); }
-  ~compute_stream_scope() {
-    (void)cudaStreamSynchronize(stream);
-    zb::cuda_space::set_compute_stream(nullptr);
-  }
+  ~compute_stream_scope() { (void)cudaStreamSynchronize(stream); }
 };
 
 /// The knobs a comparison sets, applied to each engine's own config (the host and the
@@ -171,7 +176,8 @@ void compare(const char* name, knobs cfg = {}, train_options o = {}, std::size_t
   Host host(m.reg, zb::comm::self{}, cfg.config_of<Host>(width));
   const auto want = train(host, m, false, o);
   compute_stream_scope scope;
-  Gpu gpu(m.reg, one_rank<typename Gpu::comm_type>(name), cfg.config_of<Gpu>(width));
+  Gpu gpu(m.reg, one_rank<typename Gpu::comm_type>(name), cfg.config_of<Gpu>(width), scope.stream);
+  REQUIRE(gpu.compute_stream() == scope.stream.get());
   const auto got = train(gpu, m, true, o);
   REQUIRE(got.norms.size() == want.norms.size());
   CHECK(got.applied == want.applied);

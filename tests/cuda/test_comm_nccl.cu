@@ -224,22 +224,20 @@ TEST_CASE_TEMPLATE("comm::nccl: all_gather out of place and in place", T, float,
   }
 }
 
-TEST_CASE("comm::nccl: compute_stream() is cuda_space::compute_stream() of the caller unless set") {
+TEST_CASE("comm::nccl: the compute stream is stream 0 until set; dups made later inherit it") {
   require_gpu_per_rank();
   N comm(MPI_COMM_WORLD);
   zb::cuda_stream a, b;
-  zb::cuda_space::set_compute_stream(a);
+  CHECK(comm.compute_stream() == nullptr);
+  const N before = comm.dup();
+  comm.set_compute_stream(a);
   CHECK(comm.compute_stream() == a.get());
+  CHECK(before.compute_stream() == nullptr);  // each communicator holds its own
   const N child = comm.dup();
-  zb::cuda_space::set_compute_stream(b);  // read at each call, by the dup too
+  CHECK(child.compute_stream() == a.get());
+  comm.set_compute_stream(b);
   CHECK(comm.compute_stream() == b.get());
-  CHECK(child.compute_stream() == b.get());
-  comm.set_compute_stream(a);  // fixed for this one; its dups made later inherit it
-  CHECK(comm.compute_stream() == a.get());
-  CHECK(comm.dup().compute_stream() == a.get());
-  comm.follow_space_compute_stream();
-  CHECK(comm.compute_stream() == b.get());
-  zb::cuda_space::set_compute_stream(nullptr);
+  CHECK(child.compute_stream() == a.get());
 }
 
 TEST_CASE_TEMPLATE("comm::nccl: deterministic reduce_scatter equals comm::mpi bit for bit", T, float, zb::half,

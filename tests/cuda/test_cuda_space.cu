@@ -1,11 +1,11 @@
-// cuda_space, cuda_stream, cuda_event and CUDA-registered pinned_space (space/cuda_space.hpp,
+// cuda_space, cuda_stream, cuda_event and cuda_pinned_space (space/cuda_space.hpp,
 // space/host_space.hpp), on one GPU:
 //  - synchronous allocate / copy / fill_zero / deallocate round trips, 0 bytes, alignment;
 //  - stream-ordered allocate_async / copy_async / fill_zero_async / deallocate_async;
 //  - the pool keeps freed memory (release threshold) until trimmed;
 //  - events: record, wait from another stream (stream ordering), synchronize, elapsed time;
 //  - buffer<T, cuda_space> is tracked like any other buffer;
-//  - pinned_space registers exactly the bytes asked for with CUDA (cudaPointerGetAttributes),
+//  - cuda_pinned_space registers exactly the bytes asked for with CUDA (cudaPointerGetAttributes),
 //    each allocation on pages of its own, and the tracker counts the exact size.
 // Skipped (exit 77) without a GPU.
 #include "cuda_test_main.hpp"
@@ -91,7 +91,7 @@ TEST_CASE("cuda_space: synchronous allocate, copy, fill_zero, deallocate") {
 TEST_CASE("cuda_space: stream-ordered allocate, copy, fill, free on one stream") {
   zb::cuda_stream s;
   const std::size_t n = (std::size_t{1} << 22) + 5;
-  auto* host = static_cast<std::uint8_t*>(zb::pinned_space::allocate(n));
+  auto* host = static_cast<std::uint8_t*>(zb::cuda_pinned_space::allocate(n));
   const auto in = pattern_bytes(n, 3);
   std::memcpy(host, in.data(), n);
   void* d = zb::cuda_space::allocate_async(n, s);
@@ -104,7 +104,7 @@ TEST_CASE("cuda_space: stream-ordered allocate, copy, fill, free on one stream")
   s.synchronize();
   CHECK(s.ready());
   for (std::size_t i = 0; i < n; ++i) REQUIRE(host[i] == (i >= 10 && i < 110 ? 0 : in[i]));
-  zb::pinned_space::deallocate(host, n);
+  zb::cuda_pinned_space::deallocate(host, n);
 }
 
 TEST_CASE("cuda_space: the pool keeps freed memory for reuse until trimmed") {
@@ -138,7 +138,7 @@ TEST_CASE("cuda_event / cuda_stream: record, wait from another stream, synchroni
   zb::cuda_stream producer, consumer;
   int* flag = static_cast<int*>(zb::cuda_space::allocate(sizeof(int)));
   zb::cuda_space::fill_zero(flag, sizeof(int));
-  auto* host = static_cast<int*>(zb::pinned_space::allocate(sizeof(int)));
+  auto* host = static_cast<int*>(zb::cuda_pinned_space::allocate(sizeof(int)));
   *host = -1;
 
   zb::cuda_event start = zb::cuda_event::timed(), stop = zb::cuda_event::timed(), written;
@@ -173,7 +173,7 @@ TEST_CASE("cuda_event / cuda_stream: record, wait from another stream, synchroni
   e2.synchronize();
   CHECK(e2.ready());
 
-  zb::pinned_space::deallocate(host, sizeof(int));
+  zb::cuda_pinned_space::deallocate(host, sizeof(int));
   zb::cuda_space::deallocate(flag, sizeof(int));
 }
 
@@ -194,12 +194,12 @@ TEST_CASE("buffer<T, cuda_space> is tracked, zeroed and freed") {
   CHECK(tracker.report().peak_of(zb::mem_category::params16) == 1001 * sizeof(float));
 }
 
-TEST_CASE("pinned_space: registered with CUDA at exactly the size asked for") {
+TEST_CASE("cuda_pinned_space: registered with CUDA at exactly the size asked for") {
   zb::memory_tracker tracker;
   const std::size_t n = 1'000'003;  // not a power of two, not a page multiple
   {
-    zb::buffer<std::uint8_t, zb::pinned_space> b(n, zb::mem_category::staging, &tracker);
-    CHECK(zb::pinned_space::last_lock_ok());
+    zb::buffer<std::uint8_t, zb::cuda_pinned_space> b(n, zb::mem_category::staging, &tracker);
+    CHECK(zb::cuda_pinned_space::last_lock_ok());
     CHECK(tracker.report()[zb::mem_category::staging] == n);  // exact, no rounding
     CHECK(is_registered(b.data()));
     CHECK(is_registered(b.data() + n - 1));
@@ -220,20 +220,20 @@ TEST_CASE("pinned_space: registered with CUDA at exactly the size asked for") {
   CHECK(tracker.report()[zb::mem_category::staging] == 0);
 
   // Many small buffers: each must register (no two share a page, which CUDA refuses).
-  std::vector<zb::buffer<float, zb::pinned_space>> small;
+  std::vector<zb::buffer<float, zb::cuda_pinned_space>> small;
   for (int i = 0; i < 16; ++i) {
     small.emplace_back(25, zb::mem_category::other, &tracker);
-    CHECK(zb::pinned_space::last_lock_ok());
+    CHECK(zb::cuda_pinned_space::last_lock_ok());
     CHECK(is_registered(small.back().data()));
   }
   CHECK(tracker.report()[zb::mem_category::other] == 16 * 25 * sizeof(float));
   small.clear();
   CHECK(tracker.report()[zb::mem_category::other] == 0);
   // Freed memory is unregistered again (a fresh allocation at the same address registers).
-  void* p = zb::pinned_space::allocate(4096 * 3 + 1);
-  CHECK(zb::pinned_space::last_lock_ok());
-  zb::pinned_space::deallocate(p, 4096 * 3 + 1);
-  void* q = zb::pinned_space::allocate(4096 * 3 + 1);
-  CHECK(zb::pinned_space::last_lock_ok());
-  zb::pinned_space::deallocate(q, 4096 * 3 + 1);
+  void* p = zb::cuda_pinned_space::allocate(4096 * 3 + 1);
+  CHECK(zb::cuda_pinned_space::last_lock_ok());
+  zb::cuda_pinned_space::deallocate(p, 4096 * 3 + 1);
+  void* q = zb::cuda_pinned_space::allocate(4096 * 3 + 1);
+  CHECK(zb::cuda_pinned_space::last_lock_ok());
+  zb::cuda_pinned_space::deallocate(q, 4096 * 3 + 1);
 }

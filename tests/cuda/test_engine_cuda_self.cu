@@ -52,7 +52,8 @@ TEST_CASE("master::offloaded moves 16-bit gradients down during backward and 16-
   const model m(100);  // copies long enough to race with later work if misordered
   compute_stream_scope scope;
   {
-    zb::stage2_offload<zb::comm::cuda_self, T> eng(m.reg, {}, cfg.config_of<zb::stage2_offload<zb::comm::cuda_self, T>>(1));
+    zb::stage2_offload<zb::comm::cuda_self, T> eng(m.reg, {}, cfg.config_of<zb::stage2_offload<zb::comm::cuda_self, T>>(1),
+                                                   scope.stream);
     const std::size_t owned = eng.model_layout().shard_numel();
     const std::uint64_t owned_bytes = owned * sizeof(T);
     train(eng, m, true, o);
@@ -69,7 +70,7 @@ TEST_CASE("master::offloaded moves 16-bit gradients down during backward and 16-
           (owned + 2 * zb::master::offloaded::chunk(eng.get_config().master, owned)) * sizeof(T));
   }
   {
-    stage1_offload<zb::comm::cuda_self, T> eng(m.reg, {}, cfg.config_of<stage1_offload<zb::comm::cuda_self, T>>(1));
+    stage1_offload<zb::comm::cuda_self, T> eng(m.reg, {}, cfg.config_of<stage1_offload<zb::comm::cuda_self, T>>(1), scope.stream);
     const std::uint64_t owned_bytes = eng.model_layout().shard_numel() * sizeof(T);
     train(eng, m, true, o);
     const auto& st = eng.master_state().stats();

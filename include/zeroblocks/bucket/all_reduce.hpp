@@ -34,6 +34,10 @@ struct all_reduce {
                         std::size_t elem_bytes) {
       base::declare(lay, r, elem_bytes);
     }
+    /// One all-reduce of every unit per step.
+    static void step_traffic(const layout& lay, const config&, step_shape, comm_counters& t) {
+      for (std::size_t u = 0; u < lay.unit_count(); ++u) t.count_all_reduce(lay.unit(u).padded_numel);
+    }
     void reduce_for_step() {
       auto& ctx = this->ctx_;
       const float avg = 1.0f / static_cast<float>(ctx.world());

@@ -21,8 +21,9 @@
  * `template <class Ctx> class impl` built as `impl(ctx, config)` that provides
  * (checked by `bucketer_complete<B, Ctx>()`, which names what is missing)
  * `begin_micro_step()`, `grad_ready(param, grad)`, `end_micro_step()`,
- * `reduce_for_step()`, `grad_slice(u, r) -> const T*`, `zero()` and
- * `static declare(lay, config, world, report&, elem_bytes)`. The engine has already
+ * `reduce_for_step()`, `grad_slice(u, r) -> const T*`, `zero()`,
+ * `static declare(lay, config, world, report&, elem_bytes)` and `static step_traffic(lay,
+ * config, step_shape, comm_counters&)` (`policy/traffic.hpp`). The engine has already
  * checked each report (known parameter, right size, not reported twice in the
  * micro-step) before calling `grad_ready`.
  *
@@ -37,6 +38,7 @@
 #include "../core/config.hpp"
 #include "../layout/layout.hpp"
 #include "../policy/config.hpp"
+#include "../policy/traffic.hpp"
 #include "../space/memory.hpp"
 
 #include <concepts>
@@ -82,6 +84,9 @@ consteval bool bucketer_complete() {
   static_assert(requires(const layout& l, const cfg& k, memory_report& r) { I::declare(l, k, 1, r, std::size_t{}); },
                 "bucketer role: impl lacks `static declare(const layout&, const config&, int world, "
                 "memory_report&, std::size_t elem_bytes)`");
+  static_assert(requires(const layout& l, const cfg& k, comm_counters& t) { I::step_traffic(l, k, step_shape{}, t); },
+                "bucketer role: impl lacks `static step_traffic(const layout&, const config&, step_shape, "
+                "comm_counters&)`");
   if constexpr (B::caps.streams_shard)
     static_assert(requires(I& b, std::function<void(std::size_t, const T*, std::size_t)> updated,
                            std::function<void()> will_write) { b.on_shard_updated(updated, will_write); },

@@ -114,7 +114,6 @@ struct reduce_scatter {
   template <class Ctx>
   class impl {
     using T = typename Ctx::param_type;
-    using ops = space_ops<typename Ctx::space>;
     using buf_t = buffer<T, typename Ctx::space>;
     using request = typename Ctx::comm_type::request;
 
@@ -140,6 +139,13 @@ struct reduce_scatter {
       if (b > 0)
         r.current[static_cast<std::size_t>(mem_category::buckets)] +=
             static_cast<std::size_t>(cfg.bucket_count) * b * elem_bytes;
+    }
+
+    /// One reduce-scatter of every non-empty bucket per micro-step.
+    static void step_traffic(const layout& lay, const config& cfg, step_shape s, comm_counters& t) {
+      for (const auto& b : plan(lay, cfg.bucket_numel))
+        if (b.block_numel > 0)
+          for (int k = 0; k < s.micro_steps; ++k) t.count_reduce_scatter(b.block_numel, lay.world());
     }
 
     void begin_micro_step() {
@@ -175,7 +181,7 @@ struct reduce_scatter {
     const T* grad_slice(std::size_t u, int) { return shard_.data() + ctx_.lay.unit(u).shard_offset; }
     void zero() {
       if (will_write_) will_write_();
-      ops::fill_zero(shard_.data(), shard_.bytes());  // stream-ordered on the GPU
+      ctx_.ops().fill_zero(shard_.data(), shard_.bytes());  // stream-ordered on the GPU
     }
     const std::vector<bucket_plan>& plans() const { return plans_; }
     /// @brief Call `updated(shard_offset, data, n)` after each block lands in the shard,
@@ -208,7 +214,7 @@ struct reduce_scatter {
         const std::size_t pos = pp.offset_in_unit + done;
         const std::size_t r = pos / slice, in_slice = pos % slice;
         const std::size_t n = std::min(pp.numel - done, slice - in_slice);
-        ops::copy(buf + r * plan.block_numel + unit_block_off + in_slice, g + done, n * sizeof(T));
+        ctx_.ops().copy(buf + r * plan.block_numel + unit_block_off + in_slice, g + done, n * sizeof(T));
         done += n;
       }
     }
@@ -226,7 +232,7 @@ struct reduce_scatter {
       }
       // Padding and unreported parameters reduce as zeros. (ops: on the GPU a stream-
       // ordered fill, where buffer::zero() would synchronise the device mid-backward.)
-      ops::fill_zero(b.data(), b.bytes());
+      ctx_.ops().fill_zero(b.data(), b.bytes());
       return b;
     }
 
@@ -263,7 +269,7 @@ struct reduce_scatter {
         written_ = true;
         if (will_write_) will_write_();
       }
-      ops::accumulate(shard_.data() + off, mine, blk, ctx_.threads);
+      ctx_.ops().accumulate(shard_.data() + off, mine, blk, ctx_.threads);
       if (listener_) listener_(off, shard_.data() + off, blk);
       free_.push_back(std::move(*st.buf));
       st.buf.reset();

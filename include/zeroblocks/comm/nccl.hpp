@@ -7,9 +7,10 @@
  *
  * Every communicator owns a CUDA stream (non-blocking, `nccl_config::stream_priority`)
  * and runs its collectives there, so they overlap the trainer's computation. The
- * trainer's stream is the *compute stream*: `cuda_space::compute_stream()` of the calling
- * thread — the stream the engine's own copies and kernels run on — unless
- * `set_compute_stream` fixes another for this communicator. A collective is ordered after the work already submitted to the compute
+ * trainer's stream is the *compute stream*, set with `set_compute_stream` (an engine
+ * sets its own compute stream on its communicators, so the two cannot disagree; dups
+ * inherit it); until set it is stream 0, the legacy default stream. Nothing reads a
+ * stream from thread-local or global state. A collective is ordered after the work already submitted to the compute
  * stream — it first makes the communicator's stream wait on an event recorded on the
  * compute stream — and `request::wait()` orders the compute stream after the collective
  * by making it wait on the collective's completion event. All of this is stream-ordered:
@@ -145,7 +146,7 @@ public:
       launched_or_throw();
       auto op = std::move(op_);
       op->st->check();
-      op->st->cuda_ok(cudaStreamWaitEvent(op->st->compute_now(), op->done, 0), "cudaStreamWaitEvent");
+      op->st->cuda_ok(cudaStreamWaitEvent(op->st->compute, op->done, 0), "cudaStreamWaitEvent");
     }
     /// @brief True (and then as `wait()`) once the collective completed on the device.
     bool test() {
@@ -297,19 +298,14 @@ public:
     ZB_REQUIRE(st_, "comm::nccl: empty communicator");
     return st_->cfg;
   }
-  /// @brief The trainer's stream that collectives follow and `request::wait()` orders.
-  /// Unset (the default), it is `cuda_space::compute_stream()` of the calling thread —
-  /// the stream the engine's copies and kernels run on — so the two cannot disagree.
+  /// @brief The trainer's stream that collectives follow and `request::wait()` orders
+  /// (stream 0, the legacy default stream, until set). An engine sets its compute
+  /// stream here (`Engine::set_compute_stream`). Communicators `dup()`ed later inherit it.
   void set_compute_stream(cudaStream_t s) {
     ZB_REQUIRE(st_, "comm::nccl: empty communicator");
     st_->compute = s;
   }
-  /// @brief Go back to following `cuda_space::compute_stream()`.
-  void follow_space_compute_stream() {
-    ZB_REQUIRE(st_, "comm::nccl: empty communicator");
-    st_->compute.reset();
-  }
-  cudaStream_t compute_stream() const { return st_ ? st_->compute_now() : nullptr; }
+  cudaStream_t compute_stream() const { return st_ ? st_->compute : nullptr; }
   /// @brief Collectives progress on the GPU without host calls.
   bool async_progress() const { return true; }
   /// @brief True once this communicator failed or a peer reported failure.
@@ -487,7 +483,7 @@ private:
       if (comm) (void)ncclCommAbort(comm);
       ZB_FAIL(message);
     }
-    return detail::nccl_state::make(comm, rank, size, cfg, std::move(channel), std::nullopt, "ncclCommInitRankConfig");
+    return detail::nccl_state::make(comm, rank, size, cfg, std::move(channel), nullptr, "ncclCommInitRankConfig");
   }
 
   void ensure_usable() const {
@@ -507,7 +503,7 @@ private:
   request launch(bool follow_compute, Enqueue&& enqueue, std::function<void()> after) {
     const std::shared_ptr<detail::nccl_state>& st = st_;
     if (follow_compute) {
-      st->cuda_ok(cudaEventRecord(st->ready, st->compute_now()), "cudaEventRecord");
+      st->cuda_ok(cudaEventRecord(st->ready, st->compute), "cudaEventRecord");
       st->cuda_ok(cudaStreamWaitEvent(st->stream, st->ready, 0), "cudaStreamWaitEvent");
     }
     auto op = std::make_shared<detail::nccl_op>(st);

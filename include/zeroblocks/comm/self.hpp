@@ -5,8 +5,9 @@
  *        (`cuda_space`) and needs `zeroblocks/cuda.cuh` where the engine is instantiated.
  *
  * Every collective is a local copy (or a scaled rounding, for reductions) done with
- * `space_ops<Space>` — for `cuda_space` on the calling thread's compute stream, so it is
- * ordered with the engine's other work and its requests are complete at once — and is
+ * `space_ops<Space>` — for `cuda_space` on the compute stream it is given
+ * (`set_compute_stream`; an engine gives it its own), so it is ordered with the
+ * engine's other work and its requests are complete at once — and is
  * counted exactly like `comm::mpi` counts, so a one-rank run reports the same
  * elements-communicated figures as a one-rank MPI run.
  */
@@ -32,7 +33,7 @@ class basic_self : public detail::control_ops<basic_self<Space>> {
   friend class detail::control_ops<basic_self>;
   /// Used only when a collective is instantiated (`space_ops<cuda_space>` is in
   /// `space/cuda_ops.cuh`).
-  using ops = space_ops<Space>;
+  auto ops() const { return space_ops<Space>{stream_}; }
 
 public:
   using communicator_concept = communicator_tag;
@@ -46,14 +47,23 @@ public:
     bool test() { return true; }
   };
 
-  basic_self dup() const { return {}; }
+  /// @brief Another one on the same compute stream.
+  basic_self dup() const {
+    basic_self d;
+    d.stream_ = stream_;
+    return d;
+  }
+  /// @brief The stream its collectives run on (`cuda_self`: the default stream 0 until
+  /// set; an engine sets its compute stream here). Host memory: `no_stream`.
+  void set_compute_stream(typename Space::stream_type s) { stream_ = s; }
+  typename Space::stream_type compute_stream() const { return stream_; }
   int rank() const { return 0; }
   int size() const { return 1; }
   const comm_counters& counters() const { return counters_; }
 
   template <class T>
   void all_gather(const T* send, T* recv, std::size_t count) {
-    if (send != recv && count) ops::copy(recv, send, count * sizeof(T));
+    if (send != recv && count) ops().copy(recv, send, count * sizeof(T));
     counters_.count_all_gather(count, 1);
   }
   template <class T>
@@ -63,7 +73,7 @@ public:
   }
   template <class T>
   void reduce_scatter(T* buf, T* recv, std::size_t count, float scale) {
-    ops::scale(recv, buf, count, scale, 1);
+    ops().scale(recv, buf, count, scale, 1);
     counters_.count_reduce_scatter(count, 1);
   }
   template <class T>
@@ -73,7 +83,7 @@ public:
   }
   template <class T>
   void all_reduce(T* buf, std::size_t count, float scale) {
-    ops::scale(buf, buf, count, scale, 1);
+    ops().scale(buf, buf, count, scale, 1);
     counters_.count_all_reduce(count);
   }
   template <class T>
@@ -111,6 +121,7 @@ private:
   comm_counters& control_counters() { return counters_; }
 
   comm_counters counters_;
+  typename Space::stream_type stream_{};
 };
 
 /// @brief One rank, host memory.

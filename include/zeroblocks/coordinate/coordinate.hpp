@@ -22,8 +22,10 @@
  * missing operation): `acquire(u) -> const T*` (the unit's full parameters, laid out as
  * in the flat layout), `release(u)`, `owned_slice(u, r) -> T*` (where the step writes
  * rank r's updated slice), `publish(sharded)` (make updated slices visible after an
- * applied step), `stats() -> coordinator_stats`, and `static declare(lay, config,
- * world, report&, elem_bytes)` (the bytes it holds at rest, for the estimator). The
+ * applied step), `stats() -> coordinator_stats`, `static declare(lay, config,
+ * world, report&, elem_bytes)` (the bytes it holds at rest, for the estimator) and
+ * `static step_traffic(lay, config, step_shape, sharded, comm_counters&)` (the elements
+ * its collectives move in a steady-state step of that shape, for the planner). The
  * engine counts acquisitions, so a policy sees one `acquire` per first hold and one
  * `release` per last.
  *
@@ -48,6 +50,7 @@
  */
 #pragma once
 
+#include "../policy/traffic.hpp"
 #include "../core/config.hpp"
 #include "../layout/layout.hpp"
 #include "../policy/config.hpp"
@@ -133,6 +136,9 @@ consteval bool coordinator_complete() {
   static_assert(requires(const layout& l, const cfg& k, memory_report& r) { I::declare(l, k, 1, r, std::size_t{}); },
                 "coordinator role: impl lacks `static declare(const layout&, const config&, int world, "
                 "memory_report&, std::size_t elem_bytes)`");
+  static_assert(requires(const layout& l, const cfg& k, comm_counters& t) { I::step_traffic(l, k, step_shape{}, true, t); },
+                "coordinator role: impl lacks `static step_traffic(const layout&, const config&, step_shape, "
+                "bool sharded_step, comm_counters&)`");
   if constexpr (C::caps.checks_acquire)
     static_assert(requires(const I& c, std::size_t u) { { c.checks_acquire(u) } -> std::convertible_to<bool>; },
                   "coordinator role: caps.checks_acquire is declared but impl lacks "

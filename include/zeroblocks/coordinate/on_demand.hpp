@@ -43,6 +43,12 @@ struct on_demand {
       r.current[static_cast<std::size_t>(mem_category::params16)] += lay.shard_numel() * elem_bytes;
     }
 
+    /// Every acquire gathers: each unit twice per micro-step.
+    static void step_traffic(const layout& lay, const config&, step_shape s, bool, comm_counters& t) {
+      for (int k = 0; k < 2 * s.micro_steps; ++k)
+        for (std::size_t u = 0; u < lay.unit_count(); ++u) t.count_all_gather(lay.unit(u).slice_numel, lay.world());
+    }
+
     bool checks_acquire(std::size_t) const { return true; }
 
     const T* acquire(std::size_t u) {

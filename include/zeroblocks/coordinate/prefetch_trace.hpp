@@ -203,6 +203,58 @@ struct basic_prefetch_trace {
           r.current[static_cast<std::size_t>(mem_category::persistent)] += lay.unit(u).padded_numel * elem_bytes;
     }
 
+    /// The gathers of a steady-state step of shape `s`, following its trace: the
+    /// decisions `acquire`, `release` and `make_room` take, replayed on unit sizes alone
+    /// (prefetch changes when a gather is issued, not whether: it issues only within
+    /// `max_live_numel` and never drops a kept unit). Persistent units are gathered once
+    /// (the step before made their copies stale).
+    static void step_traffic(const layout& lay, const config& cfg, step_shape s, bool, comm_counters& t) {
+      std::vector<std::size_t> order;  // the trace's acquires
+      for (int m = 0; m < s.micro_steps; ++m) {
+        for (std::size_t u = 0; u < lay.unit_count(); ++u) order.push_back(u);
+        for (std::size_t u = lay.unit_count(); u-- > 0;) order.push_back(u);
+      }
+      const std::size_t n = order.size();
+      std::vector<std::size_t> prefix(n + 1, 0), next(n, npos), seen(lay.unit_count(), npos);
+      for (std::size_t i = 0; i < n; ++i) prefix[i + 1] = prefix[i] + lay.unit(order[i]).padded_numel;
+      for (std::size_t i = n; i-- > 0;) {
+        next[i] = seen[order[i]];
+        seen[order[i]] = i;
+      }
+      std::vector<char> gathered(lay.unit_count(), 0), kept(lay.unit_count(), 0);
+      std::vector<std::size_t> kept_next(lay.unit_count(), npos);
+      std::size_t live = 0;
+      const auto gather = [&](std::size_t u) { t.count_all_gather(lay.unit(u).slice_numel, lay.world()); };
+      for (std::size_t i = 0; i < n; ++i) {
+        const std::size_t u = order[i], un = lay.unit(u).padded_numel;
+        if (persistent_unit(lay, cfg, u)) {
+          if (!gathered[u]) gather(u), gathered[u] = 1;
+          continue;
+        }
+        if (kept[u]) {
+          kept[u] = 0;  // a reuse hit: held again
+        } else {
+          while (live + un > cfg.max_live_numel) {  // make_room: farthest next use first
+            std::size_t victim = npos, far = 0;
+            for (std::size_t v = 0; v < kept.size(); ++v)
+              if (kept[v] && (victim == npos || kept_next[v] >= far)) victim = v, far = kept_next[v];
+            if (victim == npos) break;
+            kept[victim] = 0;
+            live -= lay.unit(victim).padded_numel;
+          }
+          gather(u);
+          live += un;
+        }
+        // The release right after: kept when its next acquire is near enough.
+        if (next[i] != npos && prefix[next[i]] - prefix[i + 1] < cfg.max_reuse_distance_numel) {
+          kept[u] = 1;
+          kept_next[u] = next[i];
+        } else {
+          live -= un;
+        }
+      }
+    }
+
     /// Off the trace (or without one) every acquire is checked across ranks first.
     bool checks_acquire(std::size_t u) const {
       return mode_ != mode::following || pos_ >= trace_units_.size() || trace_units_[pos_] != u;
@@ -576,8 +628,8 @@ struct basic_prefetch_trace {
           throw;
         }
       }
-      space_ops<Space>::from_host(dst, reads_.data(b) + (up.shard_offset * sizeof(T) - read_origin(u)),
-                                  up.slice_numel * sizeof(T));
+      ctx_.ops().from_host(dst, reads_.data(b) + (up.shard_offset * sizeof(T) - read_origin(u)),
+                           up.slice_numel * sizeof(T));
       finish_read(b);
     }
     /// Start reads for the units the gather scan reaches next (the same walk as

@@ -36,6 +36,12 @@ struct resident {
       r.current[static_cast<std::size_t>(mem_category::params16)] += lay.total_numel() * elem_bytes;
     }
 
+    /// After a sharded step, one all-gather of every unit's slices.
+    static void step_traffic(const layout& lay, const config&, step_shape, bool sharded_step, comm_counters& t) {
+      if (sharded_step)
+        for (std::size_t u = 0; u < lay.unit_count(); ++u) t.count_all_gather(lay.unit(u).slice_numel, lay.world());
+    }
+
     const T* acquire(std::size_t u) { return params_.data() + ctx_.lay.unit(u).offset; }
     void release(std::size_t) {}
     T* owned_slice(std::size_t u, int r) {

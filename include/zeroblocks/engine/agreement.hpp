@@ -3,7 +3,9 @@
  * @brief The engine's per-step agreement: before each step (and, for stages 2/3, each
  * micro-step, and each unchecked stage-3 acquire) every rank must be at the same call,
  * step and micro-step, with the same stage-3 acquire/release order, learning rate and
- * loss scale, acquiring the same unit, and — at `step()` — holding no unit.
+ * loss scale, acquiring the same unit, and — at `step()` — holding no unit. The values
+ * that entered the engine since the last agreement (`set_param`) must be the same too
+ * (`initial_values.hpp`): checked here, before the first step or gather uses them.
  *
  * One small all-gather of a few numbers on the engine's control communicator; a
  * difference throws the same message on every rank. A different stage-3 order is
@@ -16,6 +18,7 @@
 #include "../core/error.hpp"
 #include "../layout/layout.hpp"
 #include "checks.hpp"
+#include "initial_values.hpp"
 
 #include <cstddef>
 #include <cstdint>
@@ -89,9 +92,14 @@ template <class Comm>
 }
 
 /// Every rank must be at the same place (see the file comment). Collective on `control`.
+/// The values that entered the engine since the last agreement (`values`) are compared
+/// too, after the position: equal, their hashes are dropped; different, every rank
+/// throws naming the parameter (`initial_values.hpp`).
 template <class Comm>
-void agree_on_position(Comm& control, const layout& lay, const trace_log& log, const rank_position& p) {
-  enum field { f_call, f_step, f_micro, f_events, f_hash_hi, f_hash_lo, f_lr, f_scale, f_unit, f_held, k };
+void agree_on_position(Comm& control, const layout& lay, const trace_log& log, const rank_position& p,
+                       initial_values& values) {
+  enum field { f_call, f_step, f_micro, f_events, f_hash_hi, f_hash_lo, f_lr, f_scale, f_unit, f_held,
+               f_values_hi, f_values_lo, k };
   const char* names[] = {"call", "step", "completed micro-steps", "", "", "", "learning rate", "loss scale"};
   std::vector<double> mine(k);
   mine[f_call] = static_cast<double>(p.where);
@@ -104,6 +112,9 @@ void agree_on_position(Comm& control, const layout& lay, const trace_log& log, c
   mine[f_scale] = p.loss_scale;
   mine[f_unit] = static_cast<double>(p.unit);
   mine[f_held] = static_cast<double>(p.held);
+  const std::uint64_t vh = values.summary();
+  mine[f_values_hi] = static_cast<double>(vh >> 32);
+  mine[f_values_lo] = static_cast<double>(vh & 0xffffffffu);
   const auto all = control.all_gather_values(mine);
   auto at = [&](int r, int f) { return all[static_cast<std::size_t>(r) * k + f]; };
   for (int r = 1; r < control.size(); ++r)
@@ -129,6 +140,10 @@ void agree_on_position(Comm& control, const layout& lay, const trace_log& log, c
       if (at(r, f_held) > 0)
         ZB_FAIL("step: rank ", r, " still holds ", at(r, f_held),
                 " acquired unit(s); release every unit before step() (stage 3 would keep stale parameters)");
+  for (int r = 1; r < control.size(); ++r)
+    if (at(r, f_values_hi) != at(0, f_values_hi) || at(r, f_values_lo) != at(0, f_values_lo))
+      values.fail(control, lay, concat("set_param (checked at ", call_text(at(0, f_call), at(0, f_unit), lay), ")").c_str());
+  values.settle();
 }
 
 }  // namespace detail

@@ -140,6 +140,7 @@ public:
   using param_type = T;
   using space = Space;
   using comm_type = Comm;
+  using optimizer_type = Optim;
   using context = policy_context<T, Space, Comm, Optim>;
   /// @brief Every runtime knob, one member per role (`engine/config.hpp`).
   using config = engine_config<Partitioner, Coordinator, Bucketer, Master, Scaler, Optim>;
@@ -162,8 +163,15 @@ private:
   static constexpr bool params_on_tier = Coordinator::caps.params_on_tier;
 
 public:
-  /// @brief The operations on `Space` memory (copies, kernels) the engine uses.
-  using ops = space_ops<Space>;
+  /// @brief What orders work on `Space` memory: `cudaStream_t` for `cuda_space`, the
+  /// empty `no_stream` for host spaces.
+  using stream_type = typename Space::stream_type;
+  /// @brief A communicator on a space with streams runs its collectives after the work
+  /// on the compute stream (`comm::nccl`, `comm::cuda_self`): it takes that stream.
+  static constexpr bool has_streams = !std::is_same_v<stream_type, no_stream>;
+  static_assert(!has_streams || requires(Comm& c, stream_type s) { c.set_compute_stream(s); },
+                "zeroblocks::engine: the communicator of an engine on a space with streams must offer "
+                "set_compute_stream(stream) (comm::nccl and comm::cuda_self do)");
 
   /// @brief Optimizer state is sharded (stages 1–3) or replicated (stage 0).
   static constexpr bool sharded_master = Bucketer::shards_master;
@@ -174,18 +182,22 @@ public:
                                                           : 0;
 
   /// @brief Build the layout, check configuration and registration across ranks,
-  /// allocate every buffer. Collective.
-  engine(const param_registry& reg, Comm comm, config cfg = {})
+  /// allocate every buffer. Collective. `stream` is the compute stream (see
+  /// `set_compute_stream`); construction's own copies already run on it.
+  engine(const param_registry& reg, Comm comm, config cfg = {}, stream_type stream = {})
       : comm_(std::move(comm)),
         gather_comm_(comm_.dup()),
         control_comm_(comm_.dup()),
         cfg_(std::move(cfg)),
         layout_(checked_layout(reg)),
-        ctx_{layout_, comm_, gather_comm_, control_comm_, tracker_, cfg_.step.threads},
+        stream_(stream),
+        ctx_{layout_, comm_, gather_comm_, control_comm_, tracker_, stream_, cfg_.step.threads},
         scaler_(cfg_.scale),
         holds_(layout_.unit_count(), 0),
         bases_(layout_.unit_count(), nullptr),
-        reported_(layout_.param_count(), 0) {
+        reported_(layout_.param_count(), 0),
+        init_(reg) {
+    follow_compute_stream();
     // Allocation can fail on one rank only (memory): agree before anyone goes on.
     std::string problem;
     try {
@@ -242,13 +254,67 @@ public:
   int rank() const { return comm_.rank(); }
   int world() const { return comm_.size(); }
 
-  /// @brief Set a parameter's initial value (fp32; every rank passes the same values).
+  /// @brief Set a parameter's value (fp32). Every rank passes the same values: that is
+  /// checked, by a hash, at the next agreement (the first `begin_micro_step` of stages
+  /// 2/3, an unverified stage-3 `acquire`, or `step()` — before anything uses them), and
+  /// different values (or a parameter set on some ranks only) are an error on every rank
+  /// naming the parameter, the first block of elements that differs and the ranks.
+  /// No collective of its own. To initialise on one rank only, see `set_param_from`.
   void set_param(param_id p, std::span<const float> values) {
     check_param(p, "set_param");
     const auto& pp = layout_.param(p.index);
     if (values.size() != pp.numel)
       ZB_LOCAL_FAIL(ctx_, "set_param: parameter ", describe(p), " has ", pp.numel, " elements, got ",
                     values.size());
+    store_param(p, values);
+    init_.record(p.index, values);
+  }
+
+  /// @brief Set a parameter's value from rank `root` only: `root` passes the values, the
+  /// other ranks pass nothing (an empty span), so a trainer need not build the model on
+  /// every rank. Collective: every rank calls it for the same parameter with the same
+  /// root (checked first; a mismatch is an error on every rank, never a hang). The
+  /// values go out as one fp32 broadcast of the parameter on the gradient communicator
+  /// (counted with `counters()`); each rank keeps what it holds at its stage — with
+  /// stage 3 only its own slices (one parameter's values are held while it is applied).
+  void set_param_from(int root, param_id p, std::span<const float> values) {
+    guarded([&] {
+      check_param(p, "set_param_from");
+      const auto& pp = layout_.param(p.index);
+      const bool is_root = comm_.rank() == root;
+      const bool size_ok = is_root ? values.size() == pp.numel : values.empty();
+      const auto all = control_comm_.all_gather_values(
+          {static_cast<double>(root), static_cast<double>(p.index), size_ok ? 1.0 : 0.0});
+      for (int r = 0; r < comm_.size(); ++r) {
+        const double* a = &all[3 * static_cast<std::size_t>(r)];
+        if (a[0] != all[0] || a[1] != all[1])
+          ZB_FAIL("set_param_from: rank 0 sets parameter #", all[1], " from rank ", all[0], " but rank ", r,
+                  " sets parameter #", a[1], " from rank ", a[0], " (every rank calls it alike)");
+      }
+      ZB_REQUIRE(root >= 0 && root < comm_.size(), "set_param_from: root ", root, " out of range (", comm_.size(),
+                 " ranks)");
+      for (int r = 0; r < comm_.size(); ++r)
+        if (all[3 * static_cast<std::size_t>(r) + 2] == 0.0)
+          ZB_FAIL("set_param_from: parameter ", describe(p), " has ", pp.numel, " elements; rank ", r,
+                  r == root ? " (the root) passed another number of values"
+                            : " is not the root and must pass no values");
+      std::vector<float> host(pp.numel);
+      if (is_root) std::copy(values.begin(), values.end(), host.begin());
+      if (pp.numel) {
+        buffer<float, Space> moved(pp.numel, mem_category::other, &tracker_);
+        if (is_root) ops().from_host(moved.data(), host.data(), pp.numel * sizeof(float));
+        comm_.broadcast(moved.data(), pp.numel, root);
+        ops().to_host(host.data(), moved.data(), pp.numel * sizeof(float));
+      }
+      store_param(p, host);
+      init_.record(p.index, host);
+    });
+  }
+
+private:
+  /// Write `values` (the full parameter) into what this rank holds of it.
+  void store_param(param_id p, std::span<const float> values) {
+    const auto& pp = layout_.param(p.index);
     const auto& up = layout_.unit(pp.unit);
     // Stage 3: gathers in flight read the shard; copies made from it become stale.
     if constexpr (Coordinator::caps.follows_trace) coord_->params_changed();
@@ -262,7 +328,7 @@ public:
       if (!params_on_tier && (!Coordinator::shards_params || r == comm_.rank())) {
         std::vector<T> rounded(b - a);
         for (std::size_t i = 0; i < b - a; ++i) rounded[i] = from_float<T>(src[i]);
-        ops::from_host(coord_->owned_slice(pp.unit, r) + (a - s0), rounded.data(), rounded.size() * sizeof(T));
+        ops().from_host(coord_->owned_slice(pp.unit, r) + (a - s0), rounded.data(), rounded.size() * sizeof(T));
       }
       if (!sharded_master || r == comm_.rank()) {
         const std::size_t moff = sharded_master ? up.shard_offset : up.offset + s0;
@@ -270,6 +336,8 @@ public:
       }
     }
   }
+
+public:
 
   // ---- parameters: acquire / release ---------------------------------------------
 
@@ -384,7 +452,7 @@ private:
     std::vector<double> partial(n, 0.0);
     bool nonfinite = false;
     for (const auto& s : owned_) {
-      auto st = ops::grad_sumsq(bucketer_->grad_slice(s.unit, s.rank), s.numel, cfg_.step.threads);
+      auto st = ops().grad_sumsq(bucketer_->grad_slice(s.unit, s.rank), s.numel, cfg_.step.threads);
       partial[s.rank] += st.sumsq;
       nonfinite = nonfinite || st.nonfinite;
     }
@@ -475,6 +543,24 @@ public:
   }
   long steps() const { return steps_; }
 
+  /// @brief The compute stream: every operation the engine and its policies run on
+  /// `Space` memory (copies, accumulation, the optimizer kernels, `master::offloaded`'s
+  /// transfers) is ordered on it, and the communicators' collectives follow it. For a
+  /// GPU engine, set it to the trainer's stream (here or at construction), so gradients
+  /// handed to `grad_ready`, the step and the gathers are ordered after the trainer's
+  /// kernels; the trainer reads what `acquire` gathered on that stream too. The default
+  /// is stream 0 (the legacy default stream). Switching waits for the work already on
+  /// the old stream. Nothing else decides the stream: there is no thread-local or
+  /// global one. Only for spaces with streams (`cuda_space`).
+  void set_compute_stream(stream_type s)
+    requires has_streams
+  {
+    ops().synchronize();
+    stream_ = s;
+    follow_compute_stream();
+  }
+  stream_type compute_stream() const { return stream_; }
+
   // ---- inspection ----------------------------------------------------------------
 
   /// @brief Bytes held now and at peak, per category.
@@ -497,6 +583,12 @@ public:
   /// @brief The master-state policy's state (e.g. `master::swapped`'s I/O counters).
   const master_impl& master_state() const { return *master_; }
 
+  /// @brief The layout these policies give `reg` on `world` ranks — without any rank:
+  /// what the estimators below take to plan a run of any size.
+  static layout plan_layout(const param_registry& reg, int world, const config& cfg) {
+    return Partitioner::make_layout(reg, world, cfg.partition);
+  }
+
   /// @brief What this configuration holds at rest, per category, from the policies'
   /// declarations (compare with `memory()` and with `zero_formula_bytes`).
   static memory_report estimate(const layout& lay, const config& cfg) {
@@ -507,6 +599,22 @@ public:
     master_impl::declare(master_shape{sharded_master ? lay.shard_numel() : lay.total_numel(), params_on_tier},
                          cfg.master, r);
     return r;
+  }
+  /// @brief Payload elements this rank's collectives move in a steady-state step of
+  /// shape `s` (`policy/traffic.hpp`), per collective kind, as `counters()` counts them:
+  /// the coordinator's gathers plus the bucketer's reductions. Computed from the layout
+  /// and the knobs alone (any world size, nothing allocated).
+  /// @brief Disk bytes per rank of the master's tier (NVMe presets; 0 for the others):
+  /// the size its files take (two slots, see `master/swapped.hpp`).
+  static std::size_t estimate_tier_bytes(const layout& lay, const config& cfg) {
+    return master_impl::tier_bytes(master_shape{sharded_master ? lay.shard_numel() : lay.total_numel(), params_on_tier},
+                                   cfg.master);
+  }
+  static comm_counters estimate_traffic(const layout& lay, const config& cfg, step_shape s = {}) {
+    comm_counters t;
+    coordinator_impl::step_traffic(lay, cfg.coordinate, s, sharded_master, t);
+    bucketer_impl::step_traffic(lay, cfg.bucket, s, t);
+    return t;
   }
   /// @brief The ZeRO formula for this engine's stage and layout.
   std::size_t formula_bytes() const {
@@ -533,13 +641,13 @@ public:
         // The communicator moves memory of the engine's space (comm::nccl: device
         // memory): gather there, then copy the result to the host.
         buffer<float, Space> dev(layout_.total_numel(), mem_category::other, nullptr);
-        ops::from_host(dev.data(), out.data(), out.size() * sizeof(float));
+        ops().from_host(dev.data(), out.data(), out.size() * sizeof(float));
         for (std::size_t u = 0; u < layout_.unit_count(); ++u) {
           const auto& up = layout_.unit(u);
           comm_.all_gather(dev.data() + up.offset + comm_.rank() * up.slice_numel, dev.data() + up.offset,
                            up.slice_numel);
         }
-        ops::to_host(out.data(), dev.data(), out.size() * sizeof(float));
+        ops().to_host(out.data(), dev.data(), out.size() * sizeof(float));
       }
     }
     return std::move(out);
@@ -550,7 +658,7 @@ public:
     for (std::size_t u = 0; u < layout_.unit_count(); ++u) {
       auto g = acquire({u});
       if (layout_.unit(u).padded_numel)
-        ops::to_host(out.data() + layout_.unit(u).offset, bases_[u], layout_.unit(u).padded_numel * sizeof(T));
+        ops().to_host(out.data() + layout_.unit(u).offset, bases_[u], layout_.unit(u).padded_numel * sizeof(T));
     }
     return out;
   }
@@ -632,7 +740,8 @@ private:
     for (int h : holds_) held += h > 0;
     detail::agree_on_position(control_comm_, layout_, trace_,
                               {where, steps_, micro_steps_, unit, held, static_cast<double>(cfg_.optim.lr),
-                               static_cast<double>(scaler_.scale())});
+                               static_cast<double>(scaler_.scale())},
+                              init_);
   }
 
   std::size_t owned_numel() const { return sharded_master ? layout_.shard_numel() : layout_.total_numel(); }
@@ -673,6 +782,17 @@ private:
     ctx_.fail_local(message, where);
   }
 
+  /// The operations on `Space` memory, on the compute stream.
+  space_ops<Space> ops() const { return space_ops<Space>{stream_}; }
+  /// The communicators' collectives follow the compute stream.
+  void follow_compute_stream() {
+    if constexpr (has_streams) {
+      comm_.set_compute_stream(stream_);
+      gather_comm_.set_compute_stream(stream_);
+      control_comm_.set_compute_stream(stream_);
+    }
+  }
+
   Comm comm_;           // gradient reductions, construction checks
   Comm gather_comm_;    // parameter gathers (coordinator): an order of its own
   Comm control_comm_;   // per-step agreement and the gradient norm
@@ -680,6 +800,7 @@ private:
   std::vector<std::string> reg_lines_;
   layout layout_;
   memory_tracker tracker_;
+  stream_type stream_;  // the compute stream (before ctx_, which refers to it)
   context ctx_;
   std::optional<coordinator_impl> coord_;
   std::optional<bucketer_impl> bucketer_;
@@ -696,6 +817,7 @@ private:
   long steps_ = 0;
   usage_stats stats_;
   detail::trace_log trace_;  // stage 3: acquires/releases this step, and their hash
+  detail::initial_values init_;  // hashes of values set since the last agreement
   int exceptions_at_birth_ = std::uncaught_exceptions();
 };
 

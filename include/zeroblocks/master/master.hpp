@@ -20,7 +20,9 @@
  * names what is missing) `set(offset, values, n)`, `read_master(offset, out, n)`,
  * `apply(slices, per_group)` — the fused pass over every owned slice, each with the
  * constants of its parameter group (`per_group[slice.group]`), the step — and
- * `static declare(master_shape, config, report&)` (the memory it holds).
+ * `static declare(master_shape, config, report&)` (the memory it holds) and
+ * `static tier_bytes(master_shape, config) -> std::size_t` (the disk it takes; 0 without
+ * a tier).
  *
  * Optional capabilities, declared in `caps`:
  *  - `transactional` → `commit()` / `rollback()`: the step is a transaction: the engine
@@ -138,6 +140,8 @@ consteval bool master_complete() {
                 "const std::vector<rule::args>& per_group)`");
   static_assert(requires(const cfg& k, memory_report& r) { I::declare(master_shape{}, k, r); },
                 "master role: impl lacks `static declare(master_shape, const config&, memory_report&)`");
+  static_assert(requires(const cfg& k) { { I::tier_bytes(master_shape{}, k) } -> std::convertible_to<std::size_t>; },
+                "master role: impl lacks `static std::size_t tier_bytes(master_shape, const config&)` (disk per rank)");
   if constexpr (M::caps.transactional)
     static_assert(requires(I& m) {
                     m.commit();

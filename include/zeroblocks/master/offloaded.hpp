@@ -5,8 +5,8 @@
  *        backward and 16-bit parameters up.
  *
  * The engine runs on `cuda_space` (gradients and parameters on the GPU); this policy
- * keeps the rank's optimizer state (12 B per owned element) in `pinned_space` memory,
- * registered with CUDA, plus a pinned copy of the 16-bit gradient shard (2 B per owned
+ * keeps the rank's optimizer state (12 B per owned element) in `cuda_pinned_space` memory
+ * (host memory registered with CUDA), plus a pinned copy of the 16-bit gradient shard (2 B per owned
  * element; DeepSpeed keeps an fp32 one, 4 B).
  *
  * Gradients go down during backward. With the stage 2/3 bucketer
@@ -27,7 +27,7 @@
  * while the previous chunk's parameters go up (host → device) on a second stream. Only
  * 16-bit values cross PCIe: 2 B down (per micro-step) and 2 B up per element (DeepSpeed
  * moves fp32 gradients down: 4 B). The parameters' upload is ordered before later work
- * on the compute stream (`cuda_space::compute_stream()`) with an event, so the next
+ * on the engine's compute stream (`Engine::set_compute_stream`, `ctx.stream`) with an event, so the next
  * forward waits for exactly what it needs. `stats()` counts the bytes each way.
  *
  * Results equal `master::resident` on the host bit for bit: the same host kernel on the
@@ -79,7 +79,7 @@ struct offloaded_config {
 struct offloaded {
   using master_concept = master_tag;
   /// Where the state lives (not `space`: it is not the engine's space, by design).
-  using state_space = pinned_space;
+  using state_space = cuda_pinned_space;
   static constexpr const char* name = "offloaded";
   using config = offloaded_config;
   static constexpr master_caps caps{.takes_shard_stream = true};
@@ -103,7 +103,7 @@ struct offloaded {
           chunk_(chunk(cfg, owned_)),
           st_(owned_, &ctx.tracker),
           grad_(owned_, mem_category::staging, &ctx.tracker) {
-      for (auto& p : param_) p = buffer<T, pinned_space>(chunk_, mem_category::staging, &ctx.tracker);
+      for (auto& p : param_) p = buffer<T, cuda_pinned_space>(chunk_, mem_category::staging, &ctx.tracker);
     }
     impl(const impl&) = delete;
     impl& operator=(const impl&) = delete;
@@ -114,13 +114,15 @@ struct offloaded {
       (void)cudaStreamSynchronize(up_);
     }
     using rule = typename Ctx::rule;
-    using state_t = optimizer_state<pinned_space, rule::state_count>;
+    using state_t = optimizer_state<cuda_pinned_space, rule::state_count>;
 
     static void declare(master_shape shape, const config& cfg, memory_report& r) {
       state_t::declare(shape.owned_numel, r);
       r.current[static_cast<std::size_t>(mem_category::staging)] +=
           (shape.owned_numel + 2 * chunk(cfg, shape.owned_numel)) * sizeof(T);
     }
+
+    static std::size_t tier_bytes(master_shape, const config&) { return 0; }
 
     void set(std::size_t offset, const float* values, std::size_t n) {
       std::memcpy(st_.master.data() + offset, values, n * sizeof(float));
@@ -136,7 +138,7 @@ struct offloaded {
       if (n == 0) return;
       ZB_REQUIRE(offset <= owned_ && n <= owned_ - offset, "master::offloaded: gradient block [", offset, ", ",
                  offset + n, ") outside the ", owned_, " owned elements");
-      ready_.record(cuda_space::compute_stream());
+      ready_.record(ctx_.stream);
       ready_.enqueue_wait(down_);
       cuda_space::copy_async(grad_.data() + offset, data, n * sizeof(T), down_);
       streamed_ += n;
@@ -149,7 +151,7 @@ struct offloaded {
     void shard_will_change() {
       if (in_flight_) {
         copied_.record(down_);
-        copied_.enqueue_wait(cuda_space::compute_stream());
+        copied_.enqueue_wait(ctx_.stream);
         in_flight_ = false;
       }
       streamed_ = 0;
@@ -161,7 +163,7 @@ struct offloaded {
       // its sub-groups.
       const auto work = detail::cut_into_chunks(slices, chunk_);
       if (work.empty()) return;
-      const cudaStream_t compute = cuda_space::compute_stream();
+      const cudaStream_t compute = ctx_.stream;
       // The gradients are final, and the parameters free to be overwritten, once the
       // compute stream's work so far is done: both copy streams follow it.
       ready_.record(compute);
@@ -206,8 +208,8 @@ struct offloaded {
     std::size_t owned_;
     std::size_t chunk_;
     state_t st_;
-    buffer<T, pinned_space> grad_;      ///< the 16-bit gradient shard, on the host
-    buffer<T, pinned_space> param_[2];  ///< new 16-bit parameters of chunk k, k+1
+    buffer<T, cuda_pinned_space> grad_;      ///< the 16-bit gradient shard, on the host
+    buffer<T, cuda_pinned_space> param_[2];  ///< new 16-bit parameters of chunk k, k+1
     cuda_stream down_, up_;
     cuda_event ready_, copied_, uploaded_[2], done_;
     std::vector<cuda_event> fetched_;  ///< per chunk, for copies started at step()

@@ -32,7 +32,6 @@ struct resident {
   template <class Ctx>
   class impl {
     using T = typename Ctx::param_type;
-    using ops = space_ops<Space>;
 
   public:
     using rule = typename Ctx::rule;
@@ -40,14 +39,15 @@ struct resident {
 
     impl(Ctx& ctx, const config&, master_shape shape) : ctx_(ctx), st_(shape.owned_numel, &ctx.tracker) {}
     static void declare(master_shape shape, const config&, memory_report& r) { state_t::declare(shape.owned_numel, r); }
+    static std::size_t tier_bytes(master_shape, const config&) { return 0; }
 
     void set(std::size_t offset, const float* values, std::size_t n) {
-      ops::from_host(st_.master.data() + offset, values, n * sizeof(float));
+      ctx_.ops().from_host(st_.master.data() + offset, values, n * sizeof(float));
     }
     const float* master(std::size_t offset) const { return st_.master.data() + offset; }
     /// @brief Copy `n` master values from owned element `offset` into `out`.
     void read_master(std::size_t offset, float* out, std::size_t n) const {
-      ops::to_host(out, st_.master.data() + offset, n * sizeof(float));
+      ctx_.ops().to_host(out, st_.master.data() + offset, n * sizeof(float));
     }
     /// @brief The optimizer's state array `k` (Adam: 0 = m, 1 = v) at owned element `offset`.
     const float* state(int k, std::size_t offset) const { return st_.state[k].data() + offset; }
@@ -55,9 +55,10 @@ struct resident {
     /// @brief The fused pass: upcast, unscale, clip, the rule's update, write master,
     /// its state and the parameter.
     void apply(const std::vector<step_slice<T>>& slices, const std::vector<typename rule::args>& per_group) {
+      const auto ops = ctx_.ops();
       for (const auto& s : slices) {
         const std::size_t o = s.master_offset;
-        ops::template fused_step<rule>(st_.master.data() + o, st_.states(o).data(), s.grad, s.param, s.numel,
+        ops.template fused_step<rule>(st_.master.data() + o, st_.states(o).data(), s.grad, s.param, s.numel,
                                        per_group[s.group], ctx_.threads);
       }
     }

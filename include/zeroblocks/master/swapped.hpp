@@ -162,6 +162,15 @@ struct swapped {
     impl(const impl&) = delete;
     impl& operator=(const impl&) = delete;
 
+    /// The tier's size on disk: two slots of every record, and with the parameters on
+    /// the tier two parameter sections, in whole stripes (`swap_tier_capacity`).
+    static std::size_t tier_bytes(master_shape shape, const config& cfg) {
+      const std::size_t s = sub_group(cfg, shape.owned_numel, shape.params_on_tier ? sizeof(T) : 0);
+      const std::size_t groups = shape.owned_numel == 0 ? 0 : (shape.owned_numel + s - 1) / s;
+      const std::size_t psec = shape.params_on_tier ? swap_round_up(sizeof(T) * shape.owned_numel) : 0;
+      return swap_tier_capacity(2 * groups * swap_round_up(record_bytes * s) + 2 * psec, cfg.swap);
+    }
+
     static void declare(master_shape shape, const config& cfg, memory_report& r) {
       const std::size_t s = sub_group(cfg, shape.owned_numel, shape.params_on_tier ? sizeof(T) : 0);
       r.current[static_cast<std::size_t>(mem_category::staging)] +=

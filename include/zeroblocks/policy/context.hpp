@@ -1,7 +1,7 @@
 /**
  * @file context.hpp
  * @brief What an engine hands its policies: the layout, the communicators, the memory
- * tracker and the host-kernel thread count.
+ * tracker, the compute stream and the host-kernel thread count.
  *
  * Policies are tag types with a nested `template <class Ctx> class impl` that the
  * engine instantiates with its `policy_context<T, Space, Comm>`, together with the
@@ -16,6 +16,7 @@
 #include "../core/error.hpp"
 #include "../layout/layout.hpp"
 #include "../space/memory.hpp"
+#include "../space/ops.hpp"
 
 #include <string>
 
@@ -36,7 +37,14 @@ struct policy_context {
   Comm& gather_comm;  ///< parameter gathers (coordinators): its own order, see comm::dup
   Comm& control_comm; ///< the engine's small agreements (not used by policies)
   memory_tracker& tracker;
+  /// The engine's compute stream (`Engine::set_compute_stream`): every operation a
+  /// policy runs on `Space` memory goes through `ops()`, on this stream. Host spaces:
+  /// `no_stream`. A reference, so a stream set after construction reaches the policies.
+  const typename Space::stream_type& stream;
   int threads = 0;    ///< host kernel threads per rank (0 = all OpenMP gives)
+
+  /// @brief The operations on `Space` memory, on the compute stream.
+  auto ops() const { return space_ops<Space>{stream}; }
 
   int rank() const { return comm.rank(); }
   int world() const { return comm.size(); }

@@ -1,8 +1,8 @@
 /**
  * @file cuda_ops.cuh
  * @brief `space_ops<cuda_space>`: the engine's operations on device memory (see
- *        `space/ops.hpp`), on the calling thread's compute stream
- *        (`cuda_space::compute_stream()`). Needs nvcc.
+ *        `space/ops.hpp`), on the stream it is made with (the engine's compute
+ *        stream). Needs nvcc.
  *
  * Copies are `cudaMemcpyAsync` on the compute stream; copies from or to host memory
  * synchronise that stream before they return (the host buffer may be reused at once).
@@ -55,67 +55,75 @@ inline unsigned grid_stride_blocks(std::size_t n) {
 
 }  // namespace detail
 
+/// @brief `cuda_space`: kernels and copies on the stream it was made with (the engine's
+/// compute stream; 0, the legacy default stream, when made without one).
 template <>
 struct space_ops<cuda_space> {
-  static cudaStream_t stream() { return cuda_space::compute_stream(); }
+  space_ops() = default;
+  explicit space_ops(cudaStream_t s) : stream_(s) {}
+  cudaStream_t stream() const { return stream_; }
 
-  static void copy(void* dst, const void* src, std::size_t bytes) { cuda_space::copy_async(dst, src, bytes, stream()); }
-  static void from_host(void* dst, const void* host_src, std::size_t bytes) {
+  void synchronize() const { ZB_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+  void copy(void* dst, const void* src, std::size_t bytes) const { cuda_space::copy_async(dst, src, bytes, stream_); }
+  void from_host(void* dst, const void* host_src, std::size_t bytes) const {
     if (!bytes) return;
-    cuda_space::copy_async(dst, host_src, bytes, stream());
-    ZB_CUDA_CHECK(cudaStreamSynchronize(stream()));
+    cuda_space::copy_async(dst, host_src, bytes, stream_);
+    synchronize();
   }
-  static void to_host(void* host_dst, const void* src, std::size_t bytes) {
+  void to_host(void* host_dst, const void* src, std::size_t bytes) const {
     if (!bytes) return;
-    cuda_space::copy_async(host_dst, src, bytes, stream());
-    ZB_CUDA_CHECK(cudaStreamSynchronize(stream()));
+    cuda_space::copy_async(host_dst, src, bytes, stream_);
+    synchronize();
   }
-  static void fill_zero(void* p, std::size_t bytes) { cuda_space::fill_zero_async(p, bytes, stream()); }
+  void fill_zero(void* p, std::size_t bytes) const { cuda_space::fill_zero_async(p, bytes, stream_); }
 
   template <class T>
-  static void accumulate(T* dst, const T* src, std::size_t n, int /*threads*/) {
+  void accumulate(T* dst, const T* src, std::size_t n, int /*threads*/) const {
     if (n == 0) return;
-    detail::cuda_accumulate_kernel<T><<<detail::grid_stride_blocks(n), 256, 0, stream()>>>(dst, src, n);
+    detail::cuda_accumulate_kernel<T><<<detail::grid_stride_blocks(n), 256, 0, stream_>>>(dst, src, n);
     ZB_CUDA_CHECK_LAUNCH("zeroblocks accumulate");
   }
   /// `dst = T(float(src) * s)`, one rounding (`dst` may equal `src`): the host's bits.
   template <class T>
-  static void scale(T* dst, const T* src, std::size_t n, float s, int /*threads*/) {
+  void scale(T* dst, const T* src, std::size_t n, float s, int /*threads*/) const {
     if (n == 0) return;
-    detail::cuda_scale_kernel<T><<<detail::grid_stride_blocks(n), 256, 0, stream()>>>(dst, src, n, s);
+    detail::cuda_scale_kernel<T><<<detail::grid_stride_blocks(n), 256, 0, stream_>>>(dst, src, n, s);
     ZB_CUDA_CHECK_LAUNCH("zeroblocks scale");
   }
   template <class G>
-  static kernel::grad_stats grad_sumsq(const G* g, std::size_t n, int /*threads*/) {
+  kernel::grad_stats grad_sumsq(const G* g, std::size_t n, int /*threads*/) const {
     if (n == 0) return {};
     auto* ws = static_cast<kernel::cuda::sumsq_workspace*>(
-        cuda_space::allocate_async(sizeof(kernel::cuda::sumsq_workspace), stream()));
+        cuda_space::allocate_async(sizeof(kernel::cuda::sumsq_workspace), stream_));
     try {
-      const auto st = kernel::cuda::grad_sumsq_sync(g, n, ws, stream());
-      cuda_space::deallocate_async(ws, stream());
+      const auto st = kernel::cuda::grad_sumsq_sync(g, n, ws, stream_);
+      cuda_space::deallocate_async(ws, stream_);
       return st;
     } catch (...) {
-      cuda_space::deallocate_async(ws, stream());
+      cuda_space::deallocate_async(ws, stream_);
       throw;
     }
   }
   template <class G, class P>
-  static void fused_adamw(float* master, float* m, float* v, const G* grad, P* param, std::size_t n,
-                          const kernel::adamw_step_args& a, int /*threads*/) {
+  void fused_adamw(float* master, float* m, float* v, const G* grad, P* param, std::size_t n,
+                   const kernel::adamw_step_args& a, int /*threads*/) const {
     if (n == 0) return;
-    kernel::cuda::fused_adamw(master, m, v, grad, param, n, a, stream());
+    kernel::cuda::fused_adamw(master, m, v, grad, param, n, a, stream_);
   }
   template <class Rule, class G, class P>
-  static void fused_step(float* master, float* const* state, const G* grad, P* param, std::size_t n,
-                         const typename Rule::args& a, int /*threads*/) {
+  void fused_step(float* master, float* const* state, const G* grad, P* param, std::size_t n,
+                  const typename Rule::args& a, int /*threads*/) const {
     if (n == 0) return;
-    kernel::cuda::fused_step<Rule>(master, state, grad, param, n, a, stream());
+    kernel::cuda::fused_step<Rule>(master, state, grad, param, n, a, stream_);
   }
   template <class T>
-  static void downcast(T* dst, const float* src, std::size_t n, float scale, int /*threads*/) {
+  void downcast(T* dst, const float* src, std::size_t n, float scale, int /*threads*/) const {
     if (n == 0) return;
-    kernel::cuda::downcast(dst, src, n, scale, stream());
+    kernel::cuda::downcast(dst, src, n, scale, stream_);
   }
+
+private:
+  cudaStream_t stream_ = nullptr;
 };
 
 ZB_NAMESPACE_END

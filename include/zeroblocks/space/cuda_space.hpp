@@ -1,7 +1,8 @@
 /**
  * @file cuda_space.hpp
  * @brief The space role on the GPU: `cuda_space` (device memory from a stream-ordered
- * pool), and RAII `cuda_stream` / `cuda_event`.
+ * pool), `cuda_pinned_space` (host memory registered with CUDA), and RAII `cuda_stream`
+ * / `cuda_event`.
  *
  * `cuda_space` is a space policy (see `host_space.hpp` for the role) whose bytes live in
  * the current device's memory and are not host accessible. Memory comes from a
@@ -39,9 +40,11 @@
 #include "host_space.hpp"
 
 #include <cuda_runtime.h>
+#include <unistd.h>
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <mutex>
 #include <utility>
@@ -172,16 +175,10 @@ struct cuda_space {
   /// @brief The largest alignment allocations guarantee (the CUDA allocators' 256 B).
   static constexpr std::size_t max_alignment = 256;
 
-  // ---- the compute stream ---------------------------------------------------------
-
-  /// @brief The stream on which the engine's operations on `cuda_space` memory run
-  /// (`space_ops<cuda_space>`: copies, accumulation, the optimizer kernels), per host
-  /// thread; the legacy default stream (0) until set. Set it to the trainer's stream
-  /// before building an engine, and call the engine from that thread: gradients, the
-  /// step and `comm::nccl`'s collectives (which follow this stream unless given another
-  /// with `set_compute_stream`) are then ordered after the trainer's kernels.
-  static cudaStream_t compute_stream() { return compute_stream_slot(); }
-  static void set_compute_stream(cudaStream_t s) { compute_stream_slot() = s; }
+  /// @brief What orders work on this space's memory. An engine on `cuda_space` holds
+  /// one, its *compute stream* (`Engine::set_compute_stream`): nothing reads a stream
+  /// from thread-local or global state.
+  using stream_type = cudaStream_t;
 
   // ---- stream-ordered -------------------------------------------------------------
 
@@ -295,10 +292,6 @@ private:
     cudaStream_t sync_stream = nullptr;
   };
 
-  static cudaStream_t& compute_stream_slot() {
-    static thread_local cudaStream_t s = nullptr;
-    return s;
-  }
   static void check_alignment(std::size_t alignment) {
     ZB_REQUIRE(alignment != 0 && (alignment & (alignment - 1)) == 0 && alignment <= max_alignment,
                "cuda_space: alignment ", alignment, " must be a power of two no larger than ", max_alignment);
@@ -338,5 +331,51 @@ private:
 };
 
 static_assert(space_policy<cuda_space>);
+
+/// @brief Host memory registered with CUDA (`cudaHostRegister`, portable: pinned for every
+/// device and context), so the GPU reads and writes it by DMA and `cudaMemcpyAsync` from
+/// it does not block the host: ZeRO-Offload's host state (`master::offloaded`).
+///
+/// Each allocation starts on a page of its own (CUDA registers whole pages and refuses a
+/// range that overlaps one registered before): at most a page minus one byte of slack at
+/// the end, and exactly `bytes` registered — never a power-of-two rounding (DeepSpeed
+/// issue #3000). When registration fails (no usable GPU, RLIMIT_MEMLOCK) the pages stay
+/// pageable and `last_lock_ok()` tells; correctness never depends on it, copy speed does.
+struct cuda_pinned_space {
+  using space_concept = space_tag;
+  static constexpr const char* name = "cuda_pinned";
+  static constexpr bool host_accessible = true;
+  using stream_type = no_stream;
+
+  static void* allocate(std::size_t bytes, std::size_t alignment = default_alignment) {
+    void* p = host_space::allocate(bytes, alignment > page() ? alignment : page());
+    last_lock_ok() = p != nullptr && cudaHostRegister(p, bytes, cudaHostRegisterPortable) == cudaSuccess;
+    if (p && !last_lock_ok()) (void)cudaGetLastError();  // not sticky: leave no trace for the next call
+    return p;
+  }
+  static void deallocate(void* p, std::size_t /*bytes*/) {
+    // Not registered (registration failed): cudaErrorHostMemoryNotRegistered, cleared.
+    if (p && cudaHostUnregister(p) != cudaSuccess) (void)cudaGetLastError();
+    std::free(p);
+  }
+  static void copy(void* dst, const void* src, std::size_t bytes) { host_space::copy(dst, src, bytes); }
+  static void fill_zero(void* p, std::size_t bytes) { host_space::fill_zero(p, bytes); }
+  /// @brief Whether the most recent allocation (on this thread) could be registered.
+  static bool& last_lock_ok() {
+    static thread_local bool ok = false;
+    return ok;
+  }
+
+private:
+  static std::size_t page() {
+    static const std::size_t v = [] {
+      const long r = ::sysconf(_SC_PAGESIZE);
+      return r > 0 ? static_cast<std::size_t>(r) : std::size_t{4096};
+    }();
+    return v;
+  }
+};
+
+static_assert(space_policy<cuda_pinned_space>);
 
 ZB_NAMESPACE_END

@@ -5,15 +5,16 @@
  * A space is a tag type with `using space_concept = space_tag;` and static
  * `allocate(bytes, alignment)`, `deallocate(p, bytes)`, `copy`, `fill`. `host_space`
  * is pageable host memory aligned for the widest vector loads; `pinned_space` is
- * page-locked host memory: `mlock`ed in a host-only build, registered with CUDA
- * (`cudaHostRegister`, so copies to and from the GPU run at full speed and
- * asynchronously) when `ZB_HAVE_CUDA` is 1 — always at the exact size asked for, never
- * rounded to a power of two. `cuda_space` (device memory) is in `cuda_space.hpp`.
- * `buffer<T, Space>` is the owning, tracked allocation every component uses.
+ * page-locked host memory (`mlock`), at the exact size asked for, never rounded to a
+ * power of two. `cuda_space` (device memory) and `cuda_pinned_space` (host memory
+ * registered with CUDA for DMA) are in `cuda_space.hpp`: which pinning a buffer gets is
+ * in its type, never in a macro, so every translation unit of a program sees the same
+ * classes whatever its include paths. `buffer<T, Space>` is the owning, tracked
+ * allocation every component uses.
  *
- * `ZB_HAVE_CUDA` is defined to 1 by the `zeroblocks::cuda` CMake target. It changes
- * `pinned_space`'s implementation, so every translation unit of one program must see the
- * same value (link every target of the program against the same zeroblocks target).
+ * Every space names its `stream_type`: what orders work on its memory. Host spaces have
+ * none (`no_stream`, an empty type); `cuda_space`'s is a `cudaStream_t`, which an engine
+ * on it holds as its compute stream (`Engine::set_compute_stream`).
  */
 #pragma once
 
@@ -22,11 +23,6 @@
 #include "memory.hpp"
 
 #include <sys/mman.h>
-#include <unistd.h>
-
-#if defined(ZB_HAVE_CUDA) && ZB_HAVE_CUDA
-#include <cuda_runtime_api.h>
-#endif
 
 #include <concepts>
 #include <cstdlib>
@@ -50,6 +46,12 @@ concept space_policy = std::same_as<typename S::space_concept, space_tag> &&
                          S::fill_zero(p, n);
                        };
 
+/// @brief The stream type of a space whose work is ordered by program order alone (the
+/// host spaces): empty.
+struct no_stream {
+  friend constexpr bool operator==(no_stream, no_stream) { return true; }
+};
+
 /// @brief Alignment of every library allocation: a cache line, also the AVX-512 width.
 inline constexpr std::size_t default_alignment = 64;
 
@@ -58,6 +60,7 @@ struct host_space {
   using space_concept = space_tag;
   static constexpr const char* name = "host";
   static constexpr bool host_accessible = true;
+  using stream_type = no_stream;
 
   static void* allocate(std::size_t bytes, std::size_t alignment = default_alignment) {
     if (bytes == 0) return nullptr;
@@ -75,30 +78,27 @@ struct host_space {
   }
 };
 
-/// @brief Page-locked host memory.
+/// @brief Page-locked host memory (`mlock`, best effort under RLIMIT_MEMLOCK): the NVMe
+/// tier's staging buffers, which `O_DIRECT` reads and writes. Memory the GPU copies from
+/// by DMA is `cuda_pinned_space` (`cuda_space.hpp`), registered with CUDA instead.
 ///
-/// Without CUDA: `mlock`, best effort under RLIMIT_MEMLOCK. With CUDA (`ZB_HAVE_CUDA`
-/// is 1): `cudaHostRegister` (portable: pinned for every device and context), so the GPU
-/// reads and writes it by DMA and `cudaMemcpyAsync` from it does not block the host.
-///
-/// The allocation is `bytes` rounded up to the alignment (with CUDA: to whole pages,
-/// each allocation on pages of its own), and exactly `bytes` are locked or registered —
-/// never a power of two (DeepSpeed issue #3000: pinned OOM from the caching host
-/// allocator's rounding). When the pages cannot be locked or registered
-/// (RLIMIT_MEMLOCK, no usable GPU), they stay pageable and `last_lock_ok()` tells;
-/// correctness never depends on pinning, only copy speed does.
+/// The allocation is `bytes` rounded up to the alignment, and exactly `bytes` are
+/// locked — never a power of two (DeepSpeed issue #3000: pinned OOM from the caching
+/// host allocator's rounding). When the pages cannot be locked (RLIMIT_MEMLOCK), they
+/// stay pageable and `last_lock_ok()` tells; correctness never depends on pinning.
 struct pinned_space {
   using space_concept = space_tag;
   static constexpr const char* name = "pinned";
   static constexpr bool host_accessible = true;
+  using stream_type = no_stream;
 
   static void* allocate(std::size_t bytes, std::size_t alignment = default_alignment) {
-    void* p = host_space::allocate(bytes, lock_alignment(alignment));
-    last_lock_ok() = p != nullptr && lock(p, bytes);
+    void* p = host_space::allocate(bytes, alignment);
+    last_lock_ok() = p != nullptr && ::mlock(p, bytes) == 0;
     return p;
   }
   static void deallocate(void* p, std::size_t bytes) {
-    if (p) unlock(p, bytes);
+    if (p) ::munlock(p, bytes);
     std::free(p);
   }
   static void copy(void* dst, const void* src, std::size_t bytes) { host_space::copy(dst, src, bytes); }
@@ -108,33 +108,6 @@ struct pinned_space {
     static thread_local bool ok = false;
     return ok;
   }
-
-private:
-#if defined(ZB_HAVE_CUDA) && ZB_HAVE_CUDA
-  /// CUDA registers whole pages and refuses a range that overlaps one registered
-  /// before, so two small buffers must never share a page: start each on its own page
-  /// (at most a page minus one byte of slack at the end — not a power-of-two rounding).
-  static std::size_t lock_alignment(std::size_t alignment) {
-    static const std::size_t page = [] {
-      const long v = ::sysconf(_SC_PAGESIZE);
-      return v > 0 ? static_cast<std::size_t>(v) : std::size_t{4096};
-    }();
-    return alignment > page ? alignment : page;
-  }
-  static bool lock(void* p, std::size_t bytes) {
-    if (cudaHostRegister(p, bytes, cudaHostRegisterPortable) == cudaSuccess) return true;
-    (void)cudaGetLastError();  // registration errors are not sticky: leave no trace for the next call
-    return false;
-  }
-  static void unlock(void* p, std::size_t /*bytes*/) {
-    // Not registered (registration failed): cudaErrorHostMemoryNotRegistered, cleared.
-    if (cudaHostUnregister(p) != cudaSuccess) (void)cudaGetLastError();
-  }
-#else
-  static std::size_t lock_alignment(std::size_t alignment) { return alignment; }
-  static bool lock(void* p, std::size_t bytes) { return ::mlock(p, bytes) == 0; }
-  static void unlock(void* p, std::size_t bytes) { ::munlock(p, bytes); }
-#endif
 };
 
 static_assert(space_policy<host_space>);

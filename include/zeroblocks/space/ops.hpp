@@ -5,14 +5,17 @@
  *        kernels — so that no policy dereferences memory it cannot reach.
  *
  * The engine never touches parameter, gradient or optimizer memory directly: it calls
- * `space_ops<Space>`. For host spaces (`host_space`, `pinned_space`) these are
- * `memcpy`/`memset` and the vectorised host kernels of `kernel/host.hpp`, exactly what
- * the engine called before this layer existed. For `cuda_space` the specialisation is
- * in `space/cuda_ops.cuh` (nvcc): the `.cuh` kernels and `cudaMemcpyAsync` on the
- * calling thread's compute stream (`cuda_space::compute_stream()`), with a stream
- * synchronisation only where the host needs a result (`grad_sumsq`, `to_host`). A
- * translation unit that instantiates an engine on `cuda_space` must include
- * `zeroblocks/cuda.cuh` (or `space/cuda_ops.cuh`) first.
+ * `space_ops<Space>`. A `space_ops<Space>` is a small value made from the space's
+ * `stream_type` (`space_ops<Space>{stream}`), and the stream it runs on is the one it
+ * was given — there is no ambient stream. For host spaces (`host_space`,
+ * `pinned_space`; `stream_type` is the empty `no_stream`) the operations are
+ * `memcpy`/`memset` and the vectorised host kernels of `kernel/host.hpp`. For
+ * `cuda_space` the specialisation is in `space/cuda_ops.cuh` (nvcc): the `.cuh` kernels
+ * and `cudaMemcpyAsync` on the stream it holds (the engine's compute stream, see
+ * `Engine::set_compute_stream`), with a stream synchronisation only where the host
+ * needs a result (`grad_sumsq`, `to_host`, `from_host`, `synchronize`). A translation
+ * unit that instantiates an engine on `cuda_space` must include `zeroblocks/cuda.cuh`
+ * (or `space/cuda_ops.cuh`) first.
  *
  * Operations (n elements; "in the space" = memory of `Space`):
  *  - `copy(dst, src, bytes)`: within the space;
@@ -25,7 +28,8 @@
  *    of any optimizer rule (`state`: its `Rule::state_count` fp32 arrays);
  *  - `downcast(dst, src, n, scale, threads)`;
  *  - `scale(dst, src, n, scale, threads)`: `dst = T(scale * float(src))`, rounded once
- *    (a one-rank reduction: what `comm::basic_self` does for a reduce-scatter).
+ *    (a one-rank reduction: what `comm::basic_self` does for a reduce-scatter);
+ *  - `synchronize()`: returns once the work submitted so far is complete.
  * `threads` is the host kernels' thread count (ignored on the GPU).
  */
 #pragma once
@@ -46,8 +50,11 @@ ZB_NAMESPACE_BEGIN
 template <class Space>
 struct space_ops;
 
-/// @brief Host spaces: `memcpy` and the host kernels.
+/// @brief Host spaces: `memcpy` and the host kernels, in program order.
 struct host_ops {
+  host_ops() = default;
+  explicit host_ops(no_stream) {}
+  static void synchronize() {}
   static void copy(void* dst, const void* src, std::size_t bytes) {
     if (bytes) std::memcpy(dst, src, bytes);
   }
@@ -93,9 +100,13 @@ struct host_ops {
 };
 
 template <>
-struct space_ops<host_space> : host_ops {};
+struct space_ops<host_space> : host_ops {
+  using host_ops::host_ops;
+};
 template <>
-struct space_ops<pinned_space> : host_ops {};
+struct space_ops<pinned_space> : host_ops {
+  using host_ops::host_ops;
+};
 
 /// @brief Whether `space_ops<Space>` is defined (complete) at this point.
 template <class Space>

@@ -102,6 +102,13 @@ struct swap_config {
   std::function<swap_fault(const swap_request_info&)> fault_hook;
 };
 
+/// @brief The disk a tier of `bytes` logical bytes takes: whole `block_size` stripes
+/// (what the files are preallocated to; `swap_files::capacity`).
+inline std::size_t swap_tier_capacity(std::size_t bytes, const swap_config& cfg) {
+  const std::size_t b = cfg.block_size ? cfg.block_size : 1;
+  return (bytes + b - 1) / b * b;
+}
+
 /// @brief Byte counters of a backend.
 struct swap_stats {
   std::uint64_t bytes_read = 0;     ///< bytes moved from the files (whole 4 KiB blocks)

@@ -20,7 +20,6 @@ namespace bucket::detail {
 template <class Ctx>
 class full_grads {
   using T = typename Ctx::param_type;
-  using ops = space_ops<typename Ctx::space>;
 
 public:
   template <class Config>
@@ -38,12 +37,12 @@ public:
     if (pp.numel == 0) return;  // (an empty span may carry a null pointer)
     T* dst = grads_.data() + pp.offset;
     // The first micro-step of a step copies; later ones add with one rounding.
-    if (micro_steps_ == 0) ops::copy(dst, g, pp.numel * sizeof(T));
-    else ops::accumulate(dst, g, pp.numel, ctx_.threads);
+    if (micro_steps_ == 0) ctx_.ops().copy(dst, g, pp.numel * sizeof(T));
+    else ctx_.ops().accumulate(dst, g, pp.numel, ctx_.threads);
   }
   void end_micro_step() { ++micro_steps_; }
   void zero() {
-    ops::fill_zero(grads_.data(), grads_.bytes());  // stream-ordered on the GPU
+    ctx_.ops().fill_zero(grads_.data(), grads_.bytes());  // stream-ordered on the GPU
     micro_steps_ = 0;
   }
   T* unit_base(std::size_t u) { return grads_.data() + ctx_.lay.unit(u).offset; }

@@ -39,9 +39,8 @@ struct nccl_state : std::enable_shared_from_this<nccl_state> {
   comm::nccl_config cfg;
   std::shared_ptr<nccl_abort_channel> channel;
   cudaStream_t stream = nullptr;   ///< owned: where the collectives run
-  /// The trainer's stream (not owned); unset: `cuda_space::compute_stream()` of the
-  /// calling thread, the stream the engine's own copies and kernels run on.
-  std::optional<cudaStream_t> compute;
+  /// The trainer's stream (not owned), which collectives follow: stream 0 until set.
+  cudaStream_t compute = nullptr;
   cudaEvent_t ready = nullptr;  ///< recorded on the compute stream before each collective
   std::vector<cudaEvent_t> spare_events;
   void* barrier_word = nullptr;  ///< a few bytes of device memory barriers reduce
@@ -52,8 +51,6 @@ struct nccl_state : std::enable_shared_from_this<nccl_state> {
 
   nccl_state() = default;
   nccl_state(const nccl_state&) = delete;
-  /// @brief The stream collectives follow and `wait()` orders, now.
-  cudaStream_t compute_now() const { return compute ? *compute : cuda_space::compute_stream(); }
   nccl_state& operator=(const nccl_state&) = delete;
 
   /// @brief Wrap an NCCL communicator being initialised (`ncclCommInitRankConfig` or
@@ -61,7 +58,7 @@ struct nccl_state : std::enable_shared_from_this<nccl_state> {
   /// events and barrier word. On failure the communicator is aborted, peers are told.
   static std::shared_ptr<nccl_state> make(ncclComm_t c, int rank, int size, const comm::nccl_config& cfg,
                                           std::shared_ptr<nccl_abort_channel> channel,
-                                          std::optional<cudaStream_t> compute,
+                                          cudaStream_t compute,
                                           const char* what) {
     auto s = std::make_shared<nccl_state>();
     s->comm = c;

@@ -66,7 +66,7 @@ public:
     ZB_REQUIRE(cfg.queue_depth >= 1, "swap: queue_depth must be >= 1 (got ", cfg.queue_depth, ")");
     ZB_REQUIRE(cfg.threads >= 1, "swap: threads must be >= 1 (got ", cfg.threads, ")");
     const std::size_t b = cfg.block_size, nf = cfg.paths.size();
-    capacity_ = (bytes + b - 1) / b * b;
+    capacity_ = swap_tier_capacity(bytes, cfg);
     const std::size_t stripes = capacity_ / b;
     // A random token tells this tier's files from any other's in the same process (no
     // process-wide counter: no hidden state).
