@@ -32,10 +32,12 @@ const char* usage =
     "  --registry FILE             one parameter per line: name unit dims [group] (dims like 4096x11008)\n"
     "KNOBS (the engine's defaults unless given; numbers take K, M, G suffixes or 1e9 forms):\n"
     "  --bucket-numel N  --bucket-count N  --prefetch-numel N  --max-live-numel N\n"
-    "  --max-reuse-numel N  --persistence N  --sub-group-numel N  --buffer-count N  --align N\n"
-    "Presets: stage0 stage1 stage2 stage3 stage3_on_demand stage2_nvme stage3_nvme infinity (default:\n"
-    "stage1,stage2,stage3,infinity). Memory is per rank, at rest (a stage-3 step gathers units on top,\n"
-    "bounded by the prefetch knobs); elements per step are this rank's collectives' payload in a\n"
+    "  --max-reuse-numel N  --persistence N  --sub-group-numel N  --buffer-count N  --chunk-numel N\n"
+    "  --align N\n"
+    "Presets: stage0 stage1 stage2 stage3 stage3_on_demand stage2_offload stage3_offload stage2_nvme\n"
+    "stage3_nvme infinity (default: stage1,stage2,stage3,infinity). Memory is per rank, at rest (a\n"
+    "stage-3 step gathers units on top, bounded by the prefetch knobs); 'host' is the part of it in\n"
+    "pinned host memory (ZeRO-Offload); elements per step are this rank's collectives' payload in a\n"
     "steady-state step (every unit acquired forward then backward in each micro-step).\n";
 
 [[noreturn]] void die(const std::string& m) {
@@ -130,6 +132,7 @@ int main(int argc, char** argv) {
     else if (a == "--persistence") k.persistence_threshold_numel = number(v, a.c_str());
     else if (a == "--sub-group-numel") k.sub_group_numel = number(v, a.c_str());
     else if (a == "--buffer-count") k.buffer_count = static_cast<int>(number(v, a.c_str()));
+    else if (a == "--chunk-numel") k.chunk_numel = number(v, a.c_str());
     else if (a == "--align") k.align_numel = number(v, a.c_str());
     else die("unknown option " + a);
   }
@@ -168,8 +171,9 @@ int main(int argc, char** argv) {
                 count(static_cast<double>(raw)).c_str(), reg.units().size(), dtype.c_str(), k.micro_steps);
     std::printf("memory per rank in GiB at rest (master+optim: fp32 master and AdamW m, v; NVMe presets: on disk "
                 "instead, staged); elements: this rank's payload per step\n\n");
-    std::printf("%-17s %6s %9s %9s %13s %8s %10s %8s %10s %10s %10s %12s\n", "preset", "ranks", "params16", "grads16",
-                "master+optim", "buckets", "persistent", "staging", "total", "ZeRO", "disk", "elements");
+    std::printf("%-17s %6s %9s %9s %13s %8s %10s %8s %10s %8s %10s %10s %12s\n", "preset", "ranks", "params16",
+                "grads16", "master+optim", "buckets", "persistent", "staging", "total", "host", "ZeRO", "disk",
+                "elements");
     for (const auto& preset : presets)
       for (int w : worlds) {
         const auto r = zb::plan::estimate(preset, dtype, reg, w, k);
@@ -177,11 +181,11 @@ int main(int argc, char** argv) {
         using c = zb::mem_category;
         std::size_t total = 0;
         for (auto b : m.current) total += b;
-        std::printf("%-17s %6d %9s %9s %13s %8s %10s %8s %10s %10s %10s %12s\n", preset.c_str(), w,
+        std::printf("%-17s %6d %9s %9s %13s %8s %10s %8s %10s %8s %10s %10s %12s\n", preset.c_str(), w,
                     gib(m[c::params16]).c_str(), gib(m[c::grads16]).c_str(),
                     gib(m[c::master_fp32] + m[c::adam_m] + m[c::adam_v]).c_str(), gib(m[c::buckets]).c_str(),
                     gib(m[c::persistent]).c_str(), gib(m[c::staging]).c_str(), gib(total).c_str(),
-                    gib(r.formula_bytes).c_str(), gib(r.disk_bytes).c_str(),
+                    gib(r.host_bytes).c_str(), gib(r.formula_bytes).c_str(), gib(r.disk_bytes).c_str(),
                     count(static_cast<double>(r.traffic.payload())).c_str());
       }
   } catch (const zb::error& e) {

@@ -22,14 +22,16 @@
  * Presets: `stage0`, `stage1`, `stage2`, `stage3`, `stage3_on_demand` (memory in the
  * engine's space — host or GPU alike), `stage2_nvme`, `stage3_nvme`, `infinity` (the
  * NVMe tier: fp32 master and optimizer state on disk, `infinity` the 16-bit shard too).
- * ZeRO-Offload (`stage2_offload`, `stage3_offload`) holds the same bytes as `stage2` /
- * `stage3` except that the fp32 master and optimizer state sit in pinned host memory,
- * plus 16-bit staging; its presets need the CUDA runtime and are not planned here.
+ * ZeRO-Offload (`stage2_offload`, `stage3_offload`): the coordinator's and bucketer's
+ * bytes on the GPU as `stage2` / `stage3`, and `master::offloaded`'s declaration
+ * (`master/offloaded_plan.hpp`, no CUDA needed) in pinned host memory
+ * (`result::host_bytes`).
  */
 #pragma once
 
 #include "comm/self.hpp"
 #include "engine/presets.hpp"
+#include "master/offloaded_plan.hpp"
 #include "master/swapped.hpp"
 
 #include <cstddef>
@@ -53,6 +55,7 @@ struct knobs {
   std::optional<std::size_t> persistence_threshold_numel;  ///< cfg.coordinate.persistence_threshold_numel
   std::optional<std::size_t> sub_group_numel;              ///< cfg.master.sub_group_numel (NVMe)
   std::optional<int> buffer_count;                         ///< cfg.master.buffer_count (NVMe)
+  std::optional<std::size_t> chunk_numel;                  ///< cfg.master.chunk_numel (offload)
   std::optional<std::size_t> align_numel;                  ///< cfg.partition.align_numel
   int micro_steps = 1;                                     ///< gradient accumulation steps per step
 };
@@ -69,6 +72,7 @@ struct result {
   memory_report memory;          ///< bytes at rest per category (`current`)
   std::size_t formula_bytes = 0; ///< the ZeRO paper's model-state bytes for this stage
   std::size_t disk_bytes = 0;    ///< the NVMe tier's files per rank (0 without one)
+  std::size_t host_bytes = 0;    ///< of `memory`, what sits in pinned host memory (offload presets)
   comm_counters traffic;         ///< payload elements per steady-state step, per collective
   std::size_t elem_bytes = 2;    ///< bytes of the parameter type
 };
@@ -118,10 +122,35 @@ result estimate_for(const param_registry& reg, int world, const typename E::conf
   return r;
 }
 
+/// @brief The plan of a ZeRO-Offload composition: engine type `E` gives the layout, the
+/// coordinator's and bucketer's bytes (on the GPU) and the traffic; the master is
+/// `master::offloaded` with `mcfg` (in pinned host memory).
+template <class E>
+result estimate_offload_for(const param_registry& reg, int world, const typename E::config& cfg,
+                            const master::offloaded_config& mcfg, step_shape s) {
+  static_assert(E::sharded_master, "plan: ZeRO-Offload shards the optimizer state (stage 1-3 compositions)");
+  mcfg.validate();
+  result r = estimate_for<E>(reg, world, cfg, s);
+  const layout lay = E::plan_layout(reg, world, cfg);
+  memory_report m;
+  E::coordinator_impl::declare(lay, cfg.coordinate, world, m, sizeof(typename E::param_type));
+  E::bucketer_impl::declare(lay, cfg.bucket, world, m, sizeof(typename E::param_type));
+  memory_report host;
+  master::offloaded_declare<sizeof(typename E::param_type), E::optimizer_type::rule::state_count>(
+      master_shape{lay.shard_numel(), false}, mcfg, host);
+  for (std::size_t c = 0; c < mem_category_count; ++c) {
+    m.current[c] += host.current[c];
+    r.host_bytes += host.current[c];
+  }
+  r.memory = m;
+  return r;
+}
+
 /// @brief The preset names `estimate` knows.
 inline const std::vector<std::string>& presets() {
-  static const std::vector<std::string> v = {"stage0",      "stage1",      "stage2",   "stage3", "stage3_on_demand",
-                                             "stage2_nvme", "stage3_nvme", "infinity"};
+  static const std::vector<std::string> v = {"stage0",         "stage1",         "stage2",      "stage3",
+                                             "stage3_on_demand", "stage2_offload", "stage3_offload", "stage2_nvme",
+                                             "stage3_nvme",    "infinity"};
   return v;
 }
 
@@ -139,6 +168,16 @@ result by_preset(const std::string& preset, const param_registry& reg, int world
   if (preset == "stage2") return run.template operator()<stage2<C, T>>();
   if (preset == "stage3") return run.template operator()<stage3<C, T>>();
   if (preset == "stage3_on_demand") return run.template operator()<stage3_on_demand<C, T>>();
+  auto offload = [&]<class E>() {
+    typename E::config cfg;
+    apply(cfg, k);
+    master::offloaded_config mcfg;
+    if (k.chunk_numel) mcfg.chunk_numel = *k.chunk_numel;
+    return estimate_offload_for<E>(reg, world, cfg, mcfg, step_shape{k.micro_steps});
+  };
+  // The GPU presets' coordinator and bucketer, on the host engine of the same stage.
+  if (preset == "stage2_offload") return offload.template operator()<stage2<C, T>>();
+  if (preset == "stage3_offload") return offload.template operator()<stage3<C, T>>();
   if (preset == "stage2_nvme") return run.template operator()<stage2_nvme<C, T>>();
   if (preset == "stage3_nvme") return run.template operator()<stage3_nvme<C, T>>();
   if (preset == "infinity") return run.template operator()<infinity<C, T>>();

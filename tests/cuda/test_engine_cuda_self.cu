@@ -5,6 +5,8 @@
 // bucketer, at step() with stage 1's. Skipped without a GPU.
 #include "engine_compare.cuh"
 
+#include <zeroblocks/plan.hpp>
+
 using namespace zbgt;
 
 TEST_CASE_TEMPLATE("stages 0-3 and the offload presets on cuda_space with comm::cuda_self equal the host engine",
@@ -68,6 +70,11 @@ TEST_CASE("master::offloaded moves 16-bit gradients down during backward and 16-
     CHECK(eng.memory()[zb::mem_category::master_fp32] == owned * 4);
     CHECK(eng.memory()[zb::mem_category::staging] ==
           (owned + 2 * zb::master::offloaded::chunk(eng.get_config().master, owned)) * sizeof(T));
+    // The planner's figures for this composition (zeroblocks-plan's stage2_offload).
+    using host_twin = zb::stage2<zb::comm::self, T>;
+    const auto want = zb::plan::estimate_offload_for<host_twin>(m.reg, 1, cfg.config_of<host_twin>(1),
+                                                                eng.get_config().master, zb::step_shape{o.micro});
+    for (std::size_t c = 0; c < zb::mem_category_count; ++c) CHECK(eng.memory().current[c] == want.memory.current[c]);
   }
   {
     stage1_offload<zb::comm::cuda_self, T> eng(m.reg, {}, cfg.config_of<stage1_offload<zb::comm::cuda_self, T>>(1), scope.stream);

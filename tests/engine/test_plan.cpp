@@ -142,6 +142,26 @@ TEST_CASE("LLaMA shapes have the published parameter counts; 65,536 ranks plan w
   CHECK(nvme.disk_bytes >= 2 * (12 + 2) * (nvme.psi / 1024));  // two slots of master, m, v and parameters
 }
 
+TEST_CASE("ZeRO-Offload plans: the GPU holds stage 2's or 3's buffers, pinned host memory the fp32 state") {
+  const int world = 4;
+  const auto reg = zb::plan::llama({256, 4, 688, 1000, 64});
+  zb::plan::knobs k;
+  k.chunk_numel = 1000;
+  for (const char* p : {"stage2", "stage3"}) {
+    const auto gpu = zb::plan::estimate(p, "bf16", reg, world, k);
+    const auto off = zb::plan::estimate(std::string(p) + "_offload", "bf16", reg, world, k);
+    INFO(p);
+    const std::size_t shard = gpu.psi / world;
+    CHECK(off.host_bytes == 12 * shard + (shard + 2 * 1000) * 2);  // master, m, v + 16-bit staging
+    CHECK(off.memory[zb::mem_category::params16] == gpu.memory[zb::mem_category::params16]);
+    CHECK(off.memory[zb::mem_category::grads16] == gpu.memory[zb::mem_category::grads16]);
+    CHECK(off.memory[zb::mem_category::buckets] == gpu.memory[zb::mem_category::buckets]);
+    CHECK(off.memory[zb::mem_category::master_fp32] == 4 * shard);
+    CHECK(off.traffic.payload() == gpu.traffic.payload());
+    CHECK(gpu.host_bytes == 0);
+  }
+}
+
 TEST_CASE("the planner refuses what it cannot plan") {
   const auto reg = zb::plan::uniform(1000, 3);
   CHECK(zbt::has(zbt::error_of([&] { (void)zb::plan::estimate("stage9", "bf16", reg, 8); }), "unknown preset 'stage9'"));

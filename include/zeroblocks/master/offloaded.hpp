@@ -42,6 +42,7 @@
 #include "../space/cuda_space.hpp"
 #include "../space/host_space.hpp"
 #include "detail/chunks.hpp"
+#include "offloaded_plan.hpp"
 #include "master.hpp"
 
 #include <cuda_runtime.h>
@@ -54,27 +55,6 @@
 ZB_NAMESPACE_BEGIN
 namespace master {
 
-/// @brief Bytes `master::offloaded` moved over PCIe (per rank, since construction).
-struct offloaded_stats {
-  std::uint64_t grad_bytes_down_backward = 0;  ///< 16-bit gradient blocks copied during backward
-  std::uint64_t grad_bytes_down_step = 0;      ///< 16-bit gradients copied at step() (stages 0/1)
-  std::uint64_t param_bytes_up = 0;            ///< 16-bit parameters copied up after the host step
-  std::uint64_t steps = 0;                     ///< applied steps
-};
-
-/// @brief Knob of `master::offloaded` (`cfg.master`); must agree across ranks.
-struct offloaded_config {
-  /// Elements per pipeline chunk of the host step: the host kernel runs on one chunk
-  /// while the previous chunk's 16-bit parameters go up. Two pinned staging buffers of
-  /// this many 16-bit elements. [DeepSpeed has none: its CPU Adam runs whole, then copies]
-  std::size_t chunk_numel = std::size_t{1} << 24;
-
-  void validate() const { ZB_REQUIRE(chunk_numel >= 1, "master.chunk_numel must be >= 1"); }
-  /// Calls `v(name, field)` for each knob that must agree across ranks (`policy/config.hpp`).
-  template <class Self, class V>
-  static void fields_of(Self& c, V&& v) { v("chunk_numel", c.chunk_numel); }
-};
-
 /// @brief fp32 master, m, v in pinned host memory; host step; 16-bit copies over PCIe.
 struct offloaded {
   using master_concept = master_tag;
@@ -85,9 +65,7 @@ struct offloaded {
   static constexpr master_caps caps{.takes_shard_stream = true};
 
   /// @brief Elements per pipeline chunk.
-  static std::size_t chunk(const config& cfg, std::size_t owned) {
-    return std::max<std::size_t>(1, std::min(cfg.chunk_numel, std::max<std::size_t>(owned, 1)));
-  }
+  static std::size_t chunk(const config& cfg, std::size_t owned) { return offloaded_chunk(cfg, owned); }
 
   template <class Ctx>
   class impl {
@@ -117,9 +95,7 @@ struct offloaded {
     using state_t = optimizer_state<cuda_pinned_space, rule::state_count>;
 
     static void declare(master_shape shape, const config& cfg, memory_report& r) {
-      state_t::declare(shape.owned_numel, r);
-      r.current[static_cast<std::size_t>(mem_category::staging)] +=
-          (shape.owned_numel + 2 * chunk(cfg, shape.owned_numel)) * sizeof(T);
+      offloaded_declare<sizeof(T), rule::state_count>(shape, cfg, r);
     }
 
     static std::size_t tier_bytes(master_shape, const config&) { return 0; }
