@@ -561,6 +561,69 @@ public:
   }
   stream_type compute_stream() const { return stream_; }
 
+  // ---- checkpoint support (zeroblocks/checkpoint/checkpoint.hpp) ------------------
+
+  /// @brief fp32 arrays per element a checkpoint holds: the master and the optimizer
+  /// rule's state arrays (array 0 the master, k ≥ 1 state array k−1).
+  static constexpr int state_arrays = 1 + Optim::rule::state_count;
+  /// @brief Elements `[begin, begin + count)` of parameter `param`, at `master_offset`
+  /// in this rank's master arrays.
+  struct state_segment {
+    std::size_t param = 0, begin = 0, count = 0, master_offset = 0;
+  };
+  /// @brief What this rank writes to a checkpoint: the parameters' elements in slice
+  /// `rank` of every unit (every stage: with stage 0 too each rank writes a 1/N part,
+  /// so the ranks write in parallel and nothing twice), in layout order.
+  std::vector<state_segment> save_segments() const { return segments(false); }
+  /// @brief What this rank holds, so what a load must give it: its slices (sharded
+  /// master), or every element (stage 0).
+  std::vector<state_segment> load_segments() const { return segments(true); }
+  /// @brief Array `which` of the master state, `n` values at `master_offset`, to the host.
+  void read_state(int which, std::size_t master_offset, float* out, std::size_t n) {
+    master_->read_state(which, master_offset, out, n);
+  }
+  /// @brief Load one segment: every array's values (`arrays[a]`, `s.count` each); the
+  /// 16-bit parameters this rank keeps are rounded from the master, as `set_param` does.
+  /// Call `state_loaded()` when every segment is in.
+  void load_segment(const state_segment& s, const float* const* arrays) {
+    for (int a = 0; a < state_arrays; ++a) master_->write_state(a, s.master_offset, arrays[a], s.count);
+    const auto& pp = layout_.param(s.param);
+    const auto& up = layout_.unit(pp.unit);
+    const std::size_t at = pp.offset_in_unit + s.begin;  // unit coordinates
+    const int r = static_cast<int>(at / up.slice_numel);
+    if (!params_on_tier && (!Coordinator::shards_params || r == comm_.rank())) {
+      std::vector<T> rounded(s.count);
+      for (std::size_t i = 0; i < s.count; ++i) rounded[i] = from_float<T>(arrays[0][i]);
+      ops().from_host(coord_->owned_slice(pp.unit, r) + (at - static_cast<std::size_t>(r) * up.slice_numel),
+                      rounded.data(), rounded.size() * sizeof(T));
+    }
+  }
+  /// @brief Every segment is in: make the parameters visible (stages 1/2: all-gather the
+  /// slices; stage 3: drop gathered copies). Collective.
+  void state_loaded() {
+    if constexpr (Coordinator::caps.follows_trace) coord_->params_changed();
+    coord_->publish(sharded_master);
+  }
+  /// @brief The step counters and loss-scaler state a checkpoint carries.
+  struct run_state {
+    long steps = 0;            ///< optimizer steps applied (AdamW's bias correction counts these)
+    std::uint64_t skipped = 0; ///< steps skipped on overflow
+    float lr = 0.0f;           ///< the learning rate in effect (`set_learning_rate`)
+    scaler_state scaler;       ///< the loss scaler's state
+  };
+  run_state get_run_state() const { return {steps_, stats_.skipped, cfg_.optim.lr, scaler_.state()}; }
+  void set_run_state(const run_state& s) {
+    ZB_REQUIRE(!in_micro_ && micro_steps_ == 0, "checkpoint: load between steps, not inside one");
+    steps_ = s.steps;
+    stats_.skipped = s.skipped;
+    cfg_.optim.lr = s.lr;
+    scaler_.restore(s.scaler);
+  }
+  /// @brief Micro-steps run since the last step (a checkpoint is refused inside a step).
+  int micro_steps_pending() const { return micro_steps_ + (in_micro_ ? 1 : 0); }
+  /// @brief The registry's description of parameter `p` (name, shape, unit).
+  const std::string& param_description(std::size_t p) const { return reg_lines_[p]; }
+
   // ---- inspection ----------------------------------------------------------------
 
   /// @brief Bytes held now and at peak, per category.
@@ -780,6 +843,28 @@ private:
   /// A failure on this rank only: the peers are told, then it throws (unit_guard's misuse).
   [[noreturn]] void fail_local(const std::string& message, const std::string& where) const {
     ctx_.fail_local(message, where);
+  }
+
+  /// The parameter elements in slice `rank` of every unit (`all`: in every slice), with
+  /// their master offsets, in layout order.
+  std::vector<state_segment> segments(bool all) const {
+    std::vector<state_segment> out;
+    const int world = comm_.size(), rank = comm_.rank();
+    if (all && sharded_master) all = false;  // a sharded master holds its own slices only
+    for (std::size_t u = 0; u < layout_.unit_count(); ++u) {
+      const auto& up = layout_.unit(u);
+      for (int r = all ? 0 : rank; r < (all ? world : rank + 1); ++r) {
+        const std::size_t s0 = static_cast<std::size_t>(r) * up.slice_numel, s1 = s0 + up.slice_numel;
+        for (auto pi : up.params) {
+          const auto& pp = layout_.param(pi);
+          const std::size_t a = std::max(s0, pp.offset_in_unit), b = std::min(s1, pp.offset_in_unit + pp.numel);
+          if (a >= b) continue;
+          const std::size_t moff = sharded_master ? up.shard_offset + (a - s0) : up.offset + a;
+          out.push_back({pi, a - pp.offset_in_unit, b - a, moff});
+        }
+      }
+    }
+    return out;
   }
 
   /// The operations on `Space` memory, on the compute stream.

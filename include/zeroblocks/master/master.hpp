@@ -18,6 +18,8 @@
  * built as `impl(ctx, config, master_shape)` for the rank's owned numel (Ψ for stage 0,
  * Ψ/N otherwise). Every `impl` provides (checked by `master_complete<M, Ctx>()`, which
  * names what is missing) `set(offset, values, n)`, `read_master(offset, out, n)`,
+ * `read_state(which, offset, out, n)` / `write_state(which, offset, in, n)` (array
+ * `which`: 0 the master, k ≥ 1 the rule's state array k−1; what checkpoints move),
  * `apply(slices, per_group)` — the fused pass over every owned slice, each with the
  * constants of its parameter group (`per_group[slice.group]`), the step — and
  * `static declare(master_shape, config, report&)` (the memory it holds) and
@@ -134,6 +136,12 @@ consteval bool master_complete() {
                 "master role: impl lacks `set(std::size_t offset, const float* values, std::size_t n)`");
   static_assert(requires(I& m, std::size_t o, float* out) { m.read_master(o, out, o); },
                 "master role: impl lacks `read_master(std::size_t offset, float* out, std::size_t n)`");
+  static_assert(requires(I& m, std::size_t o, float* out, const float* in) {
+                  m.read_state(0, o, out, o);
+                  m.write_state(0, o, in, o);
+                },
+                "master role: impl lacks `read_state(int which, std::size_t offset, float* out, std::size_t n)` "
+                "or `write_state(int which, std::size_t offset, const float* in, std::size_t n)` (checkpoints)");
   static_assert(requires(I& m, const std::vector<step_slice<T>>& s,
                          const std::vector<typename Ctx::rule::args>& a) { m.apply(s, a); },
                 "master role: impl lacks its step, `apply(const std::vector<step_slice<T>>&, "

@@ -103,8 +103,13 @@ struct offloaded {
     void set(std::size_t offset, const float* values, std::size_t n) {
       std::memcpy(st_.master.data() + offset, values, n * sizeof(float));
     }
-    void read_master(std::size_t offset, float* out, std::size_t n) const {
-      std::memcpy(out, st_.master.data() + offset, n * sizeof(float));
+    void read_master(std::size_t offset, float* out, std::size_t n) const { read_state(0, offset, out, n); }
+    /// @brief Array `which` (0: master; k ≥ 1: the rule's state array k−1) in host memory.
+    void read_state(int which, std::size_t offset, float* out, std::size_t n) const {
+      std::memcpy(out, array(which) + offset, n * sizeof(float));
+    }
+    void write_state(int which, std::size_t offset, const float* in, std::size_t n) {
+      std::memcpy(array(which) + offset, in, n * sizeof(float));
     }
     const offloaded_stats& stats() const { return stats_; }
 
@@ -180,6 +185,8 @@ struct offloaded {
     }
 
   private:
+    float* array(int which) const { return which == 0 ? st_.master.data() : st_.state[which - 1].data(); }
+
     Ctx& ctx_;
     std::size_t owned_;
     std::size_t chunk_;

@@ -49,6 +49,14 @@ struct resident {
     void read_master(std::size_t offset, float* out, std::size_t n) const {
       ctx_.ops().to_host(out, st_.master.data() + offset, n * sizeof(float));
     }
+    /// @brief Array `which` (0: master; k ≥ 1: the rule's state array k−1), `n` values
+    /// from owned element `offset`, to or from host memory (a checkpoint's save and load).
+    void read_state(int which, std::size_t offset, float* out, std::size_t n) const {
+      ctx_.ops().to_host(out, array(which) + offset, n * sizeof(float));
+    }
+    void write_state(int which, std::size_t offset, const float* in, std::size_t n) {
+      ctx_.ops().from_host(array(which) + offset, in, n * sizeof(float));
+    }
     /// @brief The optimizer's state array `k` (Adam: 0 = m, 1 = v) at owned element `offset`.
     const float* state(int k, std::size_t offset) const { return st_.state[k].data() + offset; }
 
@@ -64,6 +72,8 @@ struct resident {
     }
 
   private:
+    float* array(int which) const { return which == 0 ? st_.master.data() : st_.state[which - 1].data(); }
+
     Ctx& ctx_;
     state_t st_;
   };

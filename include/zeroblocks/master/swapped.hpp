@@ -195,12 +195,16 @@ struct swapped {
     }
 
     /// @brief Initial master values (fp32), `n` from owned element `offset`.
-    void set(std::size_t offset, const float* values, std::size_t n) {
+    void set(std::size_t offset, const float* values, std::size_t n) { write_state(0, offset, values, n); }
+    /// @brief Write array `which` (0: master — with the parameters on the tier also the
+    /// 16-bit parameters it rounds to; k ≥ 1: the rule's state array k−1), `n` values
+    /// from owned element `offset` (a checkpoint's load).
+    void write_state(int which, std::size_t offset, const float* values, std::size_t n) {
       while (n > 0) {
         const std::size_t g = offset / s_, at = offset % s_, len = std::min(n, numel_of(g) - at);
-        float* rec = load(g);
+        float* rec = load(g) + static_cast<std::size_t>(which) * numel_of(g);
         std::memcpy(rec + at, values, len * sizeof(float));
-        if (params_) {  // the 16-bit parameters a fresh master rounds to
+        if (params_ && which == 0) {  // the 16-bit parameters a fresh master rounds to
           T* p = param_area(0);
           for (std::size_t i = 0; i < len; ++i) p[at + i] = from_float<T>(values[i]);
         }

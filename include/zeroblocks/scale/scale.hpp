@@ -21,6 +21,9 @@
 #include <algorithm>
 #include <cmath>
 #include <concepts>
+#include <string>
+#include <utility>
+#include <vector>
 
 ZB_NAMESPACE_BEGIN
 
@@ -60,14 +63,30 @@ struct dynamic_scale_config {
   }
 };
 
-/// @brief A loss scaler: tagged, built from its own `config`, `scale()` and `update(overflow)`.
+/// @brief A scaler's run-time state as named numbers (what a checkpoint saves).
+using scaler_state = std::vector<std::pair<std::string, double>>;
+
+/// @brief A loss scaler: tagged, built from its own `config`, `scale()`,
+/// `update(overflow)`, and its state for checkpoints: `state() -> scaler_state` and
+/// `restore(const scaler_state&)` (throws naming a missing value).
 template <class S>
 concept scaler_policy = std::same_as<typename S::scaler_concept, scaler_tag> && policy_config<typename S::config> &&
                         std::constructible_from<S, const typename S::config&> &&
-                        requires(S& s, const S& cs, bool b) {
+                        requires(S& s, const S& cs, bool b, const scaler_state& st) {
                           { cs.scale() } -> std::same_as<float>;
                           s.update(b);
+                          { cs.state() } -> std::same_as<scaler_state>;
+                          s.restore(st);
                         };
+
+namespace detail {
+/// The value named `name` in `st`, or an error naming it.
+inline double state_value(const scaler_state& st, const char* name) {
+  for (const auto& [k, v] : st)
+    if (k == name) return v;
+  ZB_FAIL("loss scaler state: no value '", name, "'");
+}
+}  // namespace detail
 
 namespace scale {
 
@@ -79,6 +98,8 @@ struct none {
   explicit none(const config& = {}) {}
   float scale() const { return 1.0f; }
   void update(bool /*overflow*/) {}
+  scaler_state state() const { return {}; }
+  void restore(const scaler_state&) {}
 };
 
 /// @brief A constant scale.
@@ -89,6 +110,8 @@ struct fixed {
   explicit fixed(const config& c = {}) : s_(c.scale) {}
   float scale() const { return s_; }
   void update(bool) {}
+  scaler_state state() const { return {}; }  // the scale is the config's
+  void restore(const scaler_state&) {}
 
 private:
   float s_;
@@ -115,6 +138,16 @@ struct dynamic {
       s_ *= 2.0f;
       hysteresis_left_ = c_.hysteresis;
     }
+  }
+  /// The scale, the overflows still tolerated, and the overflow-free steps in a row
+  /// (so a resumed run doubles at the same step as one that never stopped).
+  scaler_state state() const {
+    return {{"scale", s_}, {"hysteresis_left", hysteresis_left_}, {"good_steps", static_cast<double>(good_steps_)}};
+  }
+  void restore(const scaler_state& st) {
+    s_ = static_cast<float>(detail::state_value(st, "scale"));
+    hysteresis_left_ = static_cast<int>(detail::state_value(st, "hysteresis_left"));
+    good_steps_ = static_cast<long>(detail::state_value(st, "good_steps"));
   }
 
 private:

@@ -1,0 +1,534 @@
+/**
+ * @file checkpoint.hpp
+ * @brief Sharded, atomic, verified checkpoints that load on any number of ranks and
+ *        into any stage or tier: `checkpoint::save(eng, dir, opts)`,
+ *        `checkpoint::load(eng, dir, name)`.
+ *
+ * Needs nlohmann-json (the manifest) and xxHash (XXH3 checksums): link
+ * `zeroblocks::checkpoint`. The core library does not.
+ *
+ * ## Format (version 1)
+ *
+ * A checkpoint is a directory `<dir>/<name>/` with
+ *  - `manifest.json`: `format` ("zeroblocks-checkpoint"), `format_version`, `library_version`,
+ *    `name`, `world` (ranks that wrote it), `stage`, `param_type`, `policies` and every
+ *    knob (`config`: the lines ranks agree on), `optimizer` (its name and `state_arrays`:
+ *    1 + the rule's state arrays, AdamW 3), `registry` (each parameter's `name`, `shape`,
+ *    `unit`, `group`, `describe`), `run` (`steps` applied, `skipped`, `lr`, `scaler`: the
+ *    loss scaler's named state) and `files`;
+ *  - `rank-NNNNN.bin`, one per rank that wrote it. Each `files` entry names its file,
+ *    `bytes`, `xxh3` (XXH3-64 of the whole file, 16 hex digits), `block_bytes` and
+ *    `blocks` (XXH3-64 of each block of that many bytes, so a mismatch is located), and
+ *    `segments`: `[param, begin, count, offset]` — elements `[begin, begin + count)` of
+ *    parameter `param` stored at byte `offset` as `state_arrays` consecutive runs of
+ *    `count` little-endian fp32 values (array 0 the fp32 master, array k ≥ 1 the
+ *    optimizer's state array k−1: AdamW's m, then v).
+ * `<dir>/latest` holds the name of the newest complete checkpoint.
+ *
+ * The data is in parameter coordinates (no padding, no layout), so a checkpoint written
+ * by N ranks loads on M ranks and into another stage or tier: each rank reads the parts
+ * of the files that cover what it holds. Every rank writes 1/N of the parameters (stage
+ * 0 too), in parallel.
+ *
+ * ## Atomicity
+ *
+ * `save` writes into `<dir>/.tmp-<name>-<token>/`, fsyncs every file, agrees that every
+ * rank succeeded, writes and fsyncs the manifest, fsyncs the directory, renames it to
+ * `<dir>/<name>`, fsyncs `<dir>`, then replaces `latest` by writing `latest.tmp` and
+ * renaming it over `latest`. A crash at any instant leaves the previous checkpoint and
+ * `latest` intact; `.tmp-*` leftovers of interrupted saves are removed by the next
+ * `save`. `keep_last` removes the oldest complete checkpoints beyond that many.
+ *
+ * ## Verified load
+ *
+ * Before any state changes: the manifest's format and version, the optimizer, the
+ * registry (a checkpoint of another model names the first differing parameter), and
+ * every file a rank reads — its size and its checksum, block by block — are checked on
+ * every rank; any failure is an error on every rank naming the file (and the byte range
+ * of a corrupt block), and the engine is unchanged. Then the values are loaded, the
+ * 16-bit parameters rounded from the master, and the step count, learning rate and
+ * loss-scaler state restored: a resumed run continues bit for bit.
+ *
+ * Not yet: asynchronous saves, streaming the NVMe tier's files without staging them in
+ * memory (the NVMe masters are saved and loaded through their records, a sub-group at a
+ * time), safetensors export/import.
+ */
+#pragma once
+
+#include "../core/config.hpp"
+#include "../core/error.hpp"
+#include "../engine/engine.hpp"
+
+#include <nlohmann/json.hpp>
+#include <xxhash.h>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+ZB_NAMESPACE_BEGIN
+namespace checkpoint {
+
+/// @brief The format this code writes; it reads this version and older.
+inline constexpr int format_version = 1;
+
+/// @brief How `save` writes.
+struct save_options {
+  /// The checkpoint's directory name under `dir`; empty: `step-<steps>`.
+  std::string name;
+  /// Complete checkpoints kept under `dir` (the oldest, by step, are removed); 0 keeps all.
+  int keep_last = 0;
+  /// Values staged per write (fp32 elements per array): bounds the memory a save uses.
+  std::size_t chunk_numel = std::size_t{1} << 22;
+  /// Bytes per checksummed block (locates corruption on load).
+  std::size_t block_bytes = std::size_t{64} << 20;
+};
+
+namespace detail {
+
+using json = nlohmann::json;
+namespace fs = std::filesystem;
+using ::zeroblocks::detail::concat;
+
+inline std::string hex64(std::uint64_t v) {
+  char b[17];
+  std::snprintf(b, sizeof b, "%016llx", static_cast<unsigned long long>(v));
+  return b;
+}
+
+/// fsync a path (file or directory); errors throw naming it.
+inline void fsync_path(const fs::path& p, bool directory) {
+  const int fd = ::open(p.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
+  ZB_REQUIRE(fd >= 0, "checkpoint: cannot open ", p.string(), " to sync it: ", std::strerror(errno));
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  ZB_REQUIRE(rc == 0, "checkpoint: fsync of ", p.string(), " failed: ", std::strerror(err));
+}
+
+/// Write `bytes` at the end of `fd`, all of it (short writes retried; ENOSPC throws).
+inline void write_all(int fd, const void* data, std::size_t bytes, const fs::path& p) {
+  const char* c = static_cast<const char*>(data);
+  while (bytes > 0) {
+    const ssize_t w = ::write(fd, c, bytes);
+    if (w < 0 && errno == EINTR) continue;
+    ZB_REQUIRE(w > 0, "checkpoint: writing ", p.string(), " failed: ", w < 0 ? std::strerror(errno) : "no progress");
+    c += w;
+    bytes -= static_cast<std::size_t>(w);
+  }
+}
+
+/// Read exactly `bytes` at `offset`.
+inline void read_at(int fd, void* data, std::size_t bytes, std::uint64_t offset, const fs::path& p) {
+  char* c = static_cast<char*>(data);
+  while (bytes > 0) {
+    const ssize_t r = ::pread(fd, c, bytes, static_cast<off_t>(offset));
+    if (r < 0 && errno == EINTR) continue;
+    ZB_REQUIRE(r > 0, "checkpoint: reading ", p.string(), " at byte ", offset, " failed: ",
+               r < 0 ? std::strerror(errno) : "unexpected end of file");
+    c += r;
+    bytes -= static_cast<std::size_t>(r);
+    offset += static_cast<std::uint64_t>(r);
+  }
+}
+
+/// A file descriptor closed on scope exit.
+struct fd_guard {
+  int fd = -1;
+  ~fd_guard() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+/// Write a small text file durably (write, fsync).
+inline void write_text(const fs::path& p, const std::string& text) {
+  fd_guard f{::open(p.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)};
+  ZB_REQUIRE(f.fd >= 0, "checkpoint: cannot create ", p.string(), ": ", std::strerror(errno));
+  write_all(f.fd, text.data(), text.size(), p);
+  ZB_REQUIRE(::fsync(f.fd) == 0, "checkpoint: fsync of ", p.string(), " failed: ", std::strerror(errno));
+}
+
+inline std::string read_text(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  ZB_REQUIRE(in.good(), "checkpoint: cannot read ", p.string());
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+/// Run `f` on every rank; the first rank's failure (if any) becomes the same error on
+/// every rank. Collective on `comm`.
+template <class Comm, class F>
+void on_every_rank(Comm& comm, F&& f) {
+  std::string problem;
+  try {
+    f();
+  } catch (const std::exception& e) {
+    problem = e.what();
+    if (problem.empty()) problem = "unknown error";
+  }
+  comm.agree(problem.empty(), problem);
+}
+
+/// Rank 0's string on every rank. Collective.
+template <class Comm>
+std::string from_rank0(Comm& comm, const std::string& mine) {
+  return comm.all_gather_strings(comm.rank() == 0 ? mine : std::string())[0];
+}
+
+/// XXH3-64 of a whole stream, and of each block of `block` bytes.
+class block_hasher {
+public:
+  explicit block_hasher(std::size_t block) : block_(block ? block : 1) {
+    whole_ = XXH3_createState();
+    part_ = XXH3_createState();
+    ZB_REQUIRE(whole_ && part_, "checkpoint: out of memory for a checksum state");
+    XXH3_64bits_reset(whole_);
+    XXH3_64bits_reset(part_);
+  }
+  block_hasher(const block_hasher&) = delete;
+  block_hasher& operator=(const block_hasher&) = delete;
+  ~block_hasher() {
+    XXH3_freeState(whole_);
+    XXH3_freeState(part_);
+  }
+  void update(const void* data, std::size_t n) {
+    const char* c = static_cast<const char*>(data);
+    XXH3_64bits_update(whole_, c, n);
+    while (n > 0) {
+      const std::size_t k = std::min(n, block_ - in_block_);
+      XXH3_64bits_update(part_, c, k);
+      in_block_ += k;
+      c += k;
+      n -= k;
+      if (in_block_ == block_) close_block();
+    }
+  }
+  /// The whole hash and the blocks' (the last one partial).
+  std::pair<std::uint64_t, std::vector<std::uint64_t>> finish() {
+    if (in_block_ > 0) close_block();
+    return {XXH3_64bits_digest(whole_), blocks_};
+  }
+
+private:
+  void close_block() {
+    blocks_.push_back(XXH3_64bits_digest(part_));
+    XXH3_64bits_reset(part_);
+    in_block_ = 0;
+  }
+  std::size_t block_;
+  std::size_t in_block_ = 0;
+  XXH3_state_t* whole_ = nullptr;
+  XXH3_state_t* part_ = nullptr;
+  std::vector<std::uint64_t> blocks_;
+};
+
+inline std::string rank_file_name(int r) {
+  char b[32];
+  std::snprintf(b, sizeof b, "rank-%05d.bin", r);
+  return b;
+}
+
+/// Names of complete checkpoints under `dir` with their step, oldest first.
+inline std::vector<std::pair<long, std::string>> complete_checkpoints(const fs::path& dir) {
+  std::vector<std::pair<long, std::string>> out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    if (!e.is_directory() || e.path().filename().string().rfind(".tmp-", 0) == 0) continue;
+    const auto m = e.path() / "manifest.json";
+    if (!fs::exists(m)) continue;
+    try {
+      const auto j = json::parse(read_text(m));
+      out.emplace_back(j.at("run").at("steps").get<long>(), e.path().filename().string());
+    } catch (const std::exception&) {
+      // not ours, or unreadable: left alone
+    }
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+}  // namespace detail
+
+/// @brief Save `eng`'s training state under `dir` (see the file comment). Collective;
+/// between steps only (an open micro-step is an error on every rank). Returns the
+/// checkpoint's name. Every rank must see `dir` (a shared filesystem for several nodes).
+template <class Engine>
+std::string save(Engine& eng, const std::string& dir, const save_options& opts = {}) {
+  namespace fs = detail::fs;
+  using detail::json;
+  auto& comm = eng.communicator();
+  const int rank = comm.rank(), world = comm.size();
+  const auto run = eng.get_run_state();
+  const std::string name = opts.name.empty() ? detail::concat("step-", run.steps) : opts.name;
+
+  // Every rank is between steps, and the name is usable.
+  detail::on_every_rank(comm, [&] {
+    ZB_REQUIRE(eng.micro_steps_pending() == 0, "checkpoint::save: ", eng.micro_steps_pending(),
+               " micro-step(s) of the next step already ran; save between steps (after step())");
+    ZB_REQUIRE(!name.empty() && name.find('/') == std::string::npos && name[0] != '.' && name != "latest",
+               "checkpoint::save: bad name '", name, "' (no '/', no leading '.', not 'latest')");
+    ZB_REQUIRE(opts.chunk_numel >= 1 && opts.block_bytes >= 1, "checkpoint::save: chunk_numel and block_bytes must be >= 1");
+  });
+  // Rank 0 prepares the temporary directory (removing leftovers of interrupted saves).
+  std::string tmp_name;
+  detail::on_every_rank(comm, [&] {
+    if (rank != 0) return;
+    fs::create_directories(dir);
+    ZB_REQUIRE(!fs::exists(fs::path(dir) / name), "checkpoint::save: ", (fs::path(dir) / name).string(),
+               " already exists");
+    for (const auto& e : fs::directory_iterator(dir))
+      if (e.path().filename().string().rfind(".tmp-", 0) == 0) fs::remove_all(e.path());
+    std::random_device rd;
+    tmp_name = detail::concat(".tmp-", name, "-", detail::hex64((std::uint64_t{rd()} << 32) ^ rd()));
+    fs::create_directory(fs::path(dir) / tmp_name);
+  });
+  tmp_name = detail::from_rank0(comm, tmp_name);
+  const fs::path tmp = fs::path(dir) / tmp_name;
+
+  // Every rank writes its file: its segments, each as state_arrays runs of fp32.
+  json mine;
+  detail::on_every_rank(comm, [&] {
+    const fs::path p = tmp / detail::rank_file_name(rank);
+    detail::fd_guard f{::open(p.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644)};
+    ZB_REQUIRE(f.fd >= 0, "checkpoint::save: cannot create ", p.string(), ": ", std::strerror(errno));
+    detail::block_hasher h(opts.block_bytes);
+    std::vector<float> buf;
+    std::uint64_t offset = 0;
+    json segs = json::array();
+    for (const auto& s : eng.save_segments()) {
+      segs.push_back({s.param, s.begin, s.count, offset});
+      for (int a = 0; a < Engine::state_arrays; ++a)
+        for (std::size_t done = 0; done < s.count;) {
+          const std::size_t n = std::min(opts.chunk_numel, s.count - done);
+          buf.resize(n);
+          eng.read_state(a, s.master_offset + done, buf.data(), n);
+          detail::write_all(f.fd, buf.data(), n * sizeof(float), p);
+          h.update(buf.data(), n * sizeof(float));
+          done += n;
+        }
+      offset += static_cast<std::uint64_t>(s.count) * sizeof(float) * Engine::state_arrays;
+    }
+    ZB_REQUIRE(::fsync(f.fd) == 0, "checkpoint::save: fsync of ", p.string(), " failed: ", std::strerror(errno));
+    auto [whole, blocks] = h.finish();
+    json jb = json::array();
+    for (auto b : blocks) jb.push_back(detail::hex64(b));
+    mine = {{"rank", rank},       {"file", detail::rank_file_name(rank)}, {"bytes", offset},
+            {"xxh3", detail::hex64(whole)}, {"block_bytes", opts.block_bytes}, {"blocks", jb},
+            {"segments", segs}};
+  });
+  const auto files = comm.all_gather_strings(mine.dump());
+
+  // Rank 0: the manifest, then the renames that publish it.
+  detail::on_every_rank(comm, [&] {
+    if (rank != 0) return;
+    json m;
+    m["format"] = "zeroblocks-checkpoint";
+    m["format_version"] = format_version;
+    m["library_version"] = detail::concat(ZB_VERSION_MAJOR, ".", ZB_VERSION_MINOR, ".", ZB_VERSION_PATCH);
+    m["name"] = name;
+    m["world"] = world;
+    m["stage"] = Engine::stage;
+    m["param_type"] = dtype_name<typename Engine::param_type>();
+    m["config"] = agreement_lines<typename Engine::param_type, typename Engine::space>(eng.get_config());
+    m["optimizer"] = {{"name", Engine::optimizer_type::name}, {"state_arrays", Engine::state_arrays}};
+    json reg = json::array();
+    const auto& lay = eng.model_layout();
+    for (std::size_t p = 0; p < lay.param_count(); ++p) reg.push_back({{"describe", eng.param_description(p)}});
+    m["registry"] = reg;
+    json sc = json::object();
+    for (const auto& [k, v] : run.scaler) sc[k] = v;
+    m["run"] = {{"steps", run.steps}, {"skipped", run.skipped}, {"lr", run.lr}, {"scaler", sc}};
+    json fl = json::array();
+    for (const auto& f : files) fl.push_back(json::parse(f));
+    m["files"] = fl;
+    detail::write_text(tmp / "manifest.json", m.dump(1));
+    detail::fsync_path(tmp, true);
+    fs::rename(tmp, fs::path(dir) / name);
+    detail::fsync_path(dir, true);
+    detail::write_text(fs::path(dir) / "latest.tmp", name + "\n");
+    fs::rename(fs::path(dir) / "latest.tmp", fs::path(dir) / "latest");
+    detail::fsync_path(dir, true);
+    if (opts.keep_last > 0) {
+      auto all = detail::complete_checkpoints(dir);
+      for (std::size_t i = 0; i + static_cast<std::size_t>(opts.keep_last) < all.size(); ++i)
+        if (all[i].second != name) fs::remove_all(fs::path(dir) / all[i].second);
+    }
+  });
+  return name;
+}
+
+/// @brief The name `latest` points to under `dir` (empty when there is none).
+inline std::string latest(const std::string& dir) {
+  const auto p = detail::fs::path(dir) / "latest";
+  if (!detail::fs::exists(p)) return {};
+  std::string s = detail::read_text(p);
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
+  return s;
+}
+
+/// @brief Load checkpoint `name` (default: `latest`) from `dir` into `eng`, which may
+/// have another number of ranks, stage or tier than the run that saved it (same
+/// registry and optimizer). Collective; between steps. Everything is verified before
+/// the engine changes (see the file comment).
+template <class Engine>
+void load(Engine& eng, const std::string& dir, std::string name = {}) {
+  namespace fs = detail::fs;
+  using detail::json;
+  auto& comm = eng.communicator();
+  // Rank 0 reads the manifest; every rank checks it.
+  std::string text;
+  detail::on_every_rank(comm, [&] {
+    if (comm.rank() != 0) return;
+    if (name.empty()) {
+      name = latest(dir);
+      ZB_REQUIRE(!name.empty(), "checkpoint::load: no checkpoint in ", dir, " (no 'latest')");
+    }
+    text = detail::read_text(fs::path(dir) / name / "manifest.json");
+  });
+  text = detail::from_rank0(comm, text);
+  name = detail::from_rank0(comm, name);
+  const fs::path cdir = fs::path(dir) / name;
+  json m;
+  std::map<std::size_t, std::vector<std::array<std::uint64_t, 4>>> by_param;  // param -> {begin, count, file, offset}
+  std::vector<json> files;
+  detail::on_every_rank(comm, [&] {
+    ZB_REQUIRE(eng.micro_steps_pending() == 0, "checkpoint::load: load between steps (after step())");
+    try {
+      m = json::parse(text);
+    } catch (const std::exception& e) {
+      ZB_FAIL("checkpoint::load: ", (cdir / "manifest.json").string(), " is not valid JSON: ", e.what());
+    }
+    const auto where = (cdir / "manifest.json").string();
+    ZB_REQUIRE(m.value("format", "") == "zeroblocks-checkpoint", "checkpoint::load: ", where,
+               " is not a zeroblocks checkpoint manifest");
+    const int v = m.value("format_version", -1);
+    ZB_REQUIRE(v >= 1 && v <= format_version, "checkpoint::load: ", where, " has format version ", v,
+               "; this zeroblocks reads versions 1 to ", format_version, " (a newer zeroblocks wrote it?)");
+    const auto& opt = m.at("optimizer");
+    ZB_REQUIRE(opt.at("name").get<std::string>() == Engine::optimizer_type::name &&
+                   opt.at("state_arrays").get<int>() == Engine::state_arrays,
+               "checkpoint::load: ", where, " holds the state of optimizer '", opt.at("name").get<std::string>(),
+               "' (", opt.at("state_arrays").get<int>(), " arrays); this engine runs '", Engine::optimizer_type::name,
+               "' (", Engine::state_arrays, ")");
+    const auto& reg = m.at("registry");
+    const std::size_t np = eng.model_layout().param_count();
+    for (std::size_t p = 0; p < std::max<std::size_t>(np, reg.size()); ++p) {
+      const std::string here = p < np ? eng.param_description(p) : "<nothing>";
+      const std::string there = p < reg.size() ? reg[p].at("describe").get<std::string>() : "<nothing>";
+      ZB_REQUIRE(here == there, "checkpoint::load: ", where, " is of another model: parameter #", p, " is ", there,
+                 " in the checkpoint but ", here, " in this engine");
+    }
+    for (const auto& f : m.at("files")) {
+      const std::size_t fi = files.size();
+      files.push_back(f);
+      for (const auto& s : f.at("segments"))
+        by_param[s.at(0).get<std::size_t>()].push_back(
+            {s.at(1).get<std::uint64_t>(), s.at(2).get<std::uint64_t>(), fi, s.at(3).get<std::uint64_t>()});
+    }
+    ZB_REQUIRE(static_cast<int>(files.size()) == m.at("world").get<int>(), "checkpoint::load: ", where, " lists ",
+               files.size(), " rank files for ", m.at("world").get<int>(), " ranks");
+  });
+
+  // The files this rank reads: each checked whole (size, then checksum block by block).
+  const auto segments = eng.load_segments();
+  std::vector<char> needed(files.size(), 0);
+  for (const auto& s : segments)
+    for (const auto& c : by_param[s.param])
+      if (c[0] < s.begin + s.count && s.begin < c[0] + c[1]) needed[c[2]] = 1;
+  detail::on_every_rank(comm, [&] {
+    for (const auto& s : segments) {  // every element this rank holds is in the checkpoint
+      std::size_t covered = 0;
+      for (const auto& c : by_param[s.param]) {
+        const std::uint64_t lo = std::max<std::uint64_t>(s.begin, c[0]);
+        const std::uint64_t hi = std::min<std::uint64_t>(s.begin + s.count, c[0] + c[1]);
+        if (hi > lo) covered += hi - lo;
+      }
+      ZB_REQUIRE(covered == s.count, "checkpoint::load: ", (cdir / "manifest.json").string(), " covers ", covered,
+                 " of the ", s.count, " elements [", s.begin, ", ", s.begin + s.count, ") of parameter ",
+                 eng.param_description(s.param));
+    }
+    std::vector<char> buf;
+    for (std::size_t fi = 0; fi < files.size(); ++fi) {
+      if (!needed[fi]) continue;
+      const auto& f = files[fi];
+      const fs::path p = cdir / f.at("file").get<std::string>();
+      detail::fd_guard fd{::open(p.c_str(), O_RDONLY | O_CLOEXEC)};
+      ZB_REQUIRE(fd.fd >= 0, "checkpoint::load: cannot open ", p.string(), ": ", std::strerror(errno));
+      struct stat st {};
+      ZB_REQUIRE(::fstat(fd.fd, &st) == 0, "checkpoint::load: cannot stat ", p.string());
+      const std::uint64_t bytes = f.at("bytes").get<std::uint64_t>();
+      ZB_REQUIRE(static_cast<std::uint64_t>(st.st_size) == bytes, "checkpoint::load: ", p.string(), " has ",
+                 st.st_size, " bytes; the manifest says ", bytes, " (truncated or replaced)");
+      const std::size_t block = f.at("block_bytes").get<std::size_t>();
+      const auto& blocks = f.at("blocks");
+      detail::block_hasher h(block);
+      buf.resize(std::min<std::uint64_t>(block, std::max<std::uint64_t>(bytes, 1)));
+      std::size_t b = 0;
+      for (std::uint64_t off = 0; off < bytes; off += block, ++b) {
+        const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(block, bytes - off));
+        detail::read_at(fd.fd, buf.data(), n, off, p);
+        const std::uint64_t got = XXH3_64bits(buf.data(), n);
+        ZB_REQUIRE(b < blocks.size() && detail::hex64(got) == blocks[b].get<std::string>(), "checkpoint::load: ",
+                   p.string(), " is corrupt: bytes [", off, ", ", off + n, ") do not match their checksum");
+        h.update(buf.data(), n);
+      }
+      ZB_REQUIRE(detail::hex64(h.finish().first) == f.at("xxh3").get<std::string>(), "checkpoint::load: ",
+                 p.string(), " does not match its checksum");
+    }
+  });
+
+  // Verified: load. (An I/O error from here on leaves the engine partly loaded; it is
+  // reported on every rank.)
+  detail::on_every_rank(comm, [&] {
+    std::vector<detail::fd_guard> fds(files.size());
+    auto fd_of = [&](std::size_t fi) {
+      if (fds[fi].fd < 0) {
+        const fs::path p = cdir / files[fi].at("file").get<std::string>();
+        fds[fi].fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
+        ZB_REQUIRE(fds[fi].fd >= 0, "checkpoint::load: cannot open ", p.string(), ": ", std::strerror(errno));
+      }
+      return fds[fi].fd;
+    };
+    std::vector<std::vector<float>> arrays(Engine::state_arrays);
+    std::vector<const float*> ptrs(Engine::state_arrays);
+    for (const auto& s : segments) {
+      for (auto& a : arrays) a.assign(s.count, 0.0f);
+      for (const auto& c : by_param[s.param]) {
+        const std::uint64_t a0 = std::max<std::uint64_t>(s.begin, c[0]), a1 = std::min<std::uint64_t>(s.begin + s.count, c[0] + c[1]);
+        if (a0 >= a1) continue;
+        const fs::path p = cdir / files[c[2]].at("file").template get<std::string>();
+        for (int a = 0; a < Engine::state_arrays; ++a)
+          detail::read_at(fd_of(c[2]), arrays[a].data() + (a0 - s.begin), (a1 - a0) * sizeof(float),
+                          c[3] + (static_cast<std::uint64_t>(a) * c[1] + (a0 - c[0])) * sizeof(float), p);
+      }
+      for (int a = 0; a < Engine::state_arrays; ++a) ptrs[a] = arrays[a].data();
+      eng.load_segment(s, ptrs.data());
+    }
+  });
+  eng.state_loaded();
+  typename Engine::run_state rs;
+  const auto& run = m.at("run");
+  rs.steps = run.at("steps").get<long>();
+  rs.skipped = run.at("skipped").get<std::uint64_t>();
+  rs.lr = run.at("lr").get<float>();
+  for (const auto& [k, v] : run.at("scaler").items()) rs.scaler.emplace_back(k, v.template get<double>());
+  detail::on_every_rank(comm, [&] { eng.set_run_state(rs); });
+}
+
+}  // namespace checkpoint
+ZB_NAMESPACE_END
