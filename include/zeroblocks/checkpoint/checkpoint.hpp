@@ -34,8 +34,9 @@
  *
  * `save` writes into `<dir>/.tmp-<name>-<token>/`, fsyncs every file, agrees that every
  * rank succeeded, writes and fsyncs the manifest, fsyncs the directory, renames it to
- * `<dir>/<name>`, fsyncs `<dir>`, then replaces `latest` by writing `latest.tmp` and
- * renaming it over `latest`. A crash at any instant leaves the previous checkpoint and
+ * `<dir>/<name>` (replacing a same-named checkpoint that `latest` does not point to — an
+ * interrupted save's; the latest one is never replaced), fsyncs `<dir>`, then replaces
+ * `latest` by writing `latest.tmp` and renaming it over `latest`. A crash at any instant leaves the previous checkpoint and
  * `latest` intact; `.tmp-*` leftovers of interrupted saves are removed by the next
  * `save`. `keep_last` removes the oldest complete checkpoints beyond that many.
  *
@@ -264,6 +265,15 @@ inline std::vector<std::pair<long, std::string>> complete_checkpoints(const fs::
 
 }  // namespace detail
 
+/// @brief The name `latest` points to under `dir` (empty when there is none).
+inline std::string latest(const std::string& dir) {
+  const auto p = detail::fs::path(dir) / "latest";
+  if (!detail::fs::exists(p)) return {};
+  std::string s = detail::read_text(p);
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
+  return s;
+}
+
 /// @brief Save `eng`'s training state under `dir` (see the file comment). Collective;
 /// between steps only (an open micro-step is an error on every rank). Returns the
 /// checkpoint's name. Every rank must see `dir` (a shared filesystem for several nodes).
@@ -289,8 +299,8 @@ std::string save(Engine& eng, const std::string& dir, const save_options& opts =
   detail::on_every_rank(comm, [&] {
     if (rank != 0) return;
     fs::create_directories(dir);
-    ZB_REQUIRE(!fs::exists(fs::path(dir) / name), "checkpoint::save: ", (fs::path(dir) / name).string(),
-               " already exists");
+    ZB_REQUIRE(latest(dir) != name, "checkpoint::save: ", (fs::path(dir) / name).string(),
+               " is the latest checkpoint; save under another name");
     for (const auto& e : fs::directory_iterator(dir))
       if (e.path().filename().string().rfind(".tmp-", 0) == 0) fs::remove_all(e.path());
     std::random_device rd;
@@ -358,6 +368,9 @@ std::string save(Engine& eng, const std::string& dir, const save_options& opts =
     m["files"] = fl;
     detail::write_text(tmp / "manifest.json", m.dump(1));
     detail::fsync_path(tmp, true);
+    // A checkpoint of that name that `latest` does not point to (an interrupted save
+    // renamed it but never published it, or an older run's) is replaced.
+    if (fs::exists(fs::path(dir) / name)) fs::remove_all(fs::path(dir) / name);
     fs::rename(tmp, fs::path(dir) / name);
     detail::fsync_path(dir, true);
     detail::write_text(fs::path(dir) / "latest.tmp", name + "\n");
@@ -372,14 +385,6 @@ std::string save(Engine& eng, const std::string& dir, const save_options& opts =
   return name;
 }
 
-/// @brief The name `latest` points to under `dir` (empty when there is none).
-inline std::string latest(const std::string& dir) {
-  const auto p = detail::fs::path(dir) / "latest";
-  if (!detail::fs::exists(p)) return {};
-  std::string s = detail::read_text(p);
-  while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
-  return s;
-}
 
 /// @brief Load checkpoint `name` (default: `latest`) from `dir` into `eng`, which may
 /// have another number of ranks, stage or tier than the run that saved it (same
