@@ -36,6 +36,9 @@
 
 #include <zeroblocks/comm/mpi.hpp>
 #include <zeroblocks/zeroblocks.hpp>
+#if defined(ZB_DEMO_CHECKPOINT)
+#include <zeroblocks/checkpoint/checkpoint.hpp>
+#endif
 
 #include <algorithm>
 #include <array>
@@ -76,6 +79,9 @@ struct options {
   std::string offload = "none";      ///< none | nvme (stages 1-3 state on NVMe) | cpu (GPU: ZeRO-Offload)
   std::string device = "host";       ///< host | cuda (train_mlp_cuda only)
   std::string nvme_path;             ///< directory of the NVMe tier files
+  std::string save_dir;              ///< checkpoints go here (zeroblocks/checkpoint)
+  int save_every = 0;                ///< save after every K-th step (0: only at the end)
+  bool resume = false;               ///< start from the latest checkpoint in save_dir
 };
 
 /// A bad command line: main prints the usage text and exits with status 2.
@@ -106,6 +112,10 @@ constexpr const char* usage_text =
     "                        GPU (cuda_space, comm::nccl, one GPU per rank); the MLP's arithmetic stays on the\n"
     "                        host, so acquired units are copied down and gradients up. --offload cpu then puts\n"
     "                        stages 2-3's optimizer state and step on the host (master::offloaded)\n"
+    "  --save-dir DIR        save checkpoints there (sharded, atomic; needs --stage 0|1|2|3); the last step is\n"
+    "                        always saved\n"
+    "  --save-every K        also save after every K-th step (default 0: only the last)\n"
+    "  --resume              continue from the latest checkpoint in --save-dir (on any number of ranks)\n"
     "  --help                this text\n";
 
 long parse_int(const std::string& flag, const std::string& v, long lo, long hi) {
@@ -134,15 +144,19 @@ std::optional<options> parse_args(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     std::string flag = argv[i], value;
     if (flag == "--help" || flag == "-h") return std::nullopt;
+    if (flag == "--resume") {
+      o.resume = true;
+      continue;
+    }
     if (flag.rfind("--", 0) != 0) throw usage_error("unexpected argument '" + flag + "'");
     const bool inline_value = flag.find('=') != std::string::npos;
     if (inline_value) {
       value = flag.substr(flag.find('=') + 1);
       flag = flag.substr(0, flag.find('='));
     }
-    static constexpr std::array<std::string_view, 14> known = {
-        "--stage", "--steps", "--batch", "--micro-steps", "--lr", "--clip", "--bucket-numel",
-        "--dtype", "--seed", "--log-every", "--persistence", "--offload", "--nvme-path", "--device"};
+    static constexpr std::array<std::string_view, 16> known = {
+        "--stage", "--steps", "--batch", "--micro-steps", "--lr", "--clip", "--bucket-numel", "--dtype",
+        "--seed", "--log-every", "--persistence", "--offload", "--nvme-path", "--device", "--save-dir", "--save-every"};
     if (std::ranges::find(known, flag) == known.end()) throw usage_error("unknown option '" + flag + "'");
     if (!inline_value) {
       if (i + 1 >= argc) throw usage_error(flag + ": missing value");
@@ -181,6 +195,10 @@ std::optional<options> parse_args(int argc, char** argv) {
       o.offload = value;
     } else if (flag == "--nvme-path") {
       o.nvme_path = value;
+    } else if (flag == "--save-dir") {
+      o.save_dir = value;
+    } else if (flag == "--save-every") {
+      o.save_every = static_cast<int>(parse_int(flag, value, 0, 1000000));
     } else if (flag == "--device") {
       if (value != "host" && value != "cuda") throw usage_error("--device: expected host or cuda, got '" + value + "'");
 #if !defined(ZB_DEMO_CUDA)
@@ -192,6 +210,11 @@ std::optional<options> parse_args(int argc, char** argv) {
   if (o.offload == "nvme" && o.nvme_path.empty()) throw usage_error("--offload nvme needs --nvme-path DIR");
   if (o.offload == "nvme" && o.device == "cuda") throw usage_error("--offload nvme is for --device host");
   if (o.offload == "cpu" && o.device != "cuda") throw usage_error("--offload cpu needs --device cuda");
+  if ((o.resume || o.save_every > 0) && o.save_dir.empty()) throw usage_error("--resume and --save-every need --save-dir");
+  if (!o.save_dir.empty() && o.stage < 0) throw usage_error("--save-dir needs one stage (--stage 0|1|2|3)");
+#if !defined(ZB_DEMO_CHECKPOINT)
+  if (!o.save_dir.empty()) throw usage_error("--save-dir: this build has no checkpoints (nlohmann-json, xxHash)");
+#endif
   return o;
 }
 
@@ -559,7 +582,19 @@ stage_report run_stage(const options& opt, const mlp& model, const dataset& trai
   double norm_sum = 0.0;
   int norm_count = 0;
   std::size_t cursor = 0;  // position in the training set, the same on every rank
-  for (int s = 1; s <= opt.steps; ++s) {
+  int first = 1;
+#if defined(ZB_DEMO_CHECKPOINT)
+  if (opt.resume) {
+    // Steps already run (applied and skipped): the data cursor and the log follow them,
+    // so the resumed run prints the lines the uninterrupted one would.
+    zb::checkpoint::load(eng, opt.save_dir);
+    first = static_cast<int>(eng.steps() + static_cast<long>(eng.stats().skipped)) + 1;
+    rep.skipped_steps = static_cast<long>(eng.stats().skipped);
+    cursor = static_cast<std::size_t>(first - 1) * static_cast<std::size_t>(opt.micro_steps) * global % train.size();
+    if (root) std::printf("resumed from %s/%s: step %d\n", opt.save_dir.c_str(), zb::checkpoint::latest(opt.save_dir).c_str(), first - 1);
+  }
+#endif
+  for (int s = first; s <= opt.steps; ++s) {
     for (int m = 0; m < opt.micro_steps; ++m) {
       eng.begin_micro_step();
       const auto st = forward_backward(eng, model, train, cursor + offset, local, true, weight);
@@ -589,6 +624,14 @@ stage_report run_stage(const options& opt, const mlp& model, const dataset& trai
       norm_sum = 0.0;
       norm_count = 0;
     }
+#if defined(ZB_DEMO_CHECKPOINT)
+    if (!opt.save_dir.empty() && (s == opt.steps || (opt.save_every > 0 && s % opt.save_every == 0))) {
+      zb::checkpoint::save_options so;
+      so.name = "step-" + std::to_string(s);
+      zb::checkpoint::save(eng, opt.save_dir, so);
+      if (root) std::printf("saved %s/%s\n", opt.save_dir.c_str(), so.name.c_str());
+    }
+#endif
   }
   rep.traffic = eng.counters() - before;
   rep.coord = eng.coordination_stats();
