@@ -15,3 +15,11 @@ if ((${#missing[@]})); then
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+# Python's safetensors and numpy: the test suite reads zeroblocks' safetensors exports
+# back with them (an outside reference; the library never needs Python).
+if ! python3 -c "import safetensors, numpy" >/dev/null 2>&1; then
+  echo "zeroblocks: installing Python safetensors and numpy (pip)"
+  python3 -m pip install --quiet safetensors numpy 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages safetensors numpy ||
+    echo "zeroblocks: could not install safetensors/numpy: checkpoint_safetensors will fail saying so"
+fi

@@ -50,9 +50,12 @@
  * 16-bit parameters rounded from the master, and the step count, learning rate and
  * loss-scaler state restored: a resumed run continues bit for bit.
  *
+ * `export_safetensors` writes a checkpoint as one safetensors file (offline, streaming,
+ * no MPI; the `zeroblocks-export` tool).
+ *
  * Not yet: asynchronous saves, streaming the NVMe tier's files without staging them in
  * memory (the NVMe masters are saved and loaded through their records, a sub-group at a
- * time), safetensors export/import.
+ * time), safetensors import.
  */
 #pragma once
 
@@ -69,6 +72,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
@@ -263,6 +267,50 @@ inline std::vector<std::pair<long, std::string>> complete_checkpoints(const fs::
   return out;
 }
 
+/// Check a rank file (a manifest `files` entry) under `cdir`: its size, then its
+/// checksum block by block; an error names the file and the bad byte range.
+inline void verify_file(const fs::path& cdir, const json& f) {
+  const fs::path p = cdir / f.at("file").get<std::string>();
+  fd_guard fd{::open(p.c_str(), O_RDONLY | O_CLOEXEC)};
+  ZB_REQUIRE(fd.fd >= 0, "checkpoint: cannot open ", p.string(), ": ", std::strerror(errno));
+  struct stat st {};
+  ZB_REQUIRE(::fstat(fd.fd, &st) == 0, "checkpoint: cannot stat ", p.string());
+  const std::uint64_t bytes = f.at("bytes").get<std::uint64_t>();
+  ZB_REQUIRE(static_cast<std::uint64_t>(st.st_size) == bytes, "checkpoint: ", p.string(), " has ", st.st_size,
+             " bytes; the manifest says ", bytes, " (truncated or replaced)");
+  const std::size_t block = f.at("block_bytes").get<std::size_t>();
+  ZB_REQUIRE(block >= 1, "checkpoint: ", p.string(), ": block_bytes must be >= 1");
+  const auto& blocks = f.at("blocks");
+  block_hasher h(block);
+  std::vector<char> buf(static_cast<std::size_t>(std::min<std::uint64_t>(block, std::max<std::uint64_t>(bytes, 1))));
+  std::size_t b = 0;
+  for (std::uint64_t off = 0; off < bytes; off += block, ++b) {
+    const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(block, bytes - off));
+    read_at(fd.fd, buf.data(), n, off, p);
+    ZB_REQUIRE(b < blocks.size() && hex64(XXH3_64bits(buf.data(), n)) == blocks[b].get<std::string>(), "checkpoint: ",
+               p.string(), " is corrupt: bytes [", off, ", ", off + n, ") do not match their checksum");
+    h.update(buf.data(), n);
+  }
+  ZB_REQUIRE(hex64(h.finish().first) == f.at("xxh3").get<std::string>(), "checkpoint: ", p.string(),
+             " does not match its checksum");
+}
+
+/// Parse and check a manifest's format and version.
+inline json parse_manifest(const std::string& text, const fs::path& where) {
+  json m;
+  try {
+    m = json::parse(text);
+  } catch (const std::exception& e) {
+    ZB_FAIL("checkpoint: ", where.string(), " is not valid JSON: ", e.what());
+  }
+  ZB_REQUIRE(m.is_object() && m.value("format", "") == "zeroblocks-checkpoint", "checkpoint: ", where.string(),
+             " is not a zeroblocks checkpoint manifest");
+  const int v = m.value("format_version", -1);
+  ZB_REQUIRE(v >= 1 && v <= format_version, "checkpoint: ", where.string(), " has format version ", v,
+             "; this zeroblocks reads versions 1 to ", format_version, " (a newer zeroblocks wrote it?)");
+  return m;
+}
+
 }  // namespace detail
 
 /// @brief The name `latest` points to under `dir` (empty when there is none).
@@ -358,7 +406,15 @@ std::string save(Engine& eng, const std::string& dir, const save_options& opts =
     m["optimizer"] = {{"name", Engine::optimizer_type::name}, {"state_arrays", Engine::state_arrays}};
     json reg = json::array();
     const auto& lay = eng.model_layout();
-    for (std::size_t p = 0; p < lay.param_count(); ++p) reg.push_back({{"describe", eng.param_description(p)}});
+    const auto& regd = eng.registry();
+    for (std::size_t p = 0; p < lay.param_count(); ++p) {
+      const auto& d = regd.params()[p];
+      reg.push_back({{"name", d.name},
+                     {"shape", d.shape},
+                     {"unit", regd.units()[d.unit]},
+                     {"group", d.group},
+                     {"describe", eng.param_description(p)}});
+    }
     m["registry"] = reg;
     json sc = json::object();
     for (const auto& [k, v] : run.scaler) sc[k] = v;
@@ -413,17 +469,8 @@ void load(Engine& eng, const std::string& dir, std::string name = {}) {
   std::vector<json> files;
   detail::on_every_rank(comm, [&] {
     ZB_REQUIRE(eng.micro_steps_pending() == 0, "checkpoint::load: load between steps (after step())");
-    try {
-      m = json::parse(text);
-    } catch (const std::exception& e) {
-      ZB_FAIL("checkpoint::load: ", (cdir / "manifest.json").string(), " is not valid JSON: ", e.what());
-    }
+    m = detail::parse_manifest(text, cdir / "manifest.json");
     const auto where = (cdir / "manifest.json").string();
-    ZB_REQUIRE(m.value("format", "") == "zeroblocks-checkpoint", "checkpoint::load: ", where,
-               " is not a zeroblocks checkpoint manifest");
-    const int v = m.value("format_version", -1);
-    ZB_REQUIRE(v >= 1 && v <= format_version, "checkpoint::load: ", where, " has format version ", v,
-               "; this zeroblocks reads versions 1 to ", format_version, " (a newer zeroblocks wrote it?)");
     const auto& opt = m.at("optimizer");
     ZB_REQUIRE(opt.at("name").get<std::string>() == Engine::optimizer_type::name &&
                    opt.at("state_arrays").get<int>() == Engine::state_arrays,
@@ -467,34 +514,8 @@ void load(Engine& eng, const std::string& dir, std::string name = {}) {
                  " of the ", s.count, " elements [", s.begin, ", ", s.begin + s.count, ") of parameter ",
                  eng.param_description(s.param));
     }
-    std::vector<char> buf;
-    for (std::size_t fi = 0; fi < files.size(); ++fi) {
-      if (!needed[fi]) continue;
-      const auto& f = files[fi];
-      const fs::path p = cdir / f.at("file").get<std::string>();
-      detail::fd_guard fd{::open(p.c_str(), O_RDONLY | O_CLOEXEC)};
-      ZB_REQUIRE(fd.fd >= 0, "checkpoint::load: cannot open ", p.string(), ": ", std::strerror(errno));
-      struct stat st {};
-      ZB_REQUIRE(::fstat(fd.fd, &st) == 0, "checkpoint::load: cannot stat ", p.string());
-      const std::uint64_t bytes = f.at("bytes").get<std::uint64_t>();
-      ZB_REQUIRE(static_cast<std::uint64_t>(st.st_size) == bytes, "checkpoint::load: ", p.string(), " has ",
-                 st.st_size, " bytes; the manifest says ", bytes, " (truncated or replaced)");
-      const std::size_t block = f.at("block_bytes").get<std::size_t>();
-      const auto& blocks = f.at("blocks");
-      detail::block_hasher h(block);
-      buf.resize(std::min<std::uint64_t>(block, std::max<std::uint64_t>(bytes, 1)));
-      std::size_t b = 0;
-      for (std::uint64_t off = 0; off < bytes; off += block, ++b) {
-        const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(block, bytes - off));
-        detail::read_at(fd.fd, buf.data(), n, off, p);
-        const std::uint64_t got = XXH3_64bits(buf.data(), n);
-        ZB_REQUIRE(b < blocks.size() && detail::hex64(got) == blocks[b].get<std::string>(), "checkpoint::load: ",
-                   p.string(), " is corrupt: bytes [", off, ", ", off + n, ") do not match their checksum");
-        h.update(buf.data(), n);
-      }
-      ZB_REQUIRE(detail::hex64(h.finish().first) == f.at("xxh3").get<std::string>(), "checkpoint::load: ",
-                 p.string(), " does not match its checksum");
-    }
+    for (std::size_t fi = 0; fi < files.size(); ++fi)
+      if (needed[fi]) detail::verify_file(cdir, files[fi]);
   });
 
   // Verified: load. (An I/O error from here on leaves the engine partly loaded; it is
@@ -533,6 +554,125 @@ void load(Engine& eng, const std::string& dir, std::string name = {}) {
   rs.lr = run.at("lr").get<float>();
   for (const auto& [k, v] : run.at("scaler").items()) rs.scaler.emplace_back(k, v.template get<double>());
   detail::on_every_rank(comm, [&] { eng.set_run_state(rs); });
+}
+
+/// @brief How `export_safetensors` writes.
+struct export_options {
+  /// The parameters' dtype in the file: "fp32", "bf16" or "fp16" (rounded from the
+  /// fp32 master to nearest even, as the engine rounds its 16-bit parameters).
+  std::string dtype = "fp32";
+  /// Also write the optimizer's state arrays (fp32), as `optimizer.<name>.<k>`
+  /// (`k` = the rule's state array: AdamW 0 = exp_avg, 1 = exp_avg_sq).
+  bool optimizer_state = false;
+  /// fp32 values staged at a time: memory stays about this many × 6 B whatever Ψ.
+  std::size_t chunk_numel = std::size_t{1} << 22;
+};
+
+/// @brief Write checkpoint `name` (default: `latest`) of `dir` as one safetensors file
+/// `out` (written to `out.tmp`, then renamed): the model's parameters by their
+/// registered names and shapes, streamed with memory bounded by `chunk_numel` whatever
+/// the model's size. No MPI, no engine: any process that can read the files. The rank
+/// files are verified (sizes, checksums) first. The header's `__metadata__` carries
+/// `format` ("zeroblocks"), `checkpoint`, `steps` and `optimizer`.
+inline void export_safetensors(const std::string& dir, std::string name, const std::string& out,
+                               const export_options& o = {}) {
+  namespace fs = detail::fs;
+  using ojson = nlohmann::ordered_json;
+  if (name.empty()) name = latest(dir);
+  ZB_REQUIRE(!name.empty(), "checkpoint::export_safetensors: no checkpoint in ", dir, " (no 'latest')");
+  ZB_REQUIRE(o.dtype == "fp32" || o.dtype == "bf16" || o.dtype == "fp16", "checkpoint::export_safetensors: dtype '",
+             o.dtype, "' is not fp32, bf16 or fp16");
+  ZB_REQUIRE(o.chunk_numel >= 1, "checkpoint::export_safetensors: chunk_numel must be >= 1");
+  const fs::path cdir = fs::path(dir) / name;
+  const auto m = detail::parse_manifest(detail::read_text(cdir / "manifest.json"), cdir / "manifest.json");
+  const auto& files = m.at("files");
+  for (const auto& f : files) detail::verify_file(cdir, f);
+  const int arrays = m.at("optimizer").at("state_arrays").get<int>();
+  const auto& reg = m.at("registry");
+  // Where each parameter's elements are: {begin, count, file, offset}, by begin.
+  std::vector<std::vector<std::array<std::uint64_t, 4>>> where(reg.size());
+  for (std::size_t fi = 0; fi < files.size(); ++fi)
+    for (const auto& s : files[fi].at("segments"))
+      where.at(s.at(0).get<std::size_t>())
+          .push_back({s.at(1).get<std::uint64_t>(), s.at(2).get<std::uint64_t>(), fi, s.at(3).get<std::uint64_t>()});
+  for (auto& w : where) std::sort(w.begin(), w.end());
+
+  const std::size_t psize = o.dtype == "fp32" ? 4 : 2;
+  const char* pdtype = o.dtype == "fp32" ? "F32" : o.dtype == "bf16" ? "BF16" : "F16";
+  struct tensor {
+    std::size_t param;
+    int array;  // 0: the parameter (master, in `dtype`); k >= 1: optimizer state k-1 (fp32)
+  };
+  std::vector<tensor> order;
+  for (std::size_t p = 0; p < reg.size(); ++p) order.push_back({p, 0});
+  if (o.optimizer_state)
+    for (int a = 1; a < arrays; ++a)
+      for (std::size_t p = 0; p < reg.size(); ++p) order.push_back({p, a});
+  ojson header;
+  header["__metadata__"] = {{"format", "zeroblocks"},
+                            {"checkpoint", name},
+                            {"steps", std::to_string(m.at("run").at("steps").get<long>())},
+                            {"optimizer", m.at("optimizer").at("name").get<std::string>()}};
+  std::uint64_t at = 0;
+  for (const auto& t : order) {
+    const auto& r = reg[t.param];
+    std::uint64_t numel = 1;
+    for (auto d : r.at("shape")) numel *= d.get<std::uint64_t>();
+    const std::uint64_t bytes = numel * (t.array == 0 ? psize : 4);
+    const std::string key = t.array == 0 ? r.at("name").get<std::string>()
+                                         : detail::concat("optimizer.", r.at("name").get<std::string>(), ".", t.array - 1);
+    ZB_REQUIRE(!header.contains(key), "checkpoint::export_safetensors: two tensors named '", key, "'");
+    header[key] = {{"dtype", t.array == 0 ? pdtype : "F32"}, {"shape", r.at("shape")}, {"data_offsets", {at, at + bytes}}};
+    at += bytes;
+  }
+  std::string h = header.dump();
+  while ((8 + h.size()) % 8 != 0) h.push_back(' ');  // the data starts 8-byte aligned
+
+  const fs::path tmp = out + ".tmp";
+  detail::fd_guard w{::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)};
+  ZB_REQUIRE(w.fd >= 0, "checkpoint::export_safetensors: cannot create ", tmp.string(), ": ", std::strerror(errno));
+  unsigned char len[8];
+  for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>((static_cast<std::uint64_t>(h.size()) >> (8 * i)) & 0xff);
+  detail::write_all(w.fd, len, 8, tmp);
+  detail::write_all(w.fd, h.data(), h.size(), tmp);
+  std::vector<detail::fd_guard> fds(files.size());
+  std::vector<float> vals;
+  std::vector<std::uint16_t> half_bits;
+  for (const auto& t : order) {
+    std::uint64_t next = 0;  // elements of this parameter written so far
+    for (const auto& c : where[t.param]) {
+      ZB_REQUIRE(c[0] == next, "checkpoint::export_safetensors: ", (cdir / "manifest.json").string(),
+                 " does not cover parameter '", reg[t.param].at("name").get<std::string>(), "' from element ", next);
+      const fs::path p = cdir / files[c[2]].at("file").get<std::string>();
+      if (fds[c[2]].fd < 0) fds[c[2]].fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
+      ZB_REQUIRE(fds[c[2]].fd >= 0, "checkpoint::export_safetensors: cannot open ", p.string());
+      for (std::uint64_t done = 0; done < c[1];) {
+        const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(o.chunk_numel, c[1] - done));
+        vals.resize(n);
+        detail::read_at(fds[c[2]].fd, vals.data(), n * sizeof(float),
+                        c[3] + (static_cast<std::uint64_t>(t.array) * c[1] + done) * sizeof(float), p);
+        if (t.array > 0 || o.dtype == "fp32") {
+          detail::write_all(w.fd, vals.data(), n * sizeof(float), tmp);
+        } else {
+          half_bits.resize(n);
+          for (std::size_t i = 0; i < n; ++i) {
+            if (o.dtype == "bf16") half_bits[i] = std::bit_cast<std::uint16_t>(from_float<bfloat16>(vals[i]));
+            else half_bits[i] = std::bit_cast<std::uint16_t>(from_float<half>(vals[i]));
+          }
+          detail::write_all(w.fd, half_bits.data(), n * 2, tmp);
+        }
+        done += n;
+      }
+      next += c[1];
+    }
+    std::uint64_t numel = 1;
+    for (auto d : reg[t.param].at("shape")) numel *= d.get<std::uint64_t>();
+    ZB_REQUIRE(next == numel, "checkpoint::export_safetensors: ", (cdir / "manifest.json").string(), " covers ", next,
+               " of the ", numel, " elements of parameter '", reg[t.param].at("name").get<std::string>(), "'");
+  }
+  ZB_REQUIRE(::fsync(w.fd) == 0, "checkpoint::export_safetensors: fsync of ", tmp.string(), " failed: ",
+             std::strerror(errno));
+  fs::rename(tmp, out);
 }
 
 }  // namespace checkpoint

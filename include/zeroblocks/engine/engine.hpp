@@ -623,6 +623,8 @@ public:
   int micro_steps_pending() const { return micro_steps_ + (in_micro_ ? 1 : 0); }
   /// @brief The registry's description of parameter `p` (name, shape, unit).
   const std::string& param_description(std::size_t p) const { return reg_lines_[p]; }
+  /// @brief The parameters as registered (names, shapes, units, groups).
+  const param_registry& registry() const { return reg_; }
 
   // ---- inspection ----------------------------------------------------------------
 
@@ -836,6 +838,7 @@ private:
     detail::agree_config_same(comm_, agreement_lines<T, Space>(cfg_));
     reg_lines_.clear();
     for (std::size_t i = 0; i < reg.size(); ++i) reg_lines_.push_back(reg.describe(i));
+    reg_ = reg;
     detail::agree_registry_same(comm_, reg_lines_);
     return Partitioner::make_layout(reg, comm_.size(), cfg_.partition);
   }
@@ -883,6 +886,7 @@ private:
   Comm control_comm_;   // per-step agreement and the gradient norm
   config cfg_;
   std::vector<std::string> reg_lines_;
+  param_registry reg_;
   layout layout_;
   memory_tracker tracker_;
   stream_type stream_;  // the compute stream (before ctx_, which refers to it)
