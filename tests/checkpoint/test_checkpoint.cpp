@@ -374,3 +374,64 @@ TEST_CASE("ENOSPC during a save is an error on every rank; the previous checkpoi
   CHECK(fresh.steps() == 1);
   MPI_Barrier(MPI_COMM_WORLD);
 }
+
+TEST_CASE("safetensors in: an export imports into another stage, bf16 rounded, names mapped; bad files refused") {
+  zbt::synthetic_model m(2);
+  zbt::run_options o;
+  const auto dir = shared_dir(MPI_COMM_WORLD, "import");
+  std::vector<float> master;
+  {
+    using A = zb::stage1<C>;
+    A eng(m.reg, C(MPI_COMM_WORLD), config_of<A>(MPI_COMM_WORLD, o));
+    zbt::init_params(eng, m);
+    train(eng, m, o, 0, 2);
+    zb::checkpoint::save(eng, dir.string());
+    master = eng.gather_master();
+    zb::checkpoint::save_safetensors(eng, (dir / "live.safetensors").string());  // collectively, from the engine
+  }
+  on_rank0([&] {
+    zb::checkpoint::export_options eo;
+    zb::checkpoint::export_safetensors(dir.string(), "", (dir / "fp32.safetensors").string(), eo);
+    eo.dtype = "bf16";
+    zb::checkpoint::export_safetensors(dir.string(), "", (dir / "bf16.safetensors").string(), eo);
+  });
+  {  // fp32 into stage 3: the master as saved, bit for bit; training goes on
+    using B = zb::stage3<C>;
+    B eng(m.reg, C(MPI_COMM_WORLD), config_of<B>(MPI_COMM_WORLD, o));
+    zb::checkpoint::import_safetensors(eng, (dir / "fp32.safetensors").string(),
+                                       [](const std::string& n) { return n; });
+    CHECK(same_bits(eng.gather_master(), master));
+    train(eng, m, o, 0, 1);
+  }
+  {  // the collective export imports alike
+    using B = zb::stage2_nvme<C>;
+    B eng(m.reg, C(MPI_COMM_WORLD), config_of<B>(MPI_COMM_WORLD, o));
+    zb::checkpoint::import_safetensors(eng, (dir / "live.safetensors").string());
+    CHECK(same_bits(eng.gather_master(), master));
+    CHECK(!fs::exists(dir / "live.safetensors.checkpoint"));
+  }
+  {  // bf16 into stage 0: the master rounded to bf16
+    using B = zb::stage0<C>;
+    B eng(m.reg, C(MPI_COMM_WORLD), config_of<B>(MPI_COMM_WORLD, o));
+    zb::checkpoint::import_safetensors(eng, (dir / "bf16.safetensors").string());
+    auto want = master;
+    for (auto& x : want) x = zb::to_float(zb::from_float<zb::bfloat16>(x));
+    CHECK(same_bits(eng.gather_master(), want));
+  }
+  {  // a name the file does not have; another model's shapes: refused, engine unchanged
+    using B = zb::stage2<C>;
+    B eng(m.reg, C(MPI_COMM_WORLD), config_of<B>(MPI_COMM_WORLD, o));
+    zbt::init_params(eng, m);
+    const auto before = eng.gather_master();
+    auto msg = error_of([&] {
+      zb::checkpoint::import_safetensors(eng, (dir / "fp32.safetensors").string(),
+                                         [](const std::string& n) { return "model." + n; });
+    });
+    CHECK(has(msg, "has no tensor 'model.embed.w' for parameter 'embed.w' [26,7] in unit 'embed'"));
+    zbt::synthetic_model other(3);
+    B wrong(other.reg, C(MPI_COMM_WORLD), config_of<B>(MPI_COMM_WORLD, o));
+    msg = error_of([&] { zb::checkpoint::import_safetensors(wrong, (dir / "fp32.safetensors").string()); });
+    CHECK(has(msg, "tensor 'embed.w' has shape [26,7] but parameter 'embed.w' [39,7] in unit 'embed' needs [39,7]"));
+    CHECK(same_bits(eng.gather_master(), before));
+  }
+}

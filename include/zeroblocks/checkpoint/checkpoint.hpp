@@ -51,11 +51,15 @@
  * loss-scaler state restored: a resumed run continues bit for bit.
  *
  * `export_safetensors` writes a checkpoint as one safetensors file (offline, streaming,
- * no MPI; the `zeroblocks-export` tool).
+ * no MPI; the `zeroblocks-export` tool); `save_safetensors` does it from a running
+ * engine, collectively.
+ *
+ * `import_safetensors` initialises an engine's parameters from a safetensors file
+ * (memory-mapped; each rank reads what it holds).
  *
  * Not yet: asynchronous saves, streaming the NVMe tier's files without staging them in
  * memory (the NVMe masters are saved and loaded through their records, a sub-group at a
- * time), safetensors import.
+ * time).
  */
 #pragma once
 
@@ -67,6 +71,7 @@
 #include <xxhash.h>
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -79,6 +84,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <random>
 #include <sstream>
@@ -673,6 +679,131 @@ inline void export_safetensors(const std::string& dir, std::string name, const s
   ZB_REQUIRE(::fsync(w.fd) == 0, "checkpoint::export_safetensors: fsync of ", tmp.string(), " failed: ",
              std::strerror(errno));
   fs::rename(tmp, out);
+}
+
+/// @brief The running engine's model as one safetensors file `out`, collectively: a
+/// checkpoint is saved (every rank writes its part, in parallel) into `out.checkpoint/`,
+/// rank 0 streams it into `out` (`export_safetensors`, memory bounded by
+/// `o.chunk_numel`), and the temporary checkpoint is removed. Between steps.
+template <class Engine>
+void save_safetensors(Engine& eng, const std::string& out, const export_options& o = {}) {
+  auto& comm = eng.communicator();
+  const std::string tmp = out + ".checkpoint";
+  save_options so;
+  so.name = "export";
+  detail::on_every_rank(comm, [&] {
+    if (comm.rank() == 0) detail::fs::remove_all(tmp);
+  });
+  save(eng, tmp, so);
+  detail::on_every_rank(comm, [&] {
+    if (comm.rank() != 0) return;
+    export_safetensors(tmp, so.name, out, o);
+    detail::fs::remove_all(tmp);
+  });
+}
+
+/// @brief Maps an engine parameter's registered name to its tensor name in a
+/// safetensors file (identity by default).
+using name_map = std::function<std::string(const std::string&)>;
+
+/// @brief Initialise `eng`'s parameters from safetensors file `path` (names through
+/// `map`; F32, BF16 or F16 tensors of the registered shapes). The file is memory-mapped
+/// and each rank reads only the elements it holds (with stage 3 its own slices). The
+/// imported parameters' optimizer state is zero (a fresh start from pretrained weights);
+/// the step count, learning rate and loss scale are left as they are. Collective,
+/// between steps. Everything is checked on every rank first — the file's header is the
+/// same on every rank (size and a hash), every parameter has a tensor of its shape and
+/// a known dtype inside the file — and a failure is an error on every rank naming the
+/// file and the tensor, with the engine unchanged.
+template <class Engine>
+void import_safetensors(Engine& eng, const std::string& path, const name_map& map = {}) {
+  auto& comm = eng.communicator();
+  struct mapping {
+    void* base = MAP_FAILED;
+    std::size_t bytes = 0;
+    ~mapping() {
+      if (base != MAP_FAILED) ::munmap(base, bytes);
+    }
+  } file;
+  struct tensor_ref {
+    int dtype = 0;  // 0 F32, 1 BF16, 2 F16
+    std::uint64_t begin = 0;
+  };
+  std::vector<tensor_ref> tensors(eng.registry().size());
+  std::uint64_t header_hash = 0, data_start = 0;
+  detail::on_every_rank(comm, [&] {
+    detail::fd_guard fd{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+    ZB_REQUIRE(fd.fd >= 0, "checkpoint::import_safetensors: cannot open ", path, ": ", std::strerror(errno));
+    struct stat st {};
+    ZB_REQUIRE(::fstat(fd.fd, &st) == 0 && st.st_size >= 8, "checkpoint::import_safetensors: ", path,
+               " is too short for a safetensors file");
+    file.bytes = static_cast<std::size_t>(st.st_size);
+    file.base = ::mmap(nullptr, file.bytes, PROT_READ, MAP_SHARED, fd.fd, 0);
+    ZB_REQUIRE(file.base != MAP_FAILED, "checkpoint::import_safetensors: cannot map ", path, ": ", std::strerror(errno));
+    const auto* b = static_cast<const unsigned char*>(file.base);
+    std::uint64_t n = 0;
+    for (int i = 7; i >= 0; --i) n = (n << 8) | b[i];
+    ZB_REQUIRE(n <= file.bytes - 8, "checkpoint::import_safetensors: ", path, ": header of ", n,
+               " bytes runs past the end of the file");
+    data_start = 8 + n;
+    header_hash = XXH3_64bits(b, static_cast<std::size_t>(data_start)) ^ file.bytes;
+    detail::json h;
+    try {
+      h = detail::json::parse(b + 8, b + 8 + n);
+    } catch (const std::exception& e) {
+      ZB_FAIL("checkpoint::import_safetensors: ", path, ": the header is not valid JSON: ", e.what());
+    }
+    const auto& reg = eng.registry().params();
+    for (std::size_t p = 0; p < reg.size(); ++p) {
+      const std::string key = map ? map(reg[p].name) : reg[p].name;
+      ZB_REQUIRE(h.contains(key), "checkpoint::import_safetensors: ", path, " has no tensor '", key,
+                 "' for parameter ", eng.param_description(p));
+      const auto& t = h.at(key);
+      const std::string dt = t.at("dtype").get<std::string>();
+      int code = dt == "F32" ? 0 : dt == "BF16" ? 1 : dt == "F16" ? 2 : -1;
+      ZB_REQUIRE(code >= 0, "checkpoint::import_safetensors: ", path, ": tensor '", key, "' is ", dt,
+                 "; F32, BF16 or F16 can be imported");
+      ZB_REQUIRE(t.at("shape").get<std::vector<std::size_t>>() == reg[p].shape, "checkpoint::import_safetensors: ",
+                 path, ": tensor '", key, "' has shape ", t.at("shape").dump(), " but parameter ",
+                 eng.param_description(p), " needs ", detail::json(reg[p].shape).dump());
+      const auto off = t.at("data_offsets").get<std::vector<std::uint64_t>>();
+      const std::uint64_t bytes = static_cast<std::uint64_t>(reg[p].numel) * (code == 0 ? 4 : 2);
+      ZB_REQUIRE(off.size() == 2 && off[1] >= off[0] && off[1] - off[0] == bytes && data_start + off[1] <= file.bytes,
+                 "checkpoint::import_safetensors: ", path, ": tensor '", key, "' has data_offsets ",
+                 t.at("data_offsets").dump(), ", not ", bytes, " bytes inside the file");
+      tensors[p] = {code, data_start + off[0]};
+    }
+  });
+  // The same file on every rank (a path that resolves differently would mix models).
+  const auto hashes = comm.all_gather_values({static_cast<double>(header_hash >> 32),
+                                               static_cast<double>(header_hash & 0xffffffffu)});
+  for (int r = 1; r < comm.size(); ++r)
+    ZB_REQUIRE(hashes[2 * r] == hashes[0] && hashes[2 * r + 1] == hashes[1], "checkpoint::import_safetensors: ", path,
+               " differs between rank 0 and rank ", r, " (size or header)");
+  detail::on_every_rank(comm, [&] {
+    ZB_REQUIRE(eng.micro_steps_pending() == 0, "checkpoint::import_safetensors: import between steps");
+    const auto* b = static_cast<const unsigned char*>(file.base);
+    std::vector<std::vector<float>> arrays(Engine::state_arrays);
+    std::vector<const float*> ptrs(Engine::state_arrays);
+    for (const auto& s : eng.load_segments()) {
+      for (auto& a : arrays) a.assign(s.count, 0.0f);
+      const auto& t = tensors[s.param];
+      float* v = arrays[0].data();
+      for (std::size_t i = 0; i < s.count; ++i) {
+        const std::size_t e = s.begin + i;
+        if (t.dtype == 0) {
+          std::memcpy(v + i, b + t.begin + 4 * e, 4);
+        } else {
+          std::uint16_t bits;
+          std::memcpy(&bits, b + t.begin + 2 * e, 2);
+          v[i] = t.dtype == 1 ? static_cast<float>(bfloat16::from_bits(bits)) : static_cast<float>(half::from_bits(bits));
+        }
+      }
+      for (int a = 0; a < Engine::state_arrays; ++a) ptrs[a] = arrays[a].data();
+      eng.load_segment(s, ptrs.data());
+    }
+  });
+  eng.state_loaded();
 }
 
 }  // namespace checkpoint
