@@ -435,3 +435,34 @@ TEST_CASE("safetensors in: an export imports into another stage, bf16 rounded, n
     CHECK(same_bits(eng.gather_master(), before));
   }
 }
+
+TEST_CASE("async_saver: training goes on while the snapshot is written; it loads as saved; errors surface later") {
+  zbt::synthetic_model m(20);
+  zbt::run_options o;
+  using E = zb::stage2<C>;
+  const auto dir = shared_dir(MPI_COMM_WORLD, "async");
+  E eng(m.reg, C(MPI_COMM_WORLD), config_of<E>(MPI_COMM_WORLD, o));
+  zbt::init_params(eng, m);
+  zb::checkpoint::async_saver<E> saver(eng);
+  train(eng, m, o, 0, 2);
+  const auto at2 = state_of(eng);
+  CHECK(saver.save(dir.string()) == "step-2");
+  train(eng, m, o, 2, 4);  // while the background thread writes step-2
+  const auto at4 = state_of(eng);
+  CHECK(saver.save(dir.string()) == "step-4");  // waits for step-2 first
+  saver.wait();
+  CHECK(zb::checkpoint::latest(dir.string()) == "step-4");
+  for (const auto& [name, want] : {std::pair{std::string("step-2"), at2}, std::pair{std::string("step-4"), at4}}) {
+    E fresh(m.reg, C(MPI_COMM_WORLD), config_of<E>(MPI_COMM_WORLD, o));
+    zb::checkpoint::load(fresh, dir.string(), name);
+    const auto got = state_of(fresh);
+    CHECK(same_bits(got.master, want.master));
+    CHECK(same_bits(got.params, want.params));
+  }
+  // A directory that cannot be made (a file is in the way): the error comes at the next call, on every rank.
+  on_rank0([&] { std::ofstream(dir / "blocked") << "x"; });
+  saver.save((dir / "blocked" / "sub").string());
+  const auto msg = error_of([&] { saver.wait(); });
+  CHECK(!msg.empty());
+  saver.wait();  // reported once
+}

@@ -57,7 +57,9 @@
  * `import_safetensors` initialises an engine's parameters from a safetensors file
  * (memory-mapped; each rank reads what it holds).
  *
- * Not yet: asynchronous saves, streaming the NVMe tier's files without staging them in
+ * `async_saver` saves in the background: training is blocked only for a host snapshot.
+ *
+ * Not yet: streaming the NVMe tier's files without staging them in
  * memory (the NVMe masters are saved and loaded through their records, a sub-group at a
  * time).
  */
@@ -89,6 +91,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 ZB_NAMESPACE_BEGIN
@@ -328,29 +331,55 @@ inline std::string latest(const std::string& dir) {
   return s;
 }
 
-/// @brief Save `eng`'s training state under `dir` (see the file comment). Collective;
-/// between steps only (an open micro-step is an error on every rank). Returns the
-/// checkpoint's name. Every rank must see `dir` (a shared filesystem for several nodes).
-template <class Engine>
-std::string save(Engine& eng, const std::string& dir, const save_options& opts = {}) {
-  namespace fs = detail::fs;
-  using detail::json;
-  auto& comm = eng.communicator();
-  const int rank = comm.rank(), world = comm.size();
-  const auto run = eng.get_run_state();
-  const std::string name = opts.name.empty() ? detail::concat("step-", run.steps) : opts.name;
+namespace detail {
 
-  // Every rank is between steps, and the name is usable.
-  detail::on_every_rank(comm, [&] {
-    ZB_REQUIRE(eng.micro_steps_pending() == 0, "checkpoint::save: ", eng.micro_steps_pending(),
-               " micro-step(s) of the next step already ran; save between steps (after step())");
-    ZB_REQUIRE(!name.empty() && name.find('/') == std::string::npos && name[0] != '.' && name != "latest",
-               "checkpoint::save: bad name '", name, "' (no '/', no leading '.', not 'latest')");
-    ZB_REQUIRE(opts.chunk_numel >= 1 && opts.block_bytes >= 1, "checkpoint::save: chunk_numel and block_bytes must be >= 1");
-  });
+/// One run of a rank file: elements `[begin, begin + count)` of parameter `param`.
+struct file_segment {
+  std::size_t param = 0, begin = 0, count = 0;
+};
+
+/// The manifest without its `files`: what the engine is and where its run stands.
+template <class Engine>
+json manifest_of(const Engine& eng, const std::string& name) {
+  const auto run = eng.get_run_state();
+  json m;
+  m["format"] = "zeroblocks-checkpoint";
+  m["format_version"] = format_version;
+  m["library_version"] = concat(ZB_VERSION_MAJOR, ".", ZB_VERSION_MINOR, ".", ZB_VERSION_PATCH);
+  m["name"] = name;
+  m["world"] = eng.world();
+  m["stage"] = Engine::stage;
+  m["param_type"] = dtype_name<typename Engine::param_type>();
+  m["config"] = agreement_lines<typename Engine::param_type, typename Engine::space>(eng.get_config());
+  m["optimizer"] = {{"name", Engine::optimizer_type::name}, {"state_arrays", Engine::state_arrays}};
+  json reg = json::array();
+  const auto& regd = eng.registry();
+  for (std::size_t p = 0; p < regd.size(); ++p) {
+    const auto& d = regd.params()[p];
+    reg.push_back({{"name", d.name},
+                   {"shape", d.shape},
+                   {"unit", regd.units()[d.unit]},
+                   {"group", d.group},
+                   {"describe", eng.param_description(p)}});
+  }
+  m["registry"] = reg;
+  json sc = json::object();
+  for (const auto& [k, v] : run.scaler) sc[k] = v;
+  m["run"] = {{"steps", run.steps}, {"skipped", run.skipped}, {"lr", run.lr}, {"scaler", sc}};
+  return m;
+}
+
+/// Write a checkpoint collectively on `comm`: the temporary directory, this rank's
+/// file (`read(i, array, from, out, n)` gives `n` values of segment `i`'s array from
+/// element `from`), the agreement, rank 0's manifest and the renames that publish it.
+/// `manifest` is rank 0's manifest without `files`.
+template <class Comm, class Read>
+void write_checkpoint(Comm& comm, const std::string& dir, const std::string& name, const save_options& opts,
+                      const json& manifest, const std::vector<file_segment>& segs, int arrays, Read&& read) {
+  const int rank = comm.rank();
   // Rank 0 prepares the temporary directory (removing leftovers of interrupted saves).
   std::string tmp_name;
-  detail::on_every_rank(comm, [&] {
+  on_every_rank(comm, [&] {
     if (rank != 0) return;
     fs::create_directories(dir);
     ZB_REQUIRE(latest(dir) != name, "checkpoint::save: ", (fs::path(dir) / name).string(),
@@ -358,95 +387,184 @@ std::string save(Engine& eng, const std::string& dir, const save_options& opts =
     for (const auto& e : fs::directory_iterator(dir))
       if (e.path().filename().string().rfind(".tmp-", 0) == 0) fs::remove_all(e.path());
     std::random_device rd;
-    tmp_name = detail::concat(".tmp-", name, "-", detail::hex64((std::uint64_t{rd()} << 32) ^ rd()));
+    tmp_name = concat(".tmp-", name, "-", hex64((std::uint64_t{rd()} << 32) ^ rd()));
     fs::create_directory(fs::path(dir) / tmp_name);
   });
-  tmp_name = detail::from_rank0(comm, tmp_name);
+  tmp_name = from_rank0(comm, tmp_name);
   const fs::path tmp = fs::path(dir) / tmp_name;
 
-  // Every rank writes its file: its segments, each as state_arrays runs of fp32.
+  // Every rank writes its file: its segments, each as `arrays` runs of fp32.
   json mine;
-  detail::on_every_rank(comm, [&] {
-    const fs::path p = tmp / detail::rank_file_name(rank);
-    detail::fd_guard f{::open(p.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644)};
+  on_every_rank(comm, [&] {
+    const fs::path p = tmp / rank_file_name(rank);
+    fd_guard f{::open(p.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644)};
     ZB_REQUIRE(f.fd >= 0, "checkpoint::save: cannot create ", p.string(), ": ", std::strerror(errno));
-    detail::block_hasher h(opts.block_bytes);
+    block_hasher h(opts.block_bytes);
     std::vector<float> buf;
     std::uint64_t offset = 0;
-    json segs = json::array();
-    for (const auto& s : eng.save_segments()) {
-      segs.push_back({s.param, s.begin, s.count, offset});
-      for (int a = 0; a < Engine::state_arrays; ++a)
+    json jsegs = json::array();
+    for (std::size_t i = 0; i < segs.size(); ++i) {
+      const auto& s = segs[i];
+      jsegs.push_back({s.param, s.begin, s.count, offset});
+      for (int a = 0; a < arrays; ++a)
         for (std::size_t done = 0; done < s.count;) {
           const std::size_t n = std::min(opts.chunk_numel, s.count - done);
           buf.resize(n);
-          eng.read_state(a, s.master_offset + done, buf.data(), n);
-          detail::write_all(f.fd, buf.data(), n * sizeof(float), p);
+          read(i, a, done, buf.data(), n);
+          write_all(f.fd, buf.data(), n * sizeof(float), p);
           h.update(buf.data(), n * sizeof(float));
           done += n;
         }
-      offset += static_cast<std::uint64_t>(s.count) * sizeof(float) * Engine::state_arrays;
+      offset += static_cast<std::uint64_t>(s.count) * sizeof(float) * static_cast<std::uint64_t>(arrays);
     }
     ZB_REQUIRE(::fsync(f.fd) == 0, "checkpoint::save: fsync of ", p.string(), " failed: ", std::strerror(errno));
     auto [whole, blocks] = h.finish();
     json jb = json::array();
-    for (auto b : blocks) jb.push_back(detail::hex64(b));
-    mine = {{"rank", rank},       {"file", detail::rank_file_name(rank)}, {"bytes", offset},
-            {"xxh3", detail::hex64(whole)}, {"block_bytes", opts.block_bytes}, {"blocks", jb},
-            {"segments", segs}};
+    for (auto b : blocks) jb.push_back(hex64(b));
+    mine = {{"rank", rank},          {"file", rank_file_name(rank)}, {"bytes", offset},
+            {"xxh3", hex64(whole)}, {"block_bytes", opts.block_bytes}, {"blocks", jb},
+            {"segments", jsegs}};
   });
   const auto files = comm.all_gather_strings(mine.dump());
 
   // Rank 0: the manifest, then the renames that publish it.
-  detail::on_every_rank(comm, [&] {
+  on_every_rank(comm, [&] {
     if (rank != 0) return;
-    json m;
-    m["format"] = "zeroblocks-checkpoint";
-    m["format_version"] = format_version;
-    m["library_version"] = detail::concat(ZB_VERSION_MAJOR, ".", ZB_VERSION_MINOR, ".", ZB_VERSION_PATCH);
-    m["name"] = name;
-    m["world"] = world;
-    m["stage"] = Engine::stage;
-    m["param_type"] = dtype_name<typename Engine::param_type>();
-    m["config"] = agreement_lines<typename Engine::param_type, typename Engine::space>(eng.get_config());
-    m["optimizer"] = {{"name", Engine::optimizer_type::name}, {"state_arrays", Engine::state_arrays}};
-    json reg = json::array();
-    const auto& lay = eng.model_layout();
-    const auto& regd = eng.registry();
-    for (std::size_t p = 0; p < lay.param_count(); ++p) {
-      const auto& d = regd.params()[p];
-      reg.push_back({{"name", d.name},
-                     {"shape", d.shape},
-                     {"unit", regd.units()[d.unit]},
-                     {"group", d.group},
-                     {"describe", eng.param_description(p)}});
-    }
-    m["registry"] = reg;
-    json sc = json::object();
-    for (const auto& [k, v] : run.scaler) sc[k] = v;
-    m["run"] = {{"steps", run.steps}, {"skipped", run.skipped}, {"lr", run.lr}, {"scaler", sc}};
+    json m = manifest;
     json fl = json::array();
     for (const auto& f : files) fl.push_back(json::parse(f));
     m["files"] = fl;
-    detail::write_text(tmp / "manifest.json", m.dump(1));
-    detail::fsync_path(tmp, true);
+    write_text(tmp / "manifest.json", m.dump(1));
+    fsync_path(tmp, true);
     // A checkpoint of that name that `latest` does not point to (an interrupted save
     // renamed it but never published it, or an older run's) is replaced.
     if (fs::exists(fs::path(dir) / name)) fs::remove_all(fs::path(dir) / name);
     fs::rename(tmp, fs::path(dir) / name);
-    detail::fsync_path(dir, true);
-    detail::write_text(fs::path(dir) / "latest.tmp", name + "\n");
+    fsync_path(dir, true);
+    write_text(fs::path(dir) / "latest.tmp", name + "\n");
     fs::rename(fs::path(dir) / "latest.tmp", fs::path(dir) / "latest");
-    detail::fsync_path(dir, true);
+    fsync_path(dir, true);
     if (opts.keep_last > 0) {
-      auto all = detail::complete_checkpoints(dir);
+      auto all = complete_checkpoints(dir);
       for (std::size_t i = 0; i + static_cast<std::size_t>(opts.keep_last) < all.size(); ++i)
         if (all[i].second != name) fs::remove_all(fs::path(dir) / all[i].second);
     }
   });
+}
+
+/// Checks before a save: between steps, a usable name, sane options. Collective.
+template <class Engine>
+std::string check_save(Engine& eng, const save_options& opts) {
+  const std::string name = opts.name.empty() ? concat("step-", eng.steps()) : opts.name;
+  on_every_rank(eng.communicator(), [&] {
+    ZB_REQUIRE(eng.micro_steps_pending() == 0, "checkpoint::save: ", eng.micro_steps_pending(),
+               " micro-step(s) of the next step already ran; save between steps (after step())");
+    ZB_REQUIRE(!name.empty() && name.find('/') == std::string::npos && name[0] != '.' && name != "latest",
+               "checkpoint::save: bad name '", name, "' (no '/', no leading '.', not 'latest')");
+    ZB_REQUIRE(opts.chunk_numel >= 1 && opts.block_bytes >= 1,
+               "checkpoint::save: chunk_numel and block_bytes must be >= 1");
+  });
   return name;
 }
 
+template <class Engine>
+std::vector<file_segment> file_segments(const std::vector<typename Engine::state_segment>& segs) {
+  std::vector<file_segment> out;
+  out.reserve(segs.size());
+  for (const auto& s : segs) out.push_back({s.param, s.begin, s.count});
+  return out;
+}
+
+}  // namespace detail
+
+/// @brief Save `eng`'s training state under `dir` (see the file comment). Collective;
+/// between steps only (an open micro-step is an error on every rank). Returns the
+/// checkpoint's name. Every rank must see `dir` (a shared filesystem for several nodes).
+template <class Engine>
+std::string save(Engine& eng, const std::string& dir, const save_options& opts = {}) {
+  const std::string name = detail::check_save(eng, opts);
+  const auto segs = eng.save_segments();
+  detail::write_checkpoint(eng.communicator(), dir, name, opts, detail::manifest_of(eng, name),
+                           detail::file_segments<Engine>(segs), Engine::state_arrays,
+                           [&](std::size_t i, int a, std::size_t from, float* out, std::size_t n) {
+                             eng.read_state(a, segs[i].master_offset + from, out, n);
+                           });
+  return name;
+}
+
+/// @brief Saves in the background. `save(dir, opts)` takes a snapshot of this rank's
+/// part of the state in host memory (the only time training is blocked: one copy of
+/// 4 (1 + K) B per element of 1/N of the model) and returns; a thread writes it and
+/// publishes the checkpoint exactly as `checkpoint::save` does, on a communicator of
+/// its own (`comm.dup()` at construction), while training goes on. A second `save`
+/// waits for the first; a failure of the background write (on any rank) is thrown by
+/// the next `save`, `wait` or `error_pending` check — on every rank. The background
+/// collectives need a communicator that progresses concurrently (`async_progress()`:
+/// comm::mpi under MPI_THREAD_MULTIPLE); otherwise `save` writes synchronously.
+/// Destroying the saver waits for the write in flight.
+template <class Engine>
+class async_saver {
+public:
+  explicit async_saver(Engine& eng) : eng_(eng), comm_(eng.communicator().dup()) {}
+  async_saver(const async_saver&) = delete;
+  async_saver& operator=(const async_saver&) = delete;
+  ~async_saver() {
+    if (thread_.joinable()) thread_.join();
+  }
+
+  /// @brief Snapshot now, write in the background. Collective, between steps. Returns
+  /// the checkpoint's name.
+  std::string save(const std::string& dir, const save_options& opts = {}) {
+    wait();
+    const std::string name = detail::check_save(eng_, opts);
+    const auto segs = eng_.save_segments();
+    // The snapshot: every segment's arrays, one after another.
+    std::vector<std::size_t> at(segs.size() + 1, 0);
+    for (std::size_t i = 0; i < segs.size(); ++i) at[i + 1] = at[i] + segs[i].count * Engine::state_arrays;
+    auto snap = std::make_shared<std::vector<float>>(at.back());
+    for (std::size_t i = 0; i < segs.size(); ++i)
+      for (int a = 0; a < Engine::state_arrays; ++a)
+        eng_.read_state(a, segs[i].master_offset, snap->data() + at[i] + a * segs[i].count, segs[i].count);
+    auto manifest = std::make_shared<detail::json>(detail::manifest_of(eng_, name));
+    auto fsegs = std::make_shared<std::vector<detail::file_segment>>(detail::file_segments<Engine>(segs));
+    auto job = [this, dir, name, opts, snap, manifest, fsegs, at] {
+      detail::write_checkpoint(comm_, dir, name, opts, *manifest, *fsegs, Engine::state_arrays,
+                               [&](std::size_t i, int a, std::size_t from, float* out, std::size_t n) {
+                                 std::memcpy(out, snap->data() + at[i] + a * (*fsegs)[i].count + from,
+                                             n * sizeof(float));
+                               });
+    };
+    if (!comm_.async_progress()) {
+      job();  // no concurrent progress: synchronous
+      return name;
+    }
+    thread_ = std::thread([this, job] {
+      try {
+        job();
+      } catch (...) {
+        error_ = std::current_exception();
+      }
+    });
+    return name;
+  }
+  /// @brief Wait for the write in flight; rethrow its failure (the same on every rank).
+  void wait() {
+    if (thread_.joinable()) thread_.join();
+    if (error_) {
+      auto e = error_;
+      error_ = nullptr;
+      std::rethrow_exception(e);
+    }
+  }
+  /// @brief Whether a write is in flight.
+  bool busy() const { return thread_.joinable(); }
+
+private:
+  Engine& eng_;
+  typename Engine::comm_type comm_;
+  std::thread thread_;
+  std::exception_ptr error_;
+};
 
 /// @brief Load checkpoint `name` (default: `latest`) from `dir` into `eng`, which may
 /// have another number of ranks, stage or tier than the run that saved it (same
