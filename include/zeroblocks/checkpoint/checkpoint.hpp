@@ -534,7 +534,7 @@ public:
                                              n * sizeof(float));
                                });
     };
-    if (!comm_.async_progress()) {
+    if (!concurrent()) {
       job();  // no concurrent progress: synchronous
       return name;
     }
@@ -558,6 +558,13 @@ public:
   }
   /// @brief Whether a write is in flight.
   bool busy() const { return thread_.joinable(); }
+  /// @brief Whether saves run in the background: the communicator progresses from two
+  /// threads (`async_progress()`), or has no peers to wait for (one without it, such
+  /// as `comm::self`, whose collectives are local).
+  bool concurrent() const {
+    if constexpr (requires { comm_.async_progress(); }) return comm_.async_progress();
+    else return true;
+  }
 
 private:
   Engine& eng_;
