@@ -88,6 +88,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <memory>
 #include <random>
 #include <sstream>
 #include <string>
@@ -494,7 +495,8 @@ std::string save(Engine& eng, const std::string& dir, const save_options& opts =
 
 /// @brief Saves in the background. `save(dir, opts)` takes a snapshot of this rank's
 /// part of the state in host memory (the only time training is blocked: one copy of
-/// 4 (1 + K) B per element of 1/N of the model) and returns; a thread writes it and
+/// 4 (1 + K) B per element of 1/N of the model, into a buffer the saver keeps for the
+/// next save) and returns; a thread writes it and
 /// publishes the checkpoint exactly as `checkpoint::save` does, on a communicator of
 /// its own (`comm.dup()` at construction), while training goes on. A second `save`
 /// waits for the first; a failure of the background write (on any rank) is thrown by
@@ -521,7 +523,10 @@ public:
     // The snapshot: every segment's arrays, one after another.
     std::vector<std::size_t> at(segs.size() + 1, 0);
     for (std::size_t i = 0; i < segs.size(); ++i) at[i + 1] = at[i] + segs[i].count * Engine::state_arrays;
-    auto snap = std::make_shared<std::vector<float>>(at.back());
+    // Kept between saves (the thread that read it has been joined): no page faults and
+    // no zero-fill of a fresh buffer while training waits.
+    if (!snap_ || snap_->size() != at.back()) snap_ = std::make_shared<std::vector<float>>(at.back());
+    auto snap = snap_;
     for (std::size_t i = 0; i < segs.size(); ++i)
       for (int a = 0; a < Engine::state_arrays; ++a)
         eng_.read_state(a, segs[i].master_offset, snap->data() + at[i] + a * segs[i].count, segs[i].count);
@@ -569,6 +574,7 @@ public:
 private:
   Engine& eng_;
   typename Engine::comm_type comm_;
+  std::shared_ptr<std::vector<float>> snap_;  // the host snapshot, reused by the next save
   std::thread thread_;
   std::exception_ptr error_;
 };
