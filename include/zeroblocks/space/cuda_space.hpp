@@ -332,49 +332,36 @@ private:
 
 static_assert(space_policy<cuda_space>);
 
-/// @brief Host memory registered with CUDA (`cudaHostRegister`, portable: pinned for every
-/// device and context), so the GPU reads and writes it by DMA and `cudaMemcpyAsync` from
-/// it does not block the host: ZeRO-Offload's host state (`master::offloaded`).
-///
-/// Each allocation starts on a page of its own (CUDA registers whole pages and refuses a
-/// range that overlaps one registered before): at most a page minus one byte of slack at
-/// the end, and exactly `bytes` registered — never a power-of-two rounding (DeepSpeed
-/// issue #3000). When registration fails (no usable GPU, RLIMIT_MEMLOCK) the pages stay
-/// pageable and `last_lock_ok()` tells; correctness never depends on it, copy speed does.
-struct cuda_pinned_space {
-  using space_concept = space_tag;
+/// @brief `cudaHostRegister` (portable: pinned for every device and context), so the GPU
+/// reads and writes the memory by DMA and `cudaMemcpyAsync` from it does not block the
+/// host. Each allocation starts on a page of its own (CUDA registers whole pages and
+/// refuses a range that overlaps one registered before): at most a page minus one byte
+/// of slack at the end. Registration fails without a usable GPU or under
+/// RLIMIT_MEMLOCK; the error is cleared (not sticky for the next call).
+struct cuda_register_pages {
   static constexpr const char* name = "cuda_pinned";
-  static constexpr bool host_accessible = true;
-  using stream_type = no_stream;
-
-  static void* allocate(std::size_t bytes, std::size_t alignment = default_alignment) {
-    void* p = host_space::allocate(bytes, alignment > page() ? alignment : page());
-    last_lock_ok() = p != nullptr && cudaHostRegister(p, bytes, cudaHostRegisterPortable) == cudaSuccess;
-    if (p && !last_lock_ok()) (void)cudaGetLastError();  // not sticky: leave no trace for the next call
-    return p;
-  }
-  static void deallocate(void* p, std::size_t /*bytes*/) {
-    // Not registered (registration failed): cudaErrorHostMemoryNotRegistered, cleared.
-    if (p && cudaHostUnregister(p) != cudaSuccess) (void)cudaGetLastError();
-    std::free(p);
-  }
-  static void copy(void* dst, const void* src, std::size_t bytes) { host_space::copy(dst, src, bytes); }
-  static void fill_zero(void* p, std::size_t bytes) { host_space::fill_zero(p, bytes); }
-  /// @brief Whether the most recent allocation (on this thread) could be registered.
-  static bool& last_lock_ok() {
-    static thread_local bool ok = false;
-    return ok;
-  }
-
-private:
-  static std::size_t page() {
-    static const std::size_t v = [] {
+  static std::size_t alignment(std::size_t a) {
+    static const std::size_t page = [] {
       const long r = ::sysconf(_SC_PAGESIZE);
       return r > 0 ? static_cast<std::size_t>(r) : std::size_t{4096};
     }();
-    return v;
+    return a > page ? a : page;
+  }
+  static bool lock(void* p, std::size_t bytes) {
+    if (cudaHostRegister(p, bytes, cudaHostRegisterPortable) == cudaSuccess) return true;
+    (void)cudaGetLastError();
+    return false;
+  }
+  static void unlock(void* p, std::size_t) {
+    // Not registered (registration failed): cudaErrorHostMemoryNotRegistered, cleared.
+    if (cudaHostUnregister(p) != cudaSuccess) (void)cudaGetLastError();
   }
 };
+
+/// @brief Host memory registered with CUDA: ZeRO-Offload's host state
+/// (`master::offloaded`). Exactly the bytes asked for are registered (DeepSpeed issue
+/// #3000: no power-of-two rounding); `last_lock_ok()` tells whether registration worked.
+using cuda_pinned_space = locked_host_space<cuda_register_pages>;
 
 static_assert(space_policy<cuda_pinned_space>);
 

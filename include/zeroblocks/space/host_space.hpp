@@ -78,37 +78,50 @@ struct host_space {
   }
 };
 
-/// @brief Page-locked host memory (`mlock`, best effort under RLIMIT_MEMLOCK): the NVMe
-/// tier's staging buffers, which `O_DIRECT` reads and writes. Memory the GPU copies from
-/// by DMA is `cuda_pinned_space` (`cuda_space.hpp`), registered with CUDA instead.
+/// @brief Host memory whose pages `Lock` pins: `Lock::name`, `Lock::alignment(a)` (the
+/// alignment an allocation needs), `Lock::lock(p, bytes) -> bool`, `Lock::unlock(p, bytes)`.
 ///
 /// The allocation is `bytes` rounded up to the alignment, and exactly `bytes` are
 /// locked — never a power of two (DeepSpeed issue #3000: pinned OOM from the caching
-/// host allocator's rounding). When the pages cannot be locked (RLIMIT_MEMLOCK), they
-/// stay pageable and `last_lock_ok()` tells; correctness never depends on pinning.
-struct pinned_space {
+/// host allocator's rounding). When the pages cannot be locked they stay pageable and
+/// `last_lock_ok()` tells; correctness never depends on pinning, only copy speed does.
+template <class Lock>
+struct locked_host_space {
   using space_concept = space_tag;
-  static constexpr const char* name = "pinned";
+  static constexpr const char* name = Lock::name;
   static constexpr bool host_accessible = true;
   using stream_type = no_stream;
 
   static void* allocate(std::size_t bytes, std::size_t alignment = default_alignment) {
-    void* p = host_space::allocate(bytes, alignment);
-    last_lock_ok() = p != nullptr && ::mlock(p, bytes) == 0;
+    void* p = host_space::allocate(bytes, Lock::alignment(alignment));
+    last_lock_ok() = p != nullptr && Lock::lock(p, bytes);
     return p;
   }
   static void deallocate(void* p, std::size_t bytes) {
-    if (p) ::munlock(p, bytes);
+    if (p) Lock::unlock(p, bytes);
     std::free(p);
   }
   static void copy(void* dst, const void* src, std::size_t bytes) { host_space::copy(dst, src, bytes); }
   static void fill_zero(void* p, std::size_t bytes) { host_space::fill_zero(p, bytes); }
-  /// @brief Whether the most recent allocation (on this thread) could be page-locked.
+  /// @brief Whether the most recent allocation (on this thread) could be locked.
   static bool& last_lock_ok() {
     static thread_local bool ok = false;
     return ok;
   }
 };
+
+/// @brief `mlock`, best effort under RLIMIT_MEMLOCK.
+struct mlock_pages {
+  static constexpr const char* name = "pinned";
+  static std::size_t alignment(std::size_t a) { return a; }
+  static bool lock(void* p, std::size_t bytes) { return ::mlock(p, bytes) == 0; }
+  static void unlock(void* p, std::size_t bytes) { ::munlock(p, bytes); }
+};
+
+/// @brief Page-locked host memory (`mlock`): the NVMe tier's staging buffers, which
+/// `O_DIRECT` reads and writes. Memory the GPU copies from by DMA is
+/// `cuda_pinned_space` (`cuda_space.hpp`), registered with CUDA instead.
+using pinned_space = locked_host_space<mlock_pages>;
 
 static_assert(space_policy<host_space>);
 static_assert(space_policy<pinned_space>);
