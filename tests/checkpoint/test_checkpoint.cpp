@@ -339,6 +339,16 @@ TEST_CASE("latest, keep_last, leftovers of an interrupted save, and a save insid
   const auto msg = error_of([&] { zb::checkpoint::save(eng, dir.string()); });
   CHECK(has(msg, "micro-step(s) of the next step already ran; save between steps"));
   CHECK(zb::checkpoint::latest(dir.string()) == "step-4");
+  eng.end_micro_step();
+  eng.step();
+  // Ranks that name the checkpoint differently: an error on every rank, nothing published.
+  if (zb_world_size() > 1) {
+    zb::checkpoint::save_options mine;
+    mine.name = zb_world_rank() == 1 ? "other" : "mine";
+    const auto m2 = error_of([&] { zb::checkpoint::save(eng, dir.string(), mine); });
+    CHECK(has(m2, "checkpoint::save: rank 0 saves as 'mine' (keep_last 0) but rank 1 as 'other' (keep_last 0)"));
+    CHECK(zb::checkpoint::latest(dir.string()) == "step-4");
+  }
 }
 
 TEST_CASE("ENOSPC during a save is an error on every rank; the previous checkpoint still loads") {

@@ -465,6 +465,14 @@ std::string check_save(Engine& eng, const save_options& opts) {
     ZB_REQUIRE(opts.chunk_numel >= 1 && opts.block_bytes >= 1,
                "checkpoint::save: chunk_numel and block_bytes must be >= 1");
   });
+  // The name and keep_last must agree (rank 0 publishes; chunk and block sizes are each
+  // rank's own): a difference is an error on every rank.
+  const auto all = eng.communicator().all_gather_strings(concat(name, '\n', opts.keep_last));
+  for (std::size_t r = 1; r < all.size(); ++r)
+    ZB_REQUIRE(all[r] == all[0], "checkpoint::save: rank 0 saves as '", all[0].substr(0, all[0].find('\n')),
+               "' (keep_last ", all[0].substr(all[0].find('\n') + 1), ") but rank ", r, " as '",
+               all[r].substr(0, all[r].find('\n')), "' (keep_last ", all[r].substr(all[r].find('\n') + 1),
+               "): every rank saves alike");
   return name;
 }
 
