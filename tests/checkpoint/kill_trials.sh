@@ -16,6 +16,12 @@ verified=0 saves_seen=0
 for i in $(seq 1 "$trials"); do
   "$@" "$writer" "$dir" --steps 100000 >"$log" 2>&1 &
   job=$!
+  # Wait for both ranks to be running (under a loaded machine mpirun's start-up alone can
+  # take longer than the shortest random instant below), then pick the instant.
+  for _ in $(seq 200); do
+    [ "$(pgrep -f "$writer $dir --steps" | wc -l)" -ge 2 ] && break
+    sleep 0.1
+  done
   # A random instant 0.3 to 1.5 s in: start-up takes ~0.2 s, a save of ~2.3 MB a few ms
   # to tens of ms, so kills land before, inside and between saves.
   sleep "$(awk -v s="$RANDOM" 'BEGIN { printf "%.3f", 0.3 + (s % 1200) / 1000.0 }')"

@@ -270,7 +270,21 @@ TEST_CASE("a damaged or foreign checkpoint is an error on every rank, and the en
     });
     const auto msg = error_of([&] { zb::checkpoint::load(eng, dir.string(), name); });
     INFO(msg);
-    CHECK(has(msg, rank0_file(name) + " is corrupt: bytes [4096, "));
+    CHECK(has(msg, "checkpoint::load: " + rank0_file(name) + " is corrupt: bytes [4096, "));
+    unchanged();
+  }
+  {  // a segment whose offset lies past the end of its file (the load maps the files)
+    const auto name = copy("outside");
+    on_rank0([&] {
+      auto j = nlohmann::json::parse(zb::checkpoint::detail::read_text(dir / name / "manifest.json"));
+      j["files"][0]["segments"][0][3] = j["files"][0]["bytes"].get<std::uint64_t>();
+      std::ofstream(dir / name / "manifest.json") << j.dump();
+    });
+    const auto msg = error_of([&] { zb::checkpoint::load(eng, dir.string(), name); });
+    INFO(msg);
+    CHECK(has(msg, "checkpoint::load: "));
+    CHECK(has(msg, "a segment of rank-00000.bin ([0, 0, "));
+    CHECK(has(msg, "lies outside its file or its parameter"));
     unchanged();
   }
   {  // truncated

@@ -592,10 +592,18 @@ public:
     const std::size_t at = pp.offset_in_unit + s.begin;  // unit coordinates
     const int r = static_cast<int>(at / up.slice_numel);
     if (!params_on_tier && (!Coordinator::shards_params || r == comm_.rank())) {
-      std::vector<T> rounded(s.count);
-      for (std::size_t i = 0; i < s.count; ++i) rounded[i] = from_float<T>(arrays[0][i]);
-      ops().from_host(coord_->owned_slice(pp.unit, r) + (at - static_cast<std::size_t>(r) * up.slice_numel),
-                      rounded.data(), rounded.size() * sizeof(T));
+      T* dst = coord_->owned_slice(pp.unit, r) + (at - static_cast<std::size_t>(r) * up.slice_numel);
+      if constexpr (std::is_same_v<T, float>) {
+        ops().from_host(dst, arrays[0], s.count * sizeof(T));
+      } else {  // rounded a piece at a time through a small buffer (no fresh pages to fault in)
+        constexpr std::size_t piece = std::size_t{1} << 14;
+        T rounded[piece];
+        for (std::size_t i0 = 0; i0 < s.count; i0 += piece) {
+          const std::size_t k = std::min(piece, s.count - i0);
+          for (std::size_t i = 0; i < k; ++i) rounded[i] = from_float<T>(arrays[0][i0 + i]);
+          ops().from_host(dst + i0, rounded, k * sizeof(T));
+        }
+      }
     }
   }
   /// @brief Every segment is in: make the parameters visible (stages 1/2: all-gather the

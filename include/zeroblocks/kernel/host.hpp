@@ -232,6 +232,16 @@ void fused_step(float* master, float* const* state, const G* grad, P* param, std
   }
 }
 
+/// @brief `memcpy` split across threads (whole pages per thread): a single thread's
+/// copy does not reach the memory bandwidth of the socket. Below 4 MiB, or with one
+/// thread, a plain `memcpy`. Must not overlap.
+inline void copy_bytes(void* dst, const void* src, std::size_t bytes, int threads = 0) {
+  constexpr std::size_t min_parallel = std::size_t{4} << 20, grain = 4096;
+  detail::parallel_ranges(bytes, threads, min_parallel, grain, [&](std::size_t b, std::size_t e) {
+    std::memcpy(static_cast<char*>(dst) + b, static_cast<const char*>(src) + b, e - b);
+  });
+}
+
 /// @brief Gradient accumulation: `dst[i] = T(float(dst[i]) + float(src[i]))`, one rounding.
 template <class T>
 void accumulate(T* dst, const T* src, std::size_t n, int threads = 0) {

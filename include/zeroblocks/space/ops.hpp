@@ -55,9 +55,7 @@ struct host_ops {
   host_ops() = default;
   explicit host_ops(no_stream) {}
   static void synchronize() {}
-  static void copy(void* dst, const void* src, std::size_t bytes) {
-    if (bytes) std::memcpy(dst, src, bytes);
-  }
+  static void copy(void* dst, const void* src, std::size_t bytes) { kernel::copy_bytes(dst, src, bytes); }
   static void from_host(void* dst, const void* src, std::size_t bytes) { copy(dst, src, bytes); }
   static void to_host(void* dst, const void* src, std::size_t bytes) { copy(dst, src, bytes); }
   static void fill_zero(void* p, std::size_t bytes) {
