@@ -1,6 +1,8 @@
 # FindNCCL: locates NCCL's header and library (NCCL ships no CMake package).
 #
-# Looks in NCCL_ROOT / $ENV{NCCL_HOME} / $ENV{NCCL_ROOT}, then next to the CUDA Toolkit
+# Looks in NCCL_ROOT / $ENV{NCCL_HOME} / $ENV{NCCL_ROOT} (the `nvidia/nccl` folder of
+# the `nvidia-nccl-cu13` Python wheel works too: include/nccl.h and lib/libnccl.so.2,
+# with no unversioned libnccl.so), then next to the CUDA Toolkit
 # (the CUDA containers and this project's CI put nccl.h in the toolkit's include dir),
 # then the system paths. Defines NCCL_FOUND, NCCL_VERSION, NCCL_INCLUDE_DIR,
 # NCCL_LIBRARY and the imported target NCCL::NCCL.
@@ -11,7 +13,7 @@ endif()
 find_path(NCCL_INCLUDE_DIR nccl.h
   HINTS ${_zb_nccl_hints} ${CUDAToolkit_INCLUDE_DIRS}
   PATH_SUFFIXES include)
-find_library(NCCL_LIBRARY NAMES nccl
+find_library(NCCL_LIBRARY NAMES nccl libnccl.so.2 NAMES_PER_DIR
   HINTS ${_zb_nccl_hints} ${CUDAToolkit_LIBRARY_DIR}
   PATH_SUFFIXES lib lib64 lib/x86_64-linux-gnu)
 if(NCCL_INCLUDE_DIR AND EXISTS "${NCCL_INCLUDE_DIR}/nccl.h")

@@ -32,9 +32,15 @@
  *
  * Run:  mpirun -np 4 ./train_mlp [--stage 0|1|2|3|all] [--steps N] [--dtype bf16|fp16|fp32]
  *       [--offload nvme --nvme-path DIR] ...
+ *
+ * Built with ZB_DEMO_NO_MPI (CMake does so when ZEROBLOCKS_WITH_MPI is OFF: a GPU machine
+ * without MPI, scripts/gpu_check.sh) it is one process: one rank, comm::self on the host
+ * and comm::cuda_self on the GPU.
  */
 
+#if !defined(ZB_DEMO_NO_MPI)
 #include <zeroblocks/comm/mpi.hpp>
+#endif
 #include <zeroblocks/zeroblocks.hpp>
 #if defined(ZB_DEMO_CHECKPOINT)
 #include <zeroblocks/checkpoint/checkpoint.hpp>
@@ -479,10 +485,65 @@ batch_stats forward_backward(Engine& eng, const mlp& model, const dataset& data,
   return st;
 }
 
+// ---- the world: MPI ranks, or one process ----------------------------------------
+
+namespace world {
+#if defined(ZB_DEMO_NO_MPI)
+using host_comm = zb::comm::self;
+#if defined(ZB_DEMO_CUDA)
+using device_comm = zb::comm::cuda_self;
+#endif
+inline void init(int*, char***) {}
+inline void finalize() {}
+inline int rank() { return 0; }
+inline int size() { return 1; }
+inline void sum(double*, int) {}
+[[noreturn]] inline void abort_all() { std::abort(); }
+template <class Comm>
+Comm make() {
+  return Comm();
+}
+inline int local_rank() { return 0; }
+#else
+using host_comm = zb::comm::mpi;
+#if defined(ZB_DEMO_CUDA)
+using device_comm = zb::comm::nccl;  // bootstrapped over MPI
+#endif
+inline void init(int* argc, char*** argv) {
+  int provided = 0;
+  MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided);
+}
+inline void finalize() { MPI_Finalize(); }
+inline int rank() {
+  int r = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &r);
+  return r;
+}
+inline int size() {
+  int n = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &n);
+  return n;
+}
+inline void sum(double* v, int n) { MPI_Allreduce(MPI_IN_PLACE, v, n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD); }
+[[noreturn]] inline void abort_all() {
+  MPI_Abort(MPI_COMM_WORLD, 1);
+  std::abort();
+}
+template <class Comm>
+Comm make() {
+  return Comm(MPI_COMM_WORLD);
+}
+inline int local_rank() {
+  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+  return local ? std::atoi(local) : rank();
+}
+#endif
+}  // namespace world
+
 /// Sum batch statistics over ranks.
 batch_stats all_sum(const batch_stats& s) {
   double v[3] = {s.loss_sum, s.correct, s.count};
-  MPI_Allreduce(MPI_IN_PLACE, v, 3, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+  world::sum(v, 3);
   return {v[0], v[1], v[2]};
 }
 
@@ -541,7 +602,7 @@ stage_report run_stage(const options& opt, const mlp& model, const dataset& trai
   }
   if constexpr (requires { cfg.master.chunk_numel; }) cfg.master.chunk_numel = 2048;
 
-  typename Engine::comm_type comm(MPI_COMM_WORLD);  // comm::mpi, or comm::nccl bootstrapped over MPI
+  auto comm = world::make<typename Engine::comm_type>();  // comm::mpi / comm::nccl, or one process's
   // On the GPU the engine runs on the trainer's own non-blocking stream (its compute
   // stream): the engine's copies, kernels and collectives are ordered on it, and so are
   // the trainer's reads of gathered parameters and its gradient uploads.
@@ -670,13 +731,13 @@ stage_report run_stage(const options& opt, const mlp& model, const dataset& trai
 
 /// Stage 1 with the master state on NVMe (no preset names it).
 template <class T>
-using stage1_nvme = zb::engine<T, zb::host_space, zb::comm::mpi, zb::partition::even, zb::coordinate::resident,
+using stage1_nvme = zb::engine<T, zb::host_space, world::host_comm, zb::partition::even, zb::coordinate::resident,
                                zb::bucket::reduce_at_boundary, zb::master::swapped<zb::swap::uring>>;
 
 /// The runtime `--stage` value picks one of the four presets, for parameter type T.
 template <class T>
 stage_report run_stage_for(int stage, const options& opt, const mlp& model, const dataset& train, const dataset& eval) {
-  using zb::comm::mpi;
+  using mpi = world::host_comm;  // comm::mpi (comm::self in a one-process build)
   if (opt.offload == "nvme") switch (stage) {
       case 1:
         return run_stage<stage1_nvme<T>>(opt, model, train, eval);
@@ -704,7 +765,7 @@ stage_report run_stage_for(int stage, const options& opt, const mlp& model, cons
 template <class T>
 stage_report run_stage_cuda(int stage, const options& opt, const mlp& model, const dataset& train,
                             const dataset& eval) {
-  using zb::comm::nccl;
+  using nccl = world::device_comm;  // comm::nccl (comm::cuda_self in a one-process build)
   using zb::cuda_space;
   if (opt.offload == "cpu" && stage == 2) return run_stage<zb::stage2_offload<nccl, T>>(opt, model, train, eval);
   if (opt.offload == "cpu" && stage == 3) return run_stage<zb::stage3_offload<nccl, T>>(opt, model, train, eval);
@@ -944,9 +1005,7 @@ void print_coordinator(const std::vector<stage_report>& reps) {
 }
 
 int run(const options& opt) {
-  int rank = 0, world = 1;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  const int rank = world::rank(), world = world::size();
   if (opt.batch < world)
     throw usage_error("--batch " + std::to_string(opt.batch) + " is smaller than the number of ranks (" +
                       std::to_string(world) + ")");
@@ -1002,18 +1061,15 @@ int run(const options& opt) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int provided = 0;
-  MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
-  int rank = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  world::init(&argc, &argv);
+  const int rank = world::rank();
   [[maybe_unused]] bool have_gpu = false;
 #if defined(ZB_DEMO_CUDA)
   {  // one GPU per rank of a node (NCCL needs distinct devices)
     int devices = 0;
     if (cudaGetDeviceCount(&devices) == cudaSuccess && devices > 0) {
       have_gpu = true;
-      const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK");
-      (void)cudaSetDevice((local ? std::atoi(local) : rank) % devices);
+      (void)cudaSetDevice(world::local_rank() % devices);
     }
   }
 #endif
@@ -1039,8 +1095,8 @@ int main(int argc, char** argv) {
     // Not a zeroblocks error, so the peers were not told: they may be waiting in a
     // collective this rank will never join. Take the whole job down.
     std::fprintf(stderr, "train_mlp (rank %d): unexpected error: %s\n", rank, e.what());
-    MPI_Abort(MPI_COMM_WORLD, 1);
+    world::abort_all();
   }
-  MPI_Finalize();
+  world::finalize();
   return status;
 }

@@ -13,10 +13,18 @@
 //  - the abort channel (MPI and file): a rank that fails turns its peers' wait into an
 //    error, no hang.
 // Skipped (exit 77) without a GPU, or when ranks would share a GPU (NCCL refuses that).
+//
+// Two forms from this one source: under mpirun (ZB_CUDA_TEST_MPI, CTest test_comm_nccl_npN;
+// the world is MPI_COMM_WORLD and the host reference comm::mpi), and a single process
+// without MPI (test_comm_nccl_single, for a machine with a GPU and no MPI: the world is
+// one rank bootstrapped through a file, the host reference comm::self).
 #include "cuda_test_main.hpp"
 
+#ifdef ZB_CUDA_TEST_MPI
 #include <zeroblocks/comm/mpi.hpp>
+#endif
 #include <zeroblocks/comm/nccl.cuh>
+#include <zeroblocks/comm/self.hpp>
 #include <zeroblocks/core/numeric.hpp>
 #include <zeroblocks/space/cuda_space.hpp>
 
@@ -43,6 +51,8 @@ using N = zb::comm::nccl;
 
 namespace {
 
+#ifdef ZB_CUDA_TEST_MPI
+using host_comm = zb::comm::mpi;  // the host reference
 int world_rank() {
   int r = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &r);
@@ -53,6 +63,13 @@ int world_size() {
   MPI_Comm_size(MPI_COMM_WORLD, &n);
   return n;
 }
+void world_barrier() { MPI_Barrier(MPI_COMM_WORLD); }
+long rank0_pid() {
+  long pid = static_cast<long>(::getpid());
+  MPI_Bcast(&pid, 1, MPI_LONG, 0, MPI_COMM_WORLD);
+  return pid;
+}
+host_comm host_world() { return host_comm(MPI_COMM_WORLD); }
 
 /// NCCL needs a GPU of its own per rank: when this node has fewer GPUs than ranks, every
 /// rank skips the whole program together (CTest reports "Skipped").
@@ -75,6 +92,15 @@ void require_gpu_per_rank() {
     std::exit(zb_skip_return_code);
   }
 }
+#else
+using host_comm = zb::comm::self;  // one rank: the reference is the one-rank reduction
+int world_rank() { return 0; }
+int world_size() { return 1; }
+void world_barrier() {}
+long rank0_pid() { return static_cast<long>(::getpid()); }
+host_comm host_world() { return host_comm(); }
+void require_gpu_per_rank() {}  // the main skips without a GPU; one rank needs one
+#endif
 
 using zbt::bits_of;
 using zbt::expected_reduction;
@@ -162,16 +188,23 @@ const std::size_t counts[] = {1, 7, 1000, 4099, (std::size_t{1} << 21) + 3};
 std::string test_dir() {
   const std::string d = std::string(ZB_SWAP_TEST_DIR) + "/nccl_bootstrap";
   if (world_rank() == 0) std::filesystem::create_directories(d);
-  MPI_Barrier(MPI_COMM_WORLD);
+  world_barrier();
   return d;
 }
 
 /// A name no earlier run used: rank 0's pid and a counter, agreed over MPI.
 std::string unique_name(const char* what) {
   static int serial = 0;
-  long pid = static_cast<long>(::getpid());
-  MPI_Bcast(&pid, 1, MPI_LONG, 0, MPI_COMM_WORLD);
-  return std::string(what) + "_" + std::to_string(pid) + "_" + std::to_string(serial++);
+  return std::string(what) + "_" + std::to_string(rank0_pid()) + "_" + std::to_string(serial++);
+}
+
+/// The NCCL world: over MPI_COMM_WORLD, or (single process) one rank through a file.
+N nccl_world(zb::comm::nccl_config cfg = {}) {
+#ifdef ZB_CUDA_TEST_MPI
+  return N(MPI_COMM_WORLD, cfg);
+#else
+  return N(zb::comm::file_bootstrap{test_dir(), unique_name("world"), 0, 1}, cfg);
+#endif
 }
 
 /// Spin for `cycles` then fill `p[0..n)` with `value`: slow producer on the compute stream.
@@ -189,7 +222,7 @@ std::size_t idx(zb::collective c) { return static_cast<std::size_t>(c); }
 TEST_CASE_TEMPLATE("comm::nccl: all_gather out of place and in place", T, float, zb::half, zb::bfloat16) {
   require_gpu_per_rank();
   const int rank = world_rank(), world = world_size();
-  N comm(MPI_COMM_WORLD);
+  N comm = nccl_world();
   REQUIRE(comm.valid());
   REQUIRE(comm.rank() == rank);
   REQUIRE(comm.size() == world);
@@ -226,7 +259,7 @@ TEST_CASE_TEMPLATE("comm::nccl: all_gather out of place and in place", T, float,
 
 TEST_CASE("comm::nccl: the compute stream is stream 0 until set; dups made later inherit it") {
   require_gpu_per_rank();
-  N comm(MPI_COMM_WORLD);
+  N comm = nccl_world();
   zb::cuda_stream a, b;
   CHECK(comm.compute_stream() == nullptr);
   const N before = comm.dup();
@@ -244,9 +277,9 @@ TEST_CASE_TEMPLATE("comm::nccl: deterministic reduce_scatter equals comm::mpi bi
                    zb::bfloat16) {
   require_gpu_per_rank();
   const int rank = world_rank(), world = world_size();
-  N comm(MPI_COMM_WORLD);
+  N comm = nccl_world();
   CHECK(comm.config().reduce == zb::comm::reduce_mode::deterministic);
-  zb::comm::mpi host(MPI_COMM_WORLD);
+  host_comm host = host_world();
   zb::cuda_stream compute;
   comm.set_compute_stream(compute);
   for (float scale : {1.0f, 1.0f / static_cast<float>(world), 0.37f}) {
@@ -285,8 +318,8 @@ TEST_CASE_TEMPLATE("comm::nccl: deterministic all_reduce equals reduce-scatter +
                    zb::half, zb::bfloat16) {
   require_gpu_per_rank();
   const int rank = world_rank(), world = world_size();
-  N comm(MPI_COMM_WORLD);
-  zb::comm::mpi host(MPI_COMM_WORLD);
+  N comm = nccl_world();
+  host_comm host = host_world();
   zb::cuda_stream compute;
   comm.set_compute_stream(compute);
   for (std::size_t block : {std::size_t{1}, std::size_t{333}, std::size_t{2049}}) {
@@ -318,7 +351,7 @@ TEST_CASE_TEMPLATE("comm::nccl: deterministic all_reduce equals reduce-scatter +
 TEST_CASE_TEMPLATE("comm::nccl: native reductions are close to the reference", T, float, zb::half, zb::bfloat16) {
   require_gpu_per_rank();
   const int rank = world_rank(), world = world_size();
-  N comm(MPI_COMM_WORLD, native());
+  N comm = nccl_world(native());
   CHECK(comm.config().reduce == zb::comm::reduce_mode::native);
   zb::cuda_stream compute;
   comm.set_compute_stream(compute);
@@ -356,7 +389,7 @@ TEST_CASE_TEMPLATE("comm::nccl: native reductions are close to the reference", T
 TEST_CASE_TEMPLATE("comm::nccl: broadcast from every root", T, float, zb::half, zb::bfloat16) {
   require_gpu_per_rank();
   const int rank = world_rank(), world = world_size();
-  N comm(MPI_COMM_WORLD);
+  N comm = nccl_world();
   zb::cuda_stream compute;
   comm.set_compute_stream(compute);
   for (int root = 0; root < world; ++root) {
@@ -373,7 +406,7 @@ TEST_CASE_TEMPLATE("comm::nccl: broadcast from every root", T, float, zb::half, 
 TEST_CASE("comm::nccl: collectives follow the compute stream; wait() orders it without a host wait") {
   require_gpu_per_rank();
   const int rank = world_rank(), world = world_size();
-  N comm(MPI_COMM_WORLD);
+  N comm = nccl_world();
   zb::cuda_stream compute;
   comm.set_compute_stream(compute);
   const std::size_t count = 4096, total = count * static_cast<std::size_t>(world);
@@ -417,7 +450,7 @@ TEST_CASE("comm::nccl: collectives follow the compute stream; wait() orders it w
 TEST_CASE("comm::nccl: grouped calls, on one and on two communicators") {
   require_gpu_per_rank();
   const int rank = world_rank(), world = world_size();
-  N comm(MPI_COMM_WORLD);
+  N comm = nccl_world();
   N other = comm.dup();
   zb::cuda_stream compute;
   comm.set_compute_stream(compute);
@@ -470,8 +503,8 @@ TEST_CASE("comm::nccl: grouped calls, on one and on two communicators") {
 TEST_CASE("comm::nccl: counters follow comm::mpi's convention; control apart") {
   require_gpu_per_rank();
   const int world = world_size();
-  N comm(MPI_COMM_WORLD);
-  zb::comm::mpi host(MPI_COMM_WORLD);
+  N comm = nccl_world();
+  host_comm host = host_world();
   const std::size_t c = 12, total = c * static_cast<std::size_t>(world);
   dev_array<zb::half> d(total), d2(total);
   std::vector<zb::half> h(total), h2(total);
@@ -510,7 +543,7 @@ TEST_CASE("comm::nccl: counters follow comm::mpi's convention; control apart") {
 TEST_CASE("comm::nccl: control helpers") {
   require_gpu_per_rank();
   const int rank = world_rank(), world = world_size();
-  N comm(MPI_COMM_WORLD);
+  N comm = nccl_world();
   const auto values = comm.all_gather_values({static_cast<double>(rank), 0.5 * rank, -1.0});
   REQUIRE(values.size() == 3 * static_cast<std::size_t>(world));
   for (int r = 0; r < world; ++r) {
@@ -533,7 +566,7 @@ TEST_CASE("comm::nccl: control helpers") {
 TEST_CASE("comm::nccl: dup and split") {
   require_gpu_per_rank();
   const int rank = world_rank(), world = world_size();
-  N comm(MPI_COMM_WORLD);
+  N comm = nccl_world();
   zb::cuda_stream compute;
   comm.set_compute_stream(compute);
   N d = comm.dup();
@@ -592,7 +625,7 @@ TEST_CASE("comm::nccl: blocking communicators work the same") {
   zb::comm::nccl_config cfg;
   cfg.blocking = true;
   cfg.name = "zeroblocks-test";
-  N comm(MPI_COMM_WORLD, cfg);
+  N comm = nccl_world(cfg);
   N d = comm.dup();
   CHECK(d.config().blocking);
   const std::size_t count = 100, total = count * static_cast<std::size_t>(world);
@@ -615,7 +648,7 @@ TEST_CASE("comm::nccl: file bootstrap") {
   CHECK(comm.rank() == rank);
   CHECK(comm.size() == world);
   if (rank == 0) CHECK(!std::filesystem::exists(std::filesystem::path(dir) / (name + ".ncclid")));
-  zb::comm::mpi host(MPI_COMM_WORLD);
+  host_comm host = host_world();
   const std::size_t count = 999, total = count * static_cast<std::size_t>(world);
   const std::vector<zb::half> input = filled<zb::half>(rank, total);
   dev_array<zb::half> buf(total), out(count);
@@ -674,17 +707,19 @@ void abort_scenario(N& comm) {
   REQUIRE(cudaStreamSynchronize(compute) == cudaSuccess);
 }
 
+#ifdef ZB_CUDA_TEST_MPI
 TEST_CASE("comm::nccl: a failed rank makes its peers raise, not hang (MPI channel)") {
   require_gpu_per_rank();
-  N comm(MPI_COMM_WORLD);
+  N comm = nccl_world();
   abort_scenario(comm);
-  MPI_Barrier(MPI_COMM_WORLD);
+  world_barrier();
 }
+#endif
 
 TEST_CASE("comm::nccl: a failed rank makes its peers raise, not hang (file channel)") {
   require_gpu_per_rank();
   const std::string dir = test_dir();
   N comm(zb::comm::file_bootstrap{dir, unique_name("abort"), world_rank(), world_size()});
   abort_scenario(comm);
-  MPI_Barrier(MPI_COMM_WORLD);
+  world_barrier();
 }
