@@ -247,6 +247,22 @@ TEST_CASE("prefetch_numel, max_inflight and max_live_numel hold at every acquire
   }
 }
 
+TEST_CASE("max_live_numel below the largest unit is an error on every rank at construction") {
+  model m;
+  const auto lay = zb::partition::even::make_layout(m.reg, zb_world_size(), 32);
+  const std::size_t max_unit = lay.max_unit_numel();
+  const std::string e = error_of([&] {
+    zb::stage3<C, T> eng(m.reg, C(MPI_COMM_WORLD), knobs(big, max_unit - 1, big, 0, 8));
+  });
+  INFO(e);
+  CHECK(has(e, "coordinate.max_live_numel is " + std::to_string(max_unit - 1)));
+  CHECK(has(e, "set it to at least " + std::to_string(max_unit) + " (the largest unit)"));
+  // Exactly the largest unit is enough; so is a smaller bound when the units above it
+  // stay gathered for good (persistence).
+  zb::stage3<C, T> fits(m.reg, C(MPI_COMM_WORLD), knobs(big, max_unit, big, 0, 8));
+  zb::stage3<C, T> persists(m.reg, C(MPI_COMM_WORLD), knobs(big, 1, big, max_unit + 1, 8));
+}
+
 TEST_CASE("prefetch_across_steps: the next step's first gathers start when step() returns") {
   model m;
   auto cfg = knobs(6000, big, 0, 0, 2);

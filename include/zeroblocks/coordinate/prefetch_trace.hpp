@@ -176,6 +176,14 @@ struct basic_prefetch_trace {
           slots_[u].buf = buffer<T, Space>(ctx.lay.unit(u).padded_numel, mem_category::persistent, &ctx.tracker);
           ++stats_.persistent_units;
         }
+      // The bound must admit one acquire of every unit it governs; otherwise it could
+      // never hold. (Same layout and knobs on every rank, so every rank fails alike.)
+      for (std::size_t u = 0; u < slots_.size(); ++u)
+        ZB_REQUIRE(slots_[u].persistent || ctx.lay.unit(u).padded_numel <= cfg.max_live_numel,
+                   "coordinate.max_live_numel is ", cfg.max_live_numel, " but unit #", u, " has ",
+                   ctx.lay.unit(u).padded_numel, " elements (padded): one acquire of it must fit; set it to at least ",
+                   ctx.lay.max_unit_numel(), " (the largest unit), or keep small units gathered with ",
+                   "persistence_threshold_numel");
     }
     impl(const impl&) = delete;
     impl& operator=(const impl&) = delete;
