@@ -611,6 +611,9 @@ public:
   void state_loaded() {
     if constexpr (Coordinator::caps.follows_trace) coord_->params_changed();
     coord_->publish(sharded_master);
+    // Every value now comes from one verified source, the same on every rank: values
+    // set_param recorded before (even different ones) no longer count.
+    init_.settle();
   }
   /// @brief The step counters and loss-scaler state a checkpoint carries.
   struct run_state {
