@@ -43,6 +43,10 @@
  *    when it returns (the step rewrites the shards the gathers read). `step_begins()`:
  *    the step's first `begin_micro_step`. `step_ended()`: `step()` is about to return.
  *    `params_changed()`: the trainer wrote parameters (`set_param`): drop gathered copies.
+ *    `set_eval(on)`: the engine enters (leaves) evaluation mode between steps; the
+ *    acquires that follow belong to a second trace of their own, agreed by
+ *    `trace_agreed` at `end_eval` as the training trace is at `step()`, so evaluation
+ *    passes never invalidate the training trace (see `engine::begin_eval`).
  *  - `params_on_tier` → `attach_param_tier(param_tier_view)`: the rank's 16-bit shard
  *    lives in the master state's tier, which the master must offer
  *    (`master_caps::keeps_param_tier`); `owned_slice` is then never written by the
@@ -153,6 +157,8 @@ consteval bool coordinator_complete() {
                   "coordinator role: caps.follows_trace is declared but impl lacks `step_ended()`");
     static_assert(requires(I& c) { c.params_changed(); },
                   "coordinator role: caps.follows_trace is declared but impl lacks `params_changed()`");
+    static_assert(requires(I& c, bool on) { c.set_eval(on); },
+                  "coordinator role: caps.follows_trace is declared but impl lacks `set_eval(bool)`");
   }
   if constexpr (C::caps.params_on_tier)
     static_assert(requires(I& c, param_tier_view v) { c.attach_param_tier(v); },

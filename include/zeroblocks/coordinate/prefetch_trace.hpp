@@ -23,6 +23,13 @@
  *    a gathered copy for good (category `persistent`, allocated at construction, not
  *    counted as live); it is gathered once per step, at its first acquire after the
  *    parameters changed.
+ *  - **Evaluation.** Between steps the engine may enter evaluation mode
+ *    (`engine::begin_eval`): gathered copies not held are dropped and the acquires that
+ *    follow are recorded, verified and followed as a second trace, with the same
+ *    prefetch, reuse and persistence; leaving it swaps the training trace back in. So a
+ *    periodic evaluation pass is prefetched along its own order and never invalidates
+ *    the training trace. (Persistent copies stay valid across the switch: parameters
+ *    change only at `step()`.)
  *  - **Deviation.** An acquire that is not the trace's next unit (or a step that ends
  *    before the trace does) invalidates the trace: in-flight gathers are waited out,
  *    everything gathered but not held is freed, the rest of the step is served on demand
@@ -349,7 +356,7 @@ struct basic_prefetch_trace {
       settle_reads();  // the step is about to change the committed parameter section
       if (mode_ == mode::following && pos_ != trace_units_.size()) {
         ++stats_.invalidations;
-        warn(detail::concat("the step ended after ", pos_, " of the trace's ", trace_units_.size(), " acquires"),
+        warn(detail::concat(eval_ ? "the evaluation ended after " : "the step ended after ", pos_, " of the trace's ", trace_units_.size(), " acquires"),
              false);
       }
       drop_unheld();
@@ -359,6 +366,26 @@ struct basic_prefetch_trace {
       pos_ = 0;
       issue_pos_ = 0;
       std::fill(last_pos_.begin(), last_pos_.end(), npos);
+    }
+
+    /// Enter (`on`) or leave evaluation mode: the other trace and its position take over.
+    /// Between steps, with no unit held (the engine checks). Nothing in flight crosses.
+    void set_eval(bool on) {
+      if (on == eval_) return;
+      drain();
+      settle_reads();
+      drop_unheld();
+      std::swap(mode_, other_.mode_);
+      trace_.swap(other_.trace);
+      trace_units_.swap(other_.trace_units);
+      prefix_.swap(other_.prefix);
+      next_same_.swap(other_.next_same);
+      prev_same_.swap(other_.prev_same);
+      eval_ = on;
+      pos_ = 0;
+      issue_pos_ = 0;
+      std::fill(last_pos_.begin(), last_pos_.end(), npos);
+      if (on) issue_ahead();  // the evaluation's first gathers start now
     }
 
     /// The trainer wrote parameters: every gathered copy not in use is dropped.
@@ -684,8 +711,11 @@ struct basic_prefetch_trace {
 
     void warn(const std::string& what, bool mid_step = true) {
       if (ctx_.rank() == 0)
-        std::fprintf(stderr, "zeroblocks: stage-3 prefetch trace invalidated: %s; %sits order becomes the new trace\n",
-                     what.c_str(), mid_step ? "the rest of this step gathers on demand and " : "");
+        std::fprintf(stderr, "zeroblocks: stage-3 prefetch %s invalidated: %s; %sits order becomes the new trace\n",
+                     eval_ ? "trace of evaluation" : "trace", what.c_str(),
+                     mid_step ? (eval_ ? "the rest of this evaluation gathers on demand and "
+                                       : "the rest of this step gathers on demand and ")
+                              : "");
     }
 
     void set_trace(std::span<const std::uint32_t> events) {
@@ -720,6 +750,13 @@ struct basic_prefetch_trace {
     std::vector<std::size_t> last_pos_;     // position of each unit's latest acquire
     std::vector<std::size_t> in_flight_;    // units whose gather may still be running
     std::vector<std::size_t> issue_order_;  // this step's gathers, in issue order
+    /// The trace not in use: evaluation's while training, training's while evaluating.
+    struct idle_trace {
+      mode mode_ = mode::recording;
+      std::vector<std::uint32_t> trace;
+      std::vector<std::size_t> trace_units, prefix, next_same, prev_same;
+    } other_;
+    bool eval_ = false;
     std::size_t pos_ = 0;                   // acquires so far this step
     std::size_t issue_pos_ = 0;             // next trace position to consider for prefetch
     std::size_t ahead_count_ = 0, ahead_numel_ = 0, live_ = 0;

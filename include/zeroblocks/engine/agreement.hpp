@@ -51,7 +51,7 @@ private:
 };
 
 /// @brief Where the agreement is run from.
-enum class call_site { begin_micro_step = 1, step = 2, acquire = 3 };
+enum class call_site { begin_micro_step = 1, step = 2, acquire = 3, end_eval = 4 };
 
 /// @brief What this rank reports at an agreement.
 struct rank_position {
@@ -67,6 +67,7 @@ struct rank_position {
 inline std::string call_text(double call, double unit, const layout& lay) {
   if (call == 1.0) return "begin_micro_step()";
   if (call == 2.0) return "step()";
+  if (call == 4.0) return "end_eval()";
   return concat("acquire('", lay.unit_name(static_cast<std::size_t>(unit)), "')");
 }
 
@@ -135,11 +136,12 @@ void agree_on_position(Comm& control, const layout& lay, const trace_log& log, c
                 lay.unit_name(static_cast<std::size_t>(at(0, f_unit))), "' on rank 0 but '",
                 lay.unit_name(static_cast<std::size_t>(at(r, f_unit))), "' on rank ", r,
                 " (every rank must acquire units in the same order)");
-  if (p.where == call_site::step)
+  if (p.where == call_site::step || p.where == call_site::end_eval)
     for (int r = 0; r < control.size(); ++r)
       if (at(r, f_held) > 0)
-        ZB_FAIL("step: rank ", r, " still holds ", at(r, f_held),
-                " acquired unit(s); release every unit before step() (stage 3 would keep stale parameters)");
+        ZB_FAIL(p.where == call_site::step ? "step" : "end_eval", ": rank ", r, " still holds ", at(r, f_held),
+                " acquired unit(s); release every unit before ",
+                p.where == call_site::step ? "step() (stage 3 would keep stale parameters)" : "end_eval()");
   for (int r = 1; r < control.size(); ++r)
     if (at(r, f_values_hi) != at(0, f_values_hi) || at(r, f_values_lo) != at(0, f_values_lo))
       values.fail(control, lay, concat("set_param (checked at ", call_text(at(0, f_call), at(0, f_unit), lay), ")").c_str());

@@ -204,6 +204,10 @@ public:
       coord_.emplace(ctx_, cfg_.coordinate);
       bucketer_.emplace(ctx_, cfg_.bucket);
       master_.emplace(ctx_, cfg_.master, master_shape{owned_numel(), params_on_tier});
+      tied_.resize(layout_.param_count());
+      for (std::size_t i = 0; i < layout_.param_count(); ++i)
+        if (layout_.param(i).uses > 1 && layout_.param(i).numel > 0)
+          tied_[i] = buffer<T, Space>(layout_.param(i).numel, mem_category::buckets, &tracker_);
       if constexpr (params_on_tier) coord_->attach_param_tier(master_->param_tier());
     } catch (const std::exception& e) {
       problem = std::string("engine: allocating the model state failed: ") + e.what();
@@ -351,7 +355,7 @@ public:
         if constexpr (Coordinator::caps.checks_acquire)
           if (coord_->checks_acquire(u.index)) agree_on_state(detail::call_site::acquire, u.index);
         bases_[u.index] = coord_->acquire(u.index);  // before counting: exception-safe
-        if constexpr (Coordinator::shards_params) trace_.log(static_cast<std::uint32_t>(u.index));
+        if constexpr (Coordinator::shards_params) log().log(static_cast<std::uint32_t>(u.index));
       }
       ++holds_[u.index];
       ++stats_.acquires;
@@ -368,7 +372,7 @@ public:
       if (--holds_[u.index] == 0) {
         coord_->release(u.index);
         bases_[u.index] = nullptr;
-        if constexpr (Coordinator::shards_params) trace_.log(static_cast<std::uint32_t>(u.index) | release_bit);
+        if constexpr (Coordinator::shards_params) log().log(static_cast<std::uint32_t>(u.index) | release_bit);
       }
     });
   }
@@ -379,11 +383,83 @@ public:
     return {layout_.param(p.index).unit};
   }
 
+  // ---- evaluation ----------------------------------------------------------------
+
+  /// @brief Enter evaluation mode: forward passes (acquire/release) with no gradients,
+  /// between steps. With stage 3 its acquires form a trace of their own (recorded,
+  /// verified across ranks at `end_eval`, then followed with prefetch, reuse and
+  /// persistence, like the training trace), so evaluating every N steps neither
+  /// invalidates the training trace nor prints anything; the values served are the same
+  /// parameters as in training. Gathered copies not held are dropped on entry and on exit
+  /// (evaluation and training do not share gathered memory). Micro-steps, gradients and
+  /// `step()` are errors until `end_eval`. Stages 0–2: a flag only.
+  void begin_eval() {
+    guarded([&] {
+      if (eval_) ZB_LOCAL_FAIL(ctx_, "begin_eval: already in evaluation mode");
+      if (in_micro_ || micro_steps_ > 0)
+        ZB_LOCAL_FAIL(ctx_, "begin_eval: only between steps (", micro_steps_pending(),
+                      " micro-step(s) of this step are pending; call step() first)");
+      if (held_units() > 0)
+        ZB_LOCAL_FAIL(ctx_, "begin_eval: ", held_units(), " unit(s) still held; release them first");
+      eval_ = true;
+      if constexpr (Coordinator::caps.follows_trace) coord_->set_eval(true);
+    });
+  }
+  /// @brief Leave evaluation mode. Stage 3: collective (every rank's evaluation must
+  /// have acquired the same units in the same order; a difference is an error naming the
+  /// first differing event on every rank), and no unit may be held.
+  void end_eval() {
+    guarded([&] {
+      if (!eval_) ZB_LOCAL_FAIL(ctx_, "end_eval: not in evaluation mode");
+      if constexpr (Coordinator::shards_params) {
+        agree_on_state(detail::call_site::end_eval);
+        if constexpr (Coordinator::caps.follows_trace) coord_->trace_agreed(eval_log_.events());
+        eval_log_.clear();
+      } else if (held_units() > 0) {
+        ZB_LOCAL_FAIL(ctx_, "end_eval: ", held_units(), " unit(s) still held; release them first");
+      }
+      eval_ = false;
+      if constexpr (Coordinator::caps.follows_trace) coord_->set_eval(false);
+    });
+  }
+  bool in_eval() const { return eval_; }
+
+  /// @brief Evaluation mode for a scope: `{ auto ev = eng.eval(); ... }`. Its destructor
+  /// calls `end_eval` (collective with stage 3), except while an exception unwinds the
+  /// stack (the peers have been told; the engine stays in evaluation mode). Call `end()`
+  /// to leave earlier and see `end_eval`'s errors.
+  class eval_scope {
+  public:
+    eval_scope(eval_scope&& o) noexcept : eng_(std::exchange(o.eng_, nullptr)), unwinding_(o.unwinding_) {}
+    eval_scope& operator=(eval_scope&&) = delete;
+    ~eval_scope() {
+      if (!eng_ || std::uncaught_exceptions() > unwinding_) return;
+      try {
+        eng_->end_eval();
+      } catch (...) {
+      }
+    }
+    void end() {
+      if (engine* e = std::exchange(eng_, nullptr)) e->end_eval();
+    }
+
+  private:
+    friend engine;
+    explicit eval_scope(engine* e) : eng_(e), unwinding_(std::uncaught_exceptions()) {}
+    engine* eng_;
+    int unwinding_;
+  };
+  [[nodiscard]] eval_scope eval() {
+    begin_eval();
+    return eval_scope(this);
+  }
+
   // ---- gradients -----------------------------------------------------------------
 
   void begin_micro_step() {
     guarded([&] {
       if (in_micro_) ZB_LOCAL_FAIL(ctx_, "begin_micro_step: the previous micro-step was not ended");
+      if (eval_) ZB_LOCAL_FAIL(ctx_, "begin_micro_step: in evaluation mode (call end_eval() first)");
       if (grads_reduced_)
         ZB_LOCAL_FAIL(ctx_, "begin_micro_step: the last step() failed and was rolled back; call step() again "
                             "to retry it before starting new micro-steps");
@@ -402,12 +478,19 @@ public:
     });
   }
   /// @brief Hand over the (loss-scaled) gradient of parameter `p` for this micro-step.
+  /// Once per parameter per micro-step; a parameter declared with
+  /// `param_registry::set_uses(p, n)` (a tied weight) `n` times, one part per use as
+  /// soon as it is computed: the engine sums the parts (in the order they come, in
+  /// `T`, one rounding per part, identically on every stage) and hands the sum on with
+  /// the last part, so its bucket is reduced then — nothing waits for the trainer to
+  /// add them. Parts missing at `end_micro_step` count as zero.
   void grad_ready(param_id p, std::span<const T> grad) {
     guarded([&] { grad_ready_unguarded(p, grad); });
   }
   void end_micro_step() {
     guarded([&] {
       if (!in_micro_) ZB_LOCAL_FAIL(ctx_, "end_micro_step: no micro-step is open");
+      hand_over_partial_ties();
       bucketer_->end_micro_step();
       in_micro_ = false;
       ++micro_steps_;
@@ -429,15 +512,40 @@ private:
     if (grad.size() != pp.numel)
       ZB_LOCAL_FAIL(ctx_, "grad_ready: gradient of ", describe(p), " has ", grad.size(), " elements, expected ",
                     pp.numel);
-    if (reported_[p.index])
-      ZB_LOCAL_FAIL(ctx_, "grad_ready: gradient of ", describe(p), " reported twice in micro-step ",
-                    micro_steps_ + 1, " of step ", steps_ + 1);
-    reported_[p.index] = 1;
-    bucketer_->grad_ready(p.index, grad.data());
+    if (reported_[p.index] >= pp.uses) {
+      if (pp.uses == 1)
+        ZB_LOCAL_FAIL(ctx_, "grad_ready: gradient of ", describe(p), " reported twice in micro-step ",
+                      micro_steps_ + 1, " of step ", steps_ + 1,
+                      " (a parameter used twice, e.g. a tied weight, is declared with param_registry::set_uses)");
+      ZB_LOCAL_FAIL(ctx_, "grad_ready: gradient of ", describe(p), " reported ", reported_[p.index] + 1,
+                    " times in micro-step ", micro_steps_ + 1, " of step ", steps_ + 1, ", more than its ", pp.uses,
+                    " declared uses");
+    }
+    const int part = ++reported_[p.index];
+    if (pp.uses == 1 || pp.numel == 0) {
+      bucketer_->grad_ready(p.index, grad.data());
+      return;
+    }
+    // A tied parameter: its parts are summed here (in the order they come, one rounding
+    // per part, the same on every stage) and the sum goes to the bucketer with the last
+    // part, so its bucket is reduced as soon as the last use's gradient exists.
+    T* acc = tied_[p.index].data();
+    if (part == 1) ops().copy(acc, grad.data(), pp.numel * sizeof(T));
+    else ops().accumulate(acc, grad.data(), pp.numel, cfg_.step.threads);
+    if (part == pp.uses) bucketer_->grad_ready(p.index, acc);
+  }
+  /// Tied parameters with some parts missing: what came counts (missing parts are zero).
+  void hand_over_partial_ties() {
+    for (std::size_t i = 0; i < tied_.size(); ++i)
+      if (reported_[i] > 0 && reported_[i] < layout_.param(i).uses) {
+        reported_[i] = layout_.param(i).uses;
+        bucketer_->grad_ready(i, tied_[i].data());
+      }
   }
 
   step_result step_unguarded() {
     if (in_micro_) ZB_LOCAL_FAIL(ctx_, "step: a micro-step is still open (call end_micro_step first)");
+    if (eval_) ZB_LOCAL_FAIL(ctx_, "step: in evaluation mode (call end_eval() first)");
     if (micro_steps_ == 0) ZB_LOCAL_FAIL(ctx_, "step: no micro-step since the last step");
     agree_on_state(detail::call_site::step);
     // Stage 3: the acquire/release order is now known to be the same everywhere.
@@ -674,6 +782,9 @@ public:
     bucketer_impl::declare(lay, cfg.bucket, w, r, sizeof(T));
     master_impl::declare(master_shape{sharded_master ? lay.shard_numel() : lay.total_numel(), params_on_tier},
                          cfg.master, r);
+    for (std::size_t i = 0; i < lay.param_count(); ++i)  // tied parameters' partial sums
+      if (lay.param(i).uses > 1)
+        r.current[static_cast<std::size_t>(mem_category::buckets)] += lay.param(i).numel * sizeof(T);
     return r;
   }
   /// @brief Payload elements this rank's collectives move in a steady-state step of
@@ -812,10 +923,8 @@ private:
 
   /// Every rank at the same place (`agreement.hpp`); collective on the control communicator.
   void agree_on_state(detail::call_site where, std::size_t unit = 0) {
-    std::size_t held = 0;
-    for (int h : holds_) held += h > 0;
-    detail::agree_on_position(control_comm_, layout_, trace_,
-                              {where, steps_, micro_steps_, unit, held, static_cast<double>(cfg_.optim.lr),
+    detail::agree_on_position(control_comm_, layout_, log(),
+                              {where, steps_, micro_steps_, unit, held_units(), static_cast<double>(cfg_.optim.lr),
                                static_cast<double>(scaler_.scale())},
                               init_);
   }
@@ -832,6 +941,11 @@ private:
   }
 
   friend unit_guard;
+  std::size_t held_units() const {
+    std::size_t held = 0;
+    for (int h : holds_) held += h > 0;
+    return held;
+  }
   void check_param(param_id p, const char* what) {
     if (p.index >= layout_.param_count())
       ZB_LOCAL_FAIL(ctx_, what, ": parameter index ", p.index, " out of range (", layout_.param_count(),
@@ -908,7 +1022,8 @@ private:
   Scaler scaler_;
   std::vector<int> holds_;
   std::vector<const T*> bases_;
-  std::vector<char> reported_;
+  std::vector<int> reported_;             // gradient parts reported this micro-step, per parameter
+  std::vector<buffer<T, Space>> tied_;    // tied parameters (uses > 1): the sum of their parts so far
   std::vector<owned_slice_ref> owned_;  // the norm pass: whole slices (its sums do not depend on groups)
   std::vector<step_piece> pieces_;      // the fused pass: the same slices in runs of one group
   bool in_micro_ = false;
@@ -917,6 +1032,9 @@ private:
   long steps_ = 0;
   usage_stats stats_;
   detail::trace_log trace_;  // stage 3: acquires/releases this step, and their hash
+  detail::trace_log eval_log_;  // stage 3: the same for the evaluation under way
+  bool eval_ = false;           // in evaluation mode (begin_eval .. end_eval)
+  detail::trace_log& log() { return eval_ ? eval_log_ : trace_; }
   detail::initial_values init_;  // hashes of values set since the last agreement
   int exceptions_at_birth_ = std::uncaught_exceptions();
 };

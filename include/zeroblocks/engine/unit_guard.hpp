@@ -57,6 +57,16 @@ public:
                           eng_->model_layout().unit_name(unit_.index), "'"));
     return {base_ + pp.offset_in_unit, pp.numel};
   }
+  /// @brief The same view, writable: for kernels whose signatures take `T*`. The memory
+  /// is the engine's copy of the full parameter on this rank; what the trainer writes
+  /// there is never read back by the engine (it does not reach the fp32 master or the
+  /// other ranks) and is overwritten by the next `step()` (stages 0–2) or the next gather
+  /// (stage 3). Writing is therefore safe for the engine but changes what this rank
+  /// computes with until then: to change a parameter's value, use `set_param`.
+  space_span<T, Space> param_mut(param_id p) const {
+    const auto v = param(p);
+    return {const_cast<T*>(v.data()), v.size()};
+  }
   unit_id unit() const { return unit_; }
   bool holds() const { return held_; }
   /// @brief Release now; a second release (or one on a moved-from guard) is an error.

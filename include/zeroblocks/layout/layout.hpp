@@ -33,6 +33,7 @@ struct param_place {
   std::size_t offset_in_unit = 0;
   std::size_t numel = 0;
   std::size_t group = 0;           ///< parameter group (registry)
+  int uses = 1;                    ///< gradient parts per micro-step (registry: tied weights)
 };
 
 /// @brief Placement of one unit.
@@ -68,7 +69,7 @@ public:
       for (auto pi : u.params) {
         pos = round_up(pos, align_);
         params_[pi] = {static_cast<std::size_t>(&u - units_.data()), offset + pos, pos,
-                       reg.params()[pi].numel, reg.params()[pi].group};
+                       reg.params()[pi].numel, reg.params()[pi].group, reg.params()[pi].uses};
         pos += reg.params()[pi].numel;
         u.raw_numel += reg.params()[pi].numel;
       }

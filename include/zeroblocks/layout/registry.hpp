@@ -12,6 +12,11 @@
  * default, uses the optimizer's hyper-parameters; group g ≥ 1 those of
  * `cfg.groups[g]` (its own weight decay and learning-rate multiplier — e.g. no decay on
  * biases and norms, GPT practice). Groups do not affect the layout.
+ *
+ * A parameter used by more than one unit's computation (tied weights: GPT's token
+ * embedding reused by the output layer) is registered once, in one unit, and declared
+ * with `set_uses(p, n)`: the trainer then hands its gradient over in n parts, each as
+ * soon as it is computed, and the engine adds them (see `engine::grad_ready`).
  */
 #pragma once
 
@@ -47,6 +52,7 @@ struct param_decl {
   std::size_t unit = 0;
   std::size_t numel = 0;
   std::size_t group = 0;  ///< parameter group (0: the optimizer's own settings)
+  int uses = 1;           ///< gradient parts per micro-step (tied weights: > 1)
 };
 
 /// @brief The ordered list of parameters and units a model registers.
@@ -68,8 +74,17 @@ public:
     auto [it, inserted] = unit_index_.try_emplace(unit, units_.size());
     if (inserted) units_.push_back(unit);
     by_name_[name] = params_.size();
-    params_.push_back({std::move(name), std::move(shape), it->second, numel, group});
+    params_.push_back({std::move(name), std::move(shape), it->second, numel, group, 1});
     return {params_.size() - 1};
+  }
+  /// @brief Declare that parameter `p` is used `uses` times in a micro-step (tied or
+  /// shared weights): its gradient arrives in that many parts, which the engine sums.
+  void set_uses(param_id p, int uses) {
+    ZB_REQUIRE(p.index < params_.size(), "param_registry::set_uses: parameter index ", p.index, " out of range (",
+               params_.size(), " registered)");
+    ZB_REQUIRE(uses >= 1, "param_registry::set_uses: parameter '", params_[p.index].name, "' needs uses >= 1 (got ",
+               uses, ")");
+    params_[p.index].uses = uses;
   }
 
   const std::vector<param_decl>& params() const { return params_; }
@@ -97,6 +112,7 @@ public:
     for (std::size_t d = 0; d < p.shape.size(); ++d) os << (d ? "," : "") << p.shape[d];
     os << "] in unit '" << units_[p.unit] << "'";
     if (p.group != 0) os << " group " << p.group;
+    if (p.uses != 1) os << " used " << p.uses << " times";
     return os.str();
   }
 

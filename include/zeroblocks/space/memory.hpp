@@ -26,7 +26,7 @@ enum class mem_category : int {
   master_fp32,    ///< fp32 master weights
   adam_m,         ///< the optimizer's first fp32 state array (Adam's m; Lion's m; SGD's momentum)
   adam_v,         ///< the optimizer's second fp32 state array (Adam's v)
-  buckets,        ///< gradient bucket buffers (stage 2/3)
+  buckets,        ///< gradient staging: bucket buffers (stage 2/3), partial sums of tied parameters
   gathered,       ///< parameters all-gathered for use (stage 3), live until released
   persistent,     ///< stage 3: small units kept gathered for good (persistence threshold)
   staging,        ///< NVMe tier: aligned, pinned staging buffers of the swap pipeline
