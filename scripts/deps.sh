@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs what zeroblocks needs to build its tests, benches and examples on Debian /
 # Ubuntu: a C++20 compiler, CMake, pkg-config, Open MPI, doctest, liburing, nlohmann-json and xxHash
-# (checkpoints). Skips packages already present.
+# (checkpoints), OpenBLAS (the GPT demo's matrix products). Skips packages already present.
 set -euo pipefail
-pkgs=(g++ cmake make pkg-config libopenmpi-dev openmpi-bin doctest-dev liburing-dev nlohmann-json3-dev libxxhash-dev)
+pkgs=(g++ cmake make pkg-config libopenmpi-dev openmpi-bin doctest-dev liburing-dev nlohmann-json3-dev libxxhash-dev libopenblas-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
