@@ -70,9 +70,14 @@
 #include <utility>
 #include <vector>
 
+#include "demo_util.hpp"
+
 namespace {
 
 namespace zb = zeroblocks;
+using demo::grouped;
+using demo::max_abs_diff;
+using demo::shard_of;
 
 // ---- command line ------------------------------------------------------------------
 
@@ -258,12 +263,6 @@ int world_size() {
 }
 void world_sum(double* v, int n) { MPI_Allreduce(MPI_IN_PLACE, v, n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD); }
 
-/// Rank r's contiguous share of `total` sequences.
-std::pair<std::size_t, std::size_t> shard_of(std::size_t total, int rank, int world) {
-  const std::size_t a = total * static_cast<std::size_t>(rank) / static_cast<std::size_t>(world);
-  const std::size_t b = total * static_cast<std::size_t>(rank + 1) / static_cast<std::size_t>(world);
-  return {a, b - a};
-}
 
 // ---- data: bytes of a text file ----------------------------------------------------
 
@@ -597,12 +596,6 @@ stage_report dispatch(int stage, const options& o, const gpt::config& mc, const 
 
 // ---- the report --------------------------------------------------------------------
 
-double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  if (a.size() != b.size()) return INFINITY;
-  double m = 0.0;
-  for (std::size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(static_cast<double>(a[i]) - b[i]));
-  return m;
-}
 
 /// Whether stage `stage` must equal stage 0 bit for bit: where the arithmetic is stage
 /// 0's — stage 1 always; stages 2/3 with one micro-step (the same fp32 rank-ordered sums,
@@ -615,14 +608,6 @@ double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
 /// (fp32 gradient accumulation, which would make them exact, is issue 15's.)
 bool must_be_exact(int stage, const options& o) { return stage <= 1 || o.micro_steps == 1; }
 
-std::string grouped(std::uint64_t v) {
-  std::string s = std::to_string(v), out;
-  for (std::size_t i = 0; i < s.size(); ++i) {
-    if (i && (s.size() - i) % 3 == 0) out += ',';
-    out += s[i];
-  }
-  return out;
-}
 
 /// The SVG plot: every stage's training loss (solid) and validation loss (dots).
 void write_plot(const std::string& path, const std::vector<stage_report>& reps, const std::string& title) {

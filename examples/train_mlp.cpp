@@ -64,9 +64,14 @@
 #include <utility>
 #include <vector>
 
+#include "demo_util.hpp"
+
 namespace {
 
 namespace zb = zeroblocks;
+using demo::grouped;
+using demo::max_abs_diff;
+using demo::shard_of;
 
 // ---- command line ----------------------------------------------------------------
 
@@ -547,12 +552,6 @@ batch_stats all_sum(const batch_stats& s) {
   return {v[0], v[1], v[2]};
 }
 
-/// Rank r's contiguous share of a global batch of `total` samples.
-std::pair<std::size_t, std::size_t> shard_of(std::size_t total, int rank, int world) {
-  const std::size_t a = total * static_cast<std::size_t>(rank) / static_cast<std::size_t>(world);
-  const std::size_t b = total * static_cast<std::size_t>(rank + 1) / static_cast<std::size_t>(world);
-  return {a, b - a};
-}
 
 /// Held-out loss and accuracy, forward only (collective: stage 3 gathers).
 template <class Engine>
@@ -797,14 +796,6 @@ stage_report dispatch(int stage, const options& opt, const mlp& model, const dat
 
 // ---- the report ------------------------------------------------------------------
 
-/// Max |a - b| over the fp32 master (same layout: every preset uses partition::even
-/// with the same alignment and world size).
-double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  if (a.size() != b.size()) return INFINITY;
-  double m = 0.0;
-  for (std::size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(static_cast<double>(a[i]) - b[i]));
-  return m;
-}
 
 /// Relative L2 distance ||a - b|| / ||b|| (printed next to the max, for scale).
 double rel_l2_diff(const std::vector<float>& a, const std::vector<float>& b) {
@@ -865,15 +856,6 @@ stage_verdict judge(const stage_report& r, const options& opt, const std::vector
   return v;
 }
 
-/// "12,345" style grouping for byte counts.
-std::string grouped(std::uint64_t v) {
-  std::string s = std::to_string(v), out;
-  for (std::size_t i = 0; i < s.size(); ++i) {
-    if (i && (s.size() - i) % 3 == 0) out += ',';
-    out += s[i];
-  }
-  return out;
-}
 
 /// Expected payload elements per rank per step (ZeRO paper accounting, with the
 /// per-micro-step reduce-scatter of stages 2 and 3 made explicit).
