@@ -354,6 +354,27 @@ TEST_CASE_TEMPLATE("stages 0-2: an acquired parameter keeps its address across s
   }
 }
 
+TEST_CASE_TEMPLATE("param_mut: the same memory, writable; the next step rewrites it from the master", E,
+                   zb::stage0<S, float>, zb::stage2<S, float>, zb::stage3<S, float>) {
+  manual m;
+  E eng(m.model.reg, S{});
+  m.init(eng);
+  const zb::param_id p = m.model.params[2];  // l1.w
+  std::vector<float> before;
+  {
+    auto g = eng.acquire(eng.unit_of(p));
+    auto w = g.param_mut(p);
+    CHECK(static_cast<const float*>(w.data()) == g.param(p).data());
+    before.assign(w.begin(), w.end());
+    for (auto& x : w) x = 1000.0f;  // scratch use by a kernel taking float*
+    CHECK(g.param(p)[0] == 1000.0f);
+  }
+  REQUIRE(m.step(eng, 0, false).applied);
+  auto g = eng.acquire(eng.unit_of(p));
+  // The master never saw the writes: the values are the stepped initial ones, near `before`.
+  for (std::size_t i = 0; i < before.size(); ++i) CHECK(std::fabs(g.param(p)[i] - before[i]) < 0.1f);
+}
+
 TEST_CASE_TEMPLATE("fp16: a skipped step leaves no trace in the optimizer state", E, zb::stage0<S, zb::half>,
                    zb::stage2<S, zb::half>, zb::stage3<S, zb::half>) {
   // A: good, overflow, good.  B: the same two good steps, no overflow in between.
