@@ -24,6 +24,14 @@ execute_process(COMMAND ${CMAKE_COMMAND} -S ${consumer_src} -B ${WORK}/consumer 
 if(rc)
   message(FATAL_ERROR "configuring the consumer (${MODE}) failed")
 endif()
+# Pulled in as a subproject, zeroblocks must not probe for CUDA unless asked: the
+# consumer's cache has no CMAKE_CUDA_COMPILER entry (check_language would have made one).
+if(NOT MODE STREQUAL "find_package")
+  file(STRINGS ${WORK}/consumer/CMakeCache.txt cuda_probe REGEX "^CMAKE_CUDA_COMPILER")
+  if(cuda_probe)
+    message(FATAL_ERROR "the consumer (${MODE}) probed for CUDA without asking for zeroblocks::cuda: ${cuda_probe}")
+  endif()
+endif()
 execute_process(COMMAND ${CMAKE_COMMAND} --build ${WORK}/consumer RESULT_VARIABLE rc)
 if(rc)
   message(FATAL_ERROR "building the consumer (${MODE}) failed")
