@@ -24,7 +24,7 @@ namespace {
 
 const char* usage =
     "usage: zeroblocks-plan MODEL [--world N[,N...]] [--preset P[,P...]|all] [--dtype bf16|fp16|fp32]\n"
-    "                       [--micro-steps G] [KNOBS]\n"
+    "                       [--micro-steps G] [--grad-accum auto|param|fp32] [KNOBS]\n"
     "MODEL (one of):\n"
     "  --model 7b|13b|70b          LLaMA-2 shapes (70b with grouped-query attention, 8 KV heads)\n"
     "  --llama H,L,F,V[,KV]        a LLaMA-style decoder: hidden, layers, MLP width, vocabulary[, KV width]\n"
@@ -116,6 +116,12 @@ int main(int argc, char** argv) {
     else if (a == "--registry") registry_file = v;
     else if (a == "--dtype") dtype = v;
     else if (a == "--micro-steps") k.micro_steps = static_cast<int>(number(v, "--micro-steps"));
+    else if (a == "--grad-accum") {
+      if (v == "auto") k.grad_accum = zb::grad_accum_dtype::automatic;
+      else if (v == "param") k.grad_accum = zb::grad_accum_dtype::param;
+      else if (v == "fp32") k.grad_accum = zb::grad_accum_dtype::fp32;
+      else die("--grad-accum " + v + " must be auto, param or fp32");
+    }
     else if (a == "--world") {
       worlds.clear();
       for (const auto& w : split(v)) {
@@ -170,9 +176,10 @@ int main(int argc, char** argv) {
     std::printf("zeroblocks-plan: %s: %s parameters, %zu units; %s, AdamW, %d micro-step(s) per step\n", what.c_str(),
                 count(static_cast<double>(raw)).c_str(), reg.units().size(), dtype.c_str(), k.micro_steps);
     std::printf("memory per rank in GiB at rest (master+optim: fp32 master and AdamW m, v; NVMe presets: on disk "
-                "instead, staged); elements: this rank's payload per step\n\n");
+                "instead, staged); grads: 16-bit and fp32 (bf16 accumulates in fp32 unless --grad-accum param);\n"
+                "elements: this rank's payload per step\n\n");
     std::printf("%-17s %6s %9s %9s %13s %8s %10s %8s %10s %8s %10s %10s %12s\n", "preset", "ranks", "params16",
-                "grads16", "master+optim", "buckets", "persistent", "staging", "total", "host", "ZeRO", "disk",
+                "grads", "master+optim", "buckets", "persistent", "staging", "total", "host", "ZeRO", "disk",
                 "elements");
     for (const auto& preset : presets)
       for (int w : worlds) {
@@ -182,7 +189,7 @@ int main(int argc, char** argv) {
         std::size_t total = 0;
         for (auto b : m.current) total += b;
         std::printf("%-17s %6d %9s %9s %13s %8s %10s %8s %10s %8s %10s %10s %12s\n", preset.c_str(), w,
-                    gib(m[c::params16]).c_str(), gib(m[c::grads16]).c_str(),
+                    gib(m[c::params16]).c_str(), gib(m[c::grads16] + m[c::grads32]).c_str(),
                     gib(m[c::master_fp32] + m[c::adam_m] + m[c::adam_v]).c_str(), gib(m[c::buckets]).c_str(),
                     gib(m[c::persistent]).c_str(), gib(m[c::staging]).c_str(), gib(total).c_str(),
                     gib(r.host_bytes).c_str(), gib(r.formula_bytes).c_str(), gib(r.disk_bytes).c_str(),

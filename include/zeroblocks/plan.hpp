@@ -58,6 +58,7 @@ struct knobs {
   std::optional<std::size_t> chunk_numel;                  ///< cfg.master.chunk_numel (offload)
   std::optional<std::size_t> align_numel;                  ///< cfg.partition.align_numel
   int micro_steps = 1;                                     ///< gradient accumulation steps per step
+  std::optional<grad_accum_dtype> grad_accum;              ///< cfg.step.grad_accum
 };
 
 /// @brief A plan for one preset, parameter type and world size (per rank).
@@ -97,6 +98,7 @@ void apply(Config& cfg, const knobs& k) {
   }
   if constexpr (requires { cfg.partition.align_numel; })
     if (k.align_numel) cfg.partition.align_numel = *k.align_numel;
+  if (k.grad_accum) cfg.step.grad_accum = *k.grad_accum;
 }
 
 /// @brief The plan of engine type `E` (any composition) for `reg` on `world` ranks
@@ -116,7 +118,7 @@ result estimate_for(const param_registry& reg, int world, const typename E::conf
   r.memory = E::estimate(lay, cfg);
   r.elem_bytes = sizeof(typename E::param_type);
   r.formula_bytes = zero_formula_bytes(E::stage, r.psi, world, r.elem_bytes,
-                                       optimizer_state_bytes<typename E::optimizer_type>);
+                                       optimizer_state_bytes<typename E::optimizer_type>, E::accumulates_fp32(cfg));
   r.disk_bytes = E::estimate_tier_bytes(lay, cfg);
   r.traffic = E::estimate_traffic(lay, cfg, s);
   return r;
@@ -130,11 +132,14 @@ result estimate_offload_for(const param_registry& reg, int world, const typename
                             const master::offloaded_config& mcfg, step_shape s) {
   static_assert(E::sharded_master, "plan: ZeRO-Offload shards the optimizer state (stage 1-3 compositions)");
   mcfg.validate();
+  // master::offloaded takes the 16-bit gradient shard (no fp32 accumulation).
+  ZB_REQUIRE(!E::accumulates_fp32(cfg), "plan: the offload presets accumulate gradients in the parameter type "
+                                        "(set step.grad_accum = param)");
   result r = estimate_for<E>(reg, world, cfg, s);
   const layout lay = E::plan_layout(reg, world, cfg);
   memory_report m;
   E::coordinator_impl::declare(lay, cfg.coordinate, world, m, sizeof(typename E::param_type));
-  E::bucketer_impl::declare(lay, cfg.bucket, world, m, sizeof(typename E::param_type));
+  E::bucketer_impl::declare(lay, cfg.bucket, world, m, sizeof(typename E::param_type), false);
   memory_report host;
   master::offloaded_declare<sizeof(typename E::param_type), E::optimizer_type::rule::state_count>(
       master_shape{lay.shard_numel(), false}, mcfg, host);
@@ -171,6 +176,7 @@ result by_preset(const std::string& preset, const param_registry& reg, int world
   auto offload = [&]<class E>() {
     typename E::config cfg;
     apply(cfg, k);
+    cfg.step.grad_accum = grad_accum_dtype::param;  // what master::offloaded supports
     master::offloaded_config mcfg;
     if (k.chunk_numel) mcfg.chunk_numel = *k.chunk_numel;
     return estimate_offload_for<E>(reg, world, cfg, mcfg, step_shape{k.micro_steps});

@@ -217,6 +217,8 @@ std::vector<float> train_micro(int micro) {
   typename E::config cfg;
   if constexpr (requires { cfg.bucket.bucket_numel; }) cfg.bucket.bucket_numel = 150;
   cfg.optim.lr = 0.01f;
+  // A streaming master takes the 16-bit shard: accumulate in T on both sides.
+  cfg.step.grad_accum = zb::grad_accum_dtype::param;
   E eng(reg, C(MPI_COMM_WORLD), cfg);
   for (std::size_t p = 0; p < reg.size(); ++p)
     eng.set_param({p}, std::vector<float>(reg.params()[p].numel, 0.1f * static_cast<float>(p)));

@@ -50,15 +50,17 @@ template <class T>
 void check_memory_and_traffic(const zbt::run_output& r, int stage, int gas,
                               zbt::stage3_variant v = zbt::stage3_variant::on_demand) {
   INFO("stage " << stage << " (variant " << static_cast<int>(v) << ") " << zb::dtype_name<T>());
-  CHECK(r.formula == zb::zero_formula_bytes(stage, r.psi, 1, sizeof(T)));
+  CHECK(r.formula == zb::zero_formula_bytes(stage, r.psi, 1, sizeof(T), 12, r.accum32));
   CHECK(r.memory.model_state() == r.formula);
   for (std::size_t c = 0; c < zb::mem_category_count; ++c) {
     INFO("category " << zb::mem_category_name(static_cast<zb::mem_category>(c)));
     CHECK(r.memory.current[c] == r.estimate.current[c]);
   }
-  // One rank: 16Ψ of model state whatever the stage.
-  CHECK(r.memory.model_state() == (2 * sizeof(T) + 12) * r.psi);
-  CHECK(r.first_step_traffic.payload() == zbt::expected_payload(stage, r.psi, gas, v));
+  // One rank: 16Ψ of model state whatever the stage (with fp32 accumulation of 16-bit
+  // T: stages 0/1 add a 4Ψ fp32 sum, stages 2/3 hold the gradient in fp32: 20Ψ, 18Ψ).
+  const std::size_t grads = r.accum32 ? (stage < 2 ? sizeof(T) + 4 : 4) : sizeof(T);
+  CHECK(r.memory.model_state() == (sizeof(T) + grads + 12) * r.psi);
+  CHECK(r.first_step_traffic.payload() == zbt::expected_payload(stage, r.psi, gas, v, r.accum32));
 }
 
 template <class T>
@@ -684,7 +686,8 @@ TEST_CASE("an engine's memory report: model state equals the formula, buckets an
   m.init(eng);
   const auto& lay = eng.model_layout();
   CHECK(eng.memory().model_state() == eng.formula_bytes());
-  CHECK(eng.formula_bytes() == 16 * lay.total_numel());
+  CHECK(eng.accumulates_fp32());  // bf16's default: the gradient shard is fp32
+  CHECK(eng.formula_bytes() == 18 * lay.total_numel());
   CHECK(eng.memory()[zb::mem_category::gathered] == 0);
   {
     auto g = eng.acquire(m.model.units[0]);

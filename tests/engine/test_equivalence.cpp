@@ -44,7 +44,7 @@ void check_memory_and_traffic(const zbt::run_output& r, int stage, int gas,
   // Model state equals the paper's formula for the padded Ψ, and every category the
   // policies' declaration.
   CHECK(r.memory.model_state() == r.formula);
-  CHECK(r.formula == zb::zero_formula_bytes(stage, r.psi, zb_world_size(), sizeof(T), state_bytes));
+  CHECK(r.formula == zb::zero_formula_bytes(stage, r.psi, zb_world_size(), sizeof(T), state_bytes, r.accum32));
   for (std::size_t c = 0; c < zb::mem_category_count; ++c) {
     INFO("category " << zb::mem_category_name(static_cast<zb::mem_category>(c)));
     CHECK(r.memory.current[c] == r.estimate.current[c]);
@@ -57,18 +57,33 @@ void check_memory_and_traffic(const zbt::run_output& r, int stage, int gas,
     CHECK(r.memory[zb::mem_category::persistent] == r.psi * sizeof(T));
   }
   // Elements communicated in the first step (which has no overflow).
-  CHECK(r.first_step_traffic.payload() == zbt::expected_payload(stage, r.psi, gas, v));
+  CHECK(r.first_step_traffic.payload() == zbt::expected_payload(stage, r.psi, gas, v, r.accum32));
 }
 
-template <class T>
-void all_stages(const run_options& o, bool exact_stage23 = true) {
+/// A `tweak`: gradients accumulated in `D` (grad_accum_dtype), then `Then`.
+template <zb::grad_accum_dtype D, class Then = zbt::no_tweak>
+struct accum_in {
+  template <class Cfg>
+  void operator()(Cfg& c) const {
+    c.step.grad_accum = D;
+    Then{}(c);
+  }
+};
+using accum_fp32 = accum_in<zb::grad_accum_dtype::fp32>;
+using accum_param = accum_in<zb::grad_accum_dtype::param>;
+
+template <class T, class Accum = zbt::no_tweak>
+void all_stages(const run_options& o, bool exact_stage23 = true, Accum = {}) {
   using C = zb::comm::mpi;
-  auto r0 = zbt::run<zb::stage0<C, T>>(C(MPI_COMM_WORLD), o);
-  auto r1 = zbt::run<zb::stage1<C, T>>(C(MPI_COMM_WORLD), o);
-  auto r2 = zbt::run<zb::stage2<C, T>>(C(MPI_COMM_WORLD), o);
-  auto r3 = zbt::run<zb::stage3_on_demand<C, T>>(C(MPI_COMM_WORLD), o);
-  auto r3p = zbt::run<zb::stage3<C, T>>(C(MPI_COMM_WORLD), o, zbt::prefetch_only{});
-  auto r3d = zbt::run<zb::stage3<C, T>>(C(MPI_COMM_WORLD), o);
+  auto r0 = zbt::run<zb::stage0<C, T>>(C(MPI_COMM_WORLD), o, Accum{});
+  auto r1 = zbt::run<zb::stage1<C, T>>(C(MPI_COMM_WORLD), o, Accum{});
+  auto r2 = zbt::run<zb::stage2<C, T>>(C(MPI_COMM_WORLD), o, Accum{});
+  auto r3 = zbt::run<zb::stage3_on_demand<C, T>>(C(MPI_COMM_WORLD), o, Accum{});
+  auto r3p = zbt::run<zb::stage3<C, T>>(C(MPI_COMM_WORLD), o, [](auto& c) {
+    Accum{}(c);
+    zbt::prefetch_only{}(c);
+  });
+  auto r3d = zbt::run<zb::stage3<C, T>>(C(MPI_COMM_WORLD), o, Accum{});
   check_memory_and_traffic<T>(r0, 0, o.gas);
   check_memory_and_traffic<T>(r1, 1, o.gas);
   check_memory_and_traffic<T>(r2, 2, o.gas);
@@ -90,7 +105,7 @@ void all_stages(const run_options& o, bool exact_stage23 = true) {
                                 auto q = o;
                                 q.steps = 0;
                                 return q;
-                              }()).master) != -1);
+                              }(), Accum{}).master) != -1);
   if (o.overflow_step >= 0) CHECK_FALSE(r0.results[o.overflow_step].applied);
   if (o.max_grad_norm > 0) {
     bool clipped = false;
@@ -129,6 +144,59 @@ TEST_CASE_TEMPLATE("stage 1 equals stage 0 with accumulation of continuous gradi
   o.gas = 2;
   o.max_grad_norm = 0.5f;
   all_stages<T>(o, /*exact_stage23=*/false);
+}
+
+// ---- fp32 gradient accumulation (grad_accum_dtype) --------------------------------
+// Every micro-step is reduced (16-bit on the wire, fp32 rank-ordered sum) and added to
+// an fp32 accumulator, on every stage: the same operations, so every stage equals
+// stage 0 bit for bit with continuous gradients and any number of micro-steps — where
+// 16-bit accumulation makes stages 2/3 differ (checked below, so the comparison is not
+// vacuous).
+
+TEST_CASE_TEMPLATE("fp32 accumulation: every stage equals stage 0 bit for bit, 1-4 micro-steps", T, zb::half,
+                   zb::bfloat16) {
+  for (int gas = 1; gas <= 4; ++gas) {
+    INFO(gas << " micro-steps");
+    run_options o;
+    o.steps = 3;
+    o.gas = gas;
+    o.max_grad_norm = 0.5f;
+    o.overflow_step = gas == 2 ? 1 : -1;
+    all_stages<T>(o, true, accum_fp32{});
+  }
+}
+
+TEST_CASE("fp32 accumulation is bf16's default; 16-bit accumulation stays available and exact on the grid") {
+  using C = zb::comm::mpi;
+  CHECK(zb::stage2<C, zb::bfloat16>::accumulates_fp32({}));
+  CHECK_FALSE(zb::stage2<C, zb::half>::accumulates_fp32({}));
+  CHECK_FALSE(zb::stage2<C, float>::accumulates_fp32({}));
+  run_options o;
+  o.steps = 4;
+  o.gas = 3;
+  o.quantized = true;
+  o.overflow_step = 1;
+  o.max_grad_norm = 0.05f;
+  all_stages<zb::bfloat16>(o, true, accum_param{});
+}
+
+TEST_CASE("16-bit accumulation of continuous gradients: stage 2 differs from stage 0, fp32 does not") {
+  using C = zb::comm::mpi;
+  using T = zb::bfloat16;
+  run_options o;
+  o.steps = 3;
+  o.gas = 2;
+  auto p0 = zbt::run<zb::stage0<C, T>>(C(MPI_COMM_WORLD), o, accum_param{});
+  auto p2 = zbt::run<zb::stage2<C, T>>(C(MPI_COMM_WORLD), o, accum_param{});
+  auto f0 = zbt::run<zb::stage0<C, T>>(C(MPI_COMM_WORLD), o, accum_fp32{});
+  auto f2 = zbt::run<zb::stage2<C, T>>(C(MPI_COMM_WORLD), o, accum_fp32{});
+  CHECK_FALSE(p0.accum32);
+  CHECK(f0.accum32);
+  // One rank reduces nothing across ranks: the orders agree there.
+  if (zb_world_size() > 1) CHECK(zbt::first_difference(p0.master, p2.master) != -1);
+  CHECK(zbt::first_difference(f0.master, f2.master) == -1);
+  // fp32 accumulation changes the result (the averaged gradient is no longer rounded to bf16).
+  CHECK(zbt::first_difference(p0.master, f0.master) != -1);
 }
 
 // ---- other optimizers: every stage runs whatever rule it is given ------------------

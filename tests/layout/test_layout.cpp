@@ -385,6 +385,14 @@ TEST_CASE("zero_formula_bytes: the paper's 16-bit numbers and the fp32 variants"
   }
   // A concrete value: Ψ = 7.5e9 (the paper's example) on 64 ranks, stage 2: 2Ψ + 14Ψ/64.
   CHECK(zb::zero_formula_bytes(2, 7'500'000'000ull, 64, 2) == 15'000'000'000ull + 1'640'625'000ull);
+  // fp32 gradient accumulation with 16-bit T: 20Ψ, 4Ψ+16Ψ/N, 2Ψ+16Ψ/N, 18Ψ/N.
+  for (int world : {1, 2, 4, 8}) {
+    const std::size_t psi = 8 * 1000, n = static_cast<std::size_t>(world);
+    CHECK(zb::zero_formula_bytes(0, psi, world, 2, 12, true) == 20 * psi);
+    CHECK(zb::zero_formula_bytes(1, psi, world, 2, 12, true) == 4 * psi + 16 * psi / n);
+    CHECK(zb::zero_formula_bytes(2, psi, world, 2, 12, true) == 2 * psi + 16 * psi / n);
+    CHECK(zb::zero_formula_bytes(3, psi, world, 2, 12, true) == 18 * psi / n);
+  }
   CHECK(zb::zero_formula_bytes(0, 0, 4, 2) == 0);
 
   CHECK(has(error_of([] { (void)zb::zero_formula_bytes(4, 1024, 2, 2); }), "stage 4 is not 0..3"));
@@ -405,10 +413,17 @@ TEST_CASE_TEMPLATE("the presets' memory estimate equals the formula's model stat
     INFO("world " << world << " " << zb::dtype_name<T>());
     const auto lay = zb::partition::even::make_layout(reg, world, align);
     const std::size_t psi = lay.total_numel();
-    CHECK(zb::stage0<S, T>::estimate(lay, cfg0).model_state() == zb::zero_formula_bytes(0, psi, world, sizeof(T)));
-    CHECK(zb::stage1<S, T>::estimate(lay, cfg1).model_state() == zb::zero_formula_bytes(1, psi, world, sizeof(T)));
-    CHECK(zb::stage2<S, T>::estimate(lay, cfg).model_state() == zb::zero_formula_bytes(2, psi, world, sizeof(T)));
-    CHECK(zb::stage3<S, T>::estimate(lay, cfg3).model_state() == zb::zero_formula_bytes(3, psi, world, sizeof(T)));
+    // bf16 accumulates gradients in fp32 by default (grad_accum_dtype::automatic).
+    const bool a32 = std::is_same_v<T, zb::bfloat16>;
+    CHECK(zb::stage0<S, T>::accumulates_fp32(cfg0) == a32);
+    CHECK(zb::stage0<S, T>::estimate(lay, cfg0).model_state() ==
+          zb::zero_formula_bytes(0, psi, world, sizeof(T), 12, a32));
+    CHECK(zb::stage1<S, T>::estimate(lay, cfg1).model_state() ==
+          zb::zero_formula_bytes(1, psi, world, sizeof(T), 12, a32));
+    CHECK(zb::stage2<S, T>::estimate(lay, cfg).model_state() ==
+          zb::zero_formula_bytes(2, psi, world, sizeof(T), 12, a32));
+    CHECK(zb::stage3<S, T>::estimate(lay, cfg3).model_state() ==
+          zb::zero_formula_bytes(3, psi, world, sizeof(T), 12, a32));
     // Stage 2/3 also hold bucket_count buffers of the largest bucket, outside model state.
     const std::size_t bucket_bytes =
         static_cast<std::size_t>(cfg.bucket.bucket_count) *

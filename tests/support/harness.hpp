@@ -75,6 +75,7 @@ struct run_output {
   std::size_t formula = 0;
   std::size_t psi = 0;
   std::size_t max_unit = 0;
+  bool accum32 = false;  ///< the engine summed gradients in fp32 (grad_accum_dtype)
 };
 
 /// The gradient a parameter element gets: depends on its current value, the step,
@@ -173,6 +174,7 @@ run_output run(typename Engine::comm_type comm, const run_options& o, Tweak&& tw
   out.formula = eng.formula_bytes();
   out.psi = eng.model_layout().total_numel();
   out.max_unit = eng.model_layout().max_unit_numel();
+  out.accum32 = eng.accumulates_fp32();
   out.master = eng.gather_master();
   out.params = params_of(eng);
   return out;
@@ -195,8 +197,10 @@ struct prefetch_only {
 /// Payload elements of a step with `gas` micro-steps (one forward and one backward
 /// acquire per unit per micro-step): stages 0/1 2Ψ, stage 2 (gas+1)Ψ, stage 3 3·gas·Ψ
 /// — or gas·Ψ + Ψ when every unit persists (one gather per step, at its first acquire).
-inline std::uint64_t expected_payload(int stage, std::uint64_t psi, int gas, stage3_variant v) {
-  if (stage == 2) return (gas + 1) * psi;
+/// With fp32 accumulation (`accum32`) stages 0/1 reduce every micro-step: (gas+1)Ψ
+/// (stage 0's Ψ is the all-gather of the fp32 sum, stage 1's the parameters').
+inline std::uint64_t expected_payload(int stage, std::uint64_t psi, int gas, stage3_variant v, bool accum32 = false) {
+  if (stage == 2 || (stage < 2 && accum32)) return (gas + 1) * psi;
   if (stage == 3) return v == stage3_variant::defaults ? (gas + 1) * psi : 3 * gas * psi;
   return 2 * psi;
 }

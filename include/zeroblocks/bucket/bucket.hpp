@@ -21,8 +21,10 @@
  * `template <class Ctx> class impl` built as `impl(ctx, config)` that provides
  * (checked by `bucketer_complete<B, Ctx>()`, which names what is missing)
  * `begin_micro_step()`, `grad_ready(param, grad)`, `end_micro_step()`,
- * `reduce_for_step()`, `grad_slice(u, r) -> const T*`, `zero()`,
- * `static declare(lay, config, world, report&, elem_bytes)` and `static step_traffic(lay,
+ * `reduce_for_step()`, `grad_slice(u, r) -> const T*`, `grad_slice32(u, r) -> const
+ * float*` (fp32 accumulation, `ctx.accum32`: the fp32 gradient; nullptr otherwise),
+ * `zero()`, `static declare(lay, config, world, report&, elem_bytes, accum32)` and
+ * `static step_traffic(lay,
  * config, step_shape, comm_counters&)` (`policy/traffic.hpp`). The engine has already
  * checked each report (known parameter, right size, not reported twice in the
  * micro-step) before calling `grad_ready`.
@@ -81,9 +83,12 @@ consteval bool bucketer_complete() {
   static_assert(requires(I& b, std::size_t u, int r) { { b.grad_slice(u, r) } -> std::convertible_to<const T*>; },
                 "bucketer role: impl lacks `const T* grad_slice(std::size_t unit, int rank)`");
   static_assert(requires(I& b) { b.zero(); }, "bucketer role: impl lacks `zero()`");
-  static_assert(requires(const layout& l, const cfg& k, memory_report& r) { I::declare(l, k, 1, r, std::size_t{}); },
+  static_assert(requires(const layout& l, const cfg& k, memory_report& r) { I::declare(l, k, 1, r, std::size_t{}, false); },
                 "bucketer role: impl lacks `static declare(const layout&, const config&, int world, "
-                "memory_report&, std::size_t elem_bytes)`");
+                "memory_report&, std::size_t elem_bytes, bool accum32)`");
+  static_assert(requires(I& b, std::size_t u, int r) { { b.grad_slice32(u, r) } -> std::convertible_to<const float*>; },
+                "bucketer role: impl lacks `const float* grad_slice32(std::size_t unit, int rank)` (the fp32 "
+                "gradient under fp32 accumulation; nullptr otherwise)");
   static_assert(requires(const layout& l, const cfg& k, comm_counters& t) { I::step_traffic(l, k, step_shape{}, t); },
                 "bucketer role: impl lacks `static step_traffic(const layout&, const config&, step_shape, "
                 "comm_counters&)`");

@@ -4,6 +4,9 @@
  * micro-steps (2Ψ bytes); at the boundary each unit is reduce-scattered in place, so
  * rank r's averaged slice lands where its own slice was — no extra shard buffer. All
  * units' reductions are in flight together.
+ *
+ * With fp32 accumulation (`grad_accum_dtype::fp32`) each micro-step is reduce-scattered
+ * into this rank's fp32 gradient shard (4Ψ/N) instead (`detail/full_grads.hpp`).
  */
 #pragma once
 
@@ -25,21 +28,23 @@ struct reduce_at_boundary {
   static constexpr bucketer_caps caps{};
 
   template <class Ctx>
-  class impl : public detail::full_grads<Ctx> {
-    using base = detail::full_grads<Ctx>;
+  class impl : public detail::full_grads<Ctx, false> {
+    using base = detail::full_grads<Ctx, false>;
 
   public:
     using base::base;
-    static void declare(const layout& lay, const config&, int, memory_report& r,
-                        std::size_t elem_bytes) {
-      base::declare(lay, r, elem_bytes);
+    static void declare(const layout& lay, const config&, int, memory_report& r, std::size_t elem_bytes,
+                        bool accum32) {
+      base::declare(lay, r, elem_bytes, accum32);
     }
-    /// One reduce-scatter of every unit per step.
-    static void step_traffic(const layout& lay, const config&, step_shape, comm_counters& t) {
+    /// One reduce-scatter of every unit per step (fp32 accumulation: per micro-step).
+    static void step_traffic(const layout& lay, const config&, step_shape s, comm_counters& t) {
+      if (s.accum32) return base::accum32_traffic(lay, s, t);
       for (std::size_t u = 0; u < lay.unit_count(); ++u) t.count_reduce_scatter(lay.unit(u).slice_numel, lay.world());
     }
     void reduce_for_step() {
       auto& ctx = this->ctx_;
+      if (ctx.accum32) return;  // reduced at every micro-step
       const float avg = 1.0f / static_cast<float>(ctx.world());
       std::vector<typename Ctx::comm_type::request> pending;
       pending.reserve(ctx.lay.unit_count());

@@ -22,6 +22,11 @@
  *
  * Parameters never reported in a micro-step contribute zeros (an unused layer).
  *
+ * With fp32 accumulation (`ctx.accum32`, `grad_accum_dtype::fp32`) the gradient shard
+ * is fp32 (4Ψ/N) and each bucket's reduction adds its fp32 rank-ordered sum straight
+ * into it (`comm.ireduce_scatter_accumulate`): T on the wire as before, never rounded
+ * to T afterwards (`grad_slice32`). Not with a shard listener (`master::offloaded`).
+ *
  * `on_shard_updated(updated, will_write)` registers `updated(shard_offset, data, n)`,
  * called after each bucket's reduced block was accumulated into the shard (ordered on
  * the space's stream), and `will_write()`, called before the shard is first written in
@@ -121,20 +126,26 @@ struct reduce_scatter {
     impl(Ctx& ctx, const config& cfg)
         : ctx_(ctx),
           cfg_(cfg),
-          shard_(ctx.lay.shard_numel(), mem_category::grads16, &ctx.tracker),
+          shard_(ctx.accum32 ? 0 : ctx.lay.shard_numel(), mem_category::grads16, &ctx.tracker),
+          shard32_(ctx.accum32 ? ctx.lay.shard_numel() : 0, mem_category::grads32, &ctx.tracker),
           plans_(plan(ctx.lay, cfg.bucket_numel)),
           bucket_of_unit_(ctx.lay.unit_count()),
           state_(plans_.size()) {
       shard_.zero();
+      shard32_.zero();
+      if constexpr (!accumulates_fp32)
+        ZB_REQUIRE(!ctx.accum32, "bucket::reduce_scatter: fp32 gradient accumulation needs a communicator with "
+                                 "ireduce_scatter_accumulate (comm::mpi, comm::self)");
       buffer_numel_ = max_bucket_numel(ctx.lay, cfg.bucket_numel);
       for (std::size_t b = 0; b < plans_.size(); ++b)
         for (std::size_t u = plans_[b].first_unit; u <= plans_[b].last_unit; ++u) bucket_of_unit_[u] = b;
       for (int i = 0; i < cfg.bucket_count && buffer_numel_ > 0; ++i)
         free_.push_back(buf_t(buffer_numel_, mem_category::buckets, &ctx.tracker));
     }
-    static void declare(const layout& lay, const config& cfg, int, memory_report& r,
-                        std::size_t elem_bytes) {
-      r.current[static_cast<std::size_t>(mem_category::grads16)] += lay.shard_numel() * elem_bytes;
+    static void declare(const layout& lay, const config& cfg, int, memory_report& r, std::size_t elem_bytes,
+                        bool accum32) {
+      if (accum32) r.current[static_cast<std::size_t>(mem_category::grads32)] += lay.shard_numel() * sizeof(float);
+      else r.current[static_cast<std::size_t>(mem_category::grads16)] += lay.shard_numel() * elem_bytes;
       const std::size_t b = max_bucket_numel(lay, cfg.bucket_numel);
       if (b > 0)
         r.current[static_cast<std::size_t>(mem_category::buckets)] +=
@@ -142,6 +153,7 @@ struct reduce_scatter {
     }
 
     /// One reduce-scatter of every non-empty bucket per micro-step.
+    /// (The same with fp32 accumulation: T on the wire either way.)
     static void step_traffic(const layout& lay, const config& cfg, step_shape s, comm_counters& t) {
       for (const auto& b : plan(lay, cfg.bucket_numel))
         if (b.block_numel > 0)
@@ -179,9 +191,14 @@ struct reduce_scatter {
     }
     void reduce_for_step() {}
     const T* grad_slice(std::size_t u, int) { return shard_.data() + ctx_.lay.unit(u).shard_offset; }
+    /// fp32 accumulation: the fp32 gradient shard (nullptr otherwise).
+    const float* grad_slice32(std::size_t u, int) {
+      return ctx_.accum32 ? shard32_.data() + ctx_.lay.unit(u).shard_offset : nullptr;
+    }
     void zero() {
       if (will_write_) will_write_();
       ctx_.ops().fill_zero(shard_.data(), shard_.bytes());  // stream-ordered on the GPU
+      ctx_.ops().fill_zero(shard32_.data(), shard32_.bytes());
     }
     const std::vector<bucket_plan>& plans() const { return plans_; }
     /// @brief Call `updated(shard_offset, data, n)` after each block lands in the shard,
@@ -193,6 +210,8 @@ struct reduce_scatter {
     }
 
   private:
+    static constexpr bool accumulates_fp32 =
+        requires(typename Ctx::comm_type& c, T* b, float* a) { c.ireduce_scatter_accumulate(b, a, std::size_t{}, 1.0f); };
     struct bucket_state {
       std::optional<buf_t> buf;
       std::size_t filled = 0;
@@ -246,6 +265,13 @@ struct reduce_scatter {
         if (!st.buf) st.buf = take_buffer(b);  // all its parameters are zero-size
         T* base = st.buf->data();
         const std::size_t blk = plans_[b].block_numel;
+        if constexpr (accumulates_fp32) {
+          if (ctx_.accum32) {  // the reduction adds into the fp32 shard as it completes
+            float* into = shard32_.data() + ctx_.lay.unit(plans_[b].first_unit).shard_offset;
+            in_flight_.push_back({b, ctx_.comm.ireduce_scatter_accumulate(base, into, blk, avg)});
+            continue;
+          }
+        }
         in_flight_.push_back({b, ctx_.comm.ireduce_scatter(
                                      base, base + static_cast<std::size_t>(ctx_.rank()) * blk, blk, avg)});
       }
@@ -259,18 +285,21 @@ struct reduce_scatter {
       finish(in_flight_.front().bucket);
       in_flight_.pop_front();
     }
-    /// Accumulate the reduced block into the shard and recycle the buffer.
+    /// Accumulate the reduced block into the shard (fp32 accumulation: the reduction
+    /// added it already) and recycle the buffer.
     void finish(std::size_t b) {
       auto& st = state_[b];
-      const std::size_t blk = plans_[b].block_numel;
-      const T* mine = st.buf->data() + static_cast<std::size_t>(ctx_.rank()) * blk;
-      const std::size_t off = ctx_.lay.unit(plans_[b].first_unit).shard_offset;
-      if (!written_) {
-        written_ = true;
-        if (will_write_) will_write_();
+      if (!ctx_.accum32) {
+        const std::size_t blk = plans_[b].block_numel;
+        const T* mine = st.buf->data() + static_cast<std::size_t>(ctx_.rank()) * blk;
+        const std::size_t off = ctx_.lay.unit(plans_[b].first_unit).shard_offset;
+        if (!written_) {
+          written_ = true;
+          if (will_write_) will_write_();
+        }
+        ctx_.ops().accumulate(shard_.data() + off, mine, blk, ctx_.threads);
+        if (listener_) listener_(off, shard_.data() + off, blk);
       }
-      ctx_.ops().accumulate(shard_.data() + off, mine, blk, ctx_.threads);
-      if (listener_) listener_(off, shard_.data() + off, blk);
       free_.push_back(std::move(*st.buf));
       st.buf.reset();
       // Keep at most bucket_count buffers; extra ones grown under pressure are freed.
@@ -280,6 +309,7 @@ struct reduce_scatter {
     Ctx& ctx_;
     config cfg_;
     buf_t shard_;
+    buffer<float, typename Ctx::space> shard32_;  ///< fp32 accumulation only
     std::vector<bucket_plan> plans_;
     std::vector<std::size_t> bucket_of_unit_;
     std::vector<bucket_state> state_;

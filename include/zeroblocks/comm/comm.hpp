@@ -17,6 +17,11 @@
  *  - `all_reduce(buf, count, scale)`: in place, reduce-scatter then all-gather with the
  *    same summation, so stage 0 (all-reduce) and stages 1–3 (reduce-scatter) produce
  *    bit-identical reduced gradients from the same inputs.
+ *  - optional `ireduce_scatter_accumulate(buf, acc, count, scale)` (host communicators:
+ *    `comm::mpi`, `comm::self`): the reduce-scatter's rank-ordered fp32 sum, times
+ *    `scale`, added to the fp32 array `acc` instead of rounded to T — what fp32
+ *    gradient accumulation (`step_config::grad_accum`) reduces with. Counted as a
+ *    reduce-scatter.
  *  - `broadcast(buf, count, root)`, `barrier()`.
  *  - `dup()`: a communicator over the same ranks whose collectives are ordered
  *    independently (parameter gathers and gradient reductions each get their own).

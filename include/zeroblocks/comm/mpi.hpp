@@ -231,6 +231,25 @@ public:
   void reduce_scatter(T* buf, T* recv, std::size_t count, float scale) {
     ireduce_scatter(buf, recv, count, scale).wait();
   }
+  /// @brief Reduce-scatter added to an fp32 accumulator: `acc[i] += scale * sum_j
+  /// buf_j[rank][i]`, the same rank-ordered fp32 sum as `ireduce_scatter`, never rounded
+  /// to T. T travels as T (16 bits on the wire for 16-bit T); counted as a reduce-scatter.
+  template <class T>
+  request ireduce_scatter_accumulate(T* buf, float* acc, std::size_t count, float scale) {
+    ensure_usable();
+    counters_.count_reduce_scatter(count, size_);
+    if (count == 0) return {};
+    const int n = checked_count(count);
+    MPI_Request r;
+    in_order();
+    check(MPI_Ialltoall(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, n, datatype<T>(), comm_, &r),
+          "MPI_Ialltoall");
+    const int nb = size_;
+    return request(this, r, [buf, acc, count, scale, nb] {
+      detail::reduce_blocks_accumulate(buf, count, nb, count, scale, acc);
+      return MPI_REQUEST_NULL;
+    });
+  }
 
   /// @brief Non-blocking in-place all-reduce: reduce-scatter (in-place all-to-all, then
   /// the fp32 rank-ordered sum) followed by an in-place all-gather, as one request.

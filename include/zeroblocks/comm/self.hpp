@@ -17,6 +17,7 @@
 #include "../space/ops.hpp"
 #include "comm.hpp"
 #include "detail/control.hpp"
+#include "detail/reduce.hpp"
 
 #include <string>
 #include <vector>
@@ -79,6 +80,15 @@ public:
   template <class T>
   request ireduce_scatter(T* buf, T* recv, std::size_t count, float scale) {
     reduce_scatter(buf, recv, count, scale);
+    return {};
+  }
+  /// @brief `acc[i] += scale * buf[i]` in fp32 (see `comm::mpi`).
+  template <class T>
+  request ireduce_scatter_accumulate(T* buf, float* acc, std::size_t count, float scale)
+    requires(Space::host_accessible)
+  {
+    detail::reduce_blocks_accumulate(buf, count, 1, count, scale, acc);
+    counters_.count_reduce_scatter(count, 1);
     return {};
   }
   template <class T>

@@ -63,10 +63,12 @@ void agree_on_lines(Comm& comm, const std::vector<std::string>& lines, Fail&& fa
 /// Validate the config on every rank: the first invalid knob of any rank is an error
 /// on every rank (the message says which rank).
 template <class Comm, class Config>
-void agree_config_valid(Comm& comm, const Config& cfg, const param_registry& reg) {
+void agree_config_valid(Comm& comm, const Config& cfg, const param_registry& reg,
+                        const std::string& engine_problem = {}) {
   std::string problem;
   try {
     cfg.validate();
+    ZB_REQUIRE(engine_problem.empty(), engine_problem);
     ZB_REQUIRE(reg.size() > 0, "engine: no parameters registered");
     for (const auto& p : reg.params())
       ZB_REQUIRE(p.group == 0 || p.group < cfg.groups.size(), "engine: parameter '", p.name, "' is in group ",

@@ -34,6 +34,40 @@
 
 ZB_NAMESPACE_BEGIN
 
+/// @brief The type gradients are summed in over the micro-steps of a step.
+/// [data_types.grad_accum_dtype]
+///
+/// - `param`: in the parameter type T, as the gradients arrive. Stages 0/1 add each
+///   micro-step's local gradient into a full T buffer and reduce once, at the boundary;
+///   stages 2/3 reduce each micro-step and add the reduced shard in T. With 16-bit T
+///   and several micro-steps those round differently (stages 2/3 differ from stage 0
+///   by 16-bit rounding), and the averaged gradient is rounded to T before the step.
+/// - `fp32`: every micro-step's gradient is reduced across ranks (T on the wire, summed
+///   in fp32 in rank order) and the fp32 sum is added to an fp32 accumulator — never
+///   rounded to T. Every stage performs the same floating-point operations, so every
+///   stage is bit-identical to stage 0 for any number of micro-steps. Cost, for Ψ
+///   elements on N ranks: the gradient state is 4 B/element instead of 2 — stage 0
+///   holds 2Ψ (this micro-step's local gradient) + 4Ψ, stage 1 2Ψ + 4Ψ/N, stages 2/3
+///   4Ψ/N instead of 2Ψ/N; stages 0/1 reduce every micro-step instead of once per step
+///   (m·Ψ reduce-scatter elements for m micro-steps), and stage 0 all-gathers the fp32
+///   sum once per step (Ψ elements of 4 B). Stages 2/3 move exactly what they move in
+///   16 bits. Host spaces with `comm::mpi` / `comm::self` (not yet `cuda_space`, nor
+///   `master::offloaded`).
+/// - `automatic` (default): `fp32` for bfloat16 parameters (8 bits of mantissa lose
+///   real signal when summed; DeepSpeed added grad_accum_dtype after bf16 runs that
+///   diverged, #2768), `param` for half (fp16 with loss scaling, as DeepSpeed) and
+///   float (where the two are the same) — and `param` where `fp32` is not available.
+enum class grad_accum_dtype : int { automatic = 0, param = 1, fp32 = 2 };
+
+inline const char* grad_accum_name(grad_accum_dtype d) {
+  switch (d) {
+    case grad_accum_dtype::automatic: return "automatic";
+    case grad_accum_dtype::param: return "param";
+    case grad_accum_dtype::fp32: return "fp32";
+  }
+  return "?";
+}
+
 /// @brief The engine's own knobs of the step (`cfg.step`; DeepSpeed names in brackets).
 /// `threads` is a rank's own resource and may differ across ranks; the rest must agree.
 struct step_config {
@@ -41,15 +75,24 @@ struct step_config {
   float max_grad_norm = 0.0f;
   /// Host kernel threads per rank; 0 = all OpenMP gives.
   int threads = 0;
+  /// What gradients are summed in over micro-steps (see `grad_accum_dtype`).
+  /// [data_types.grad_accum_dtype]
+  grad_accum_dtype grad_accum = grad_accum_dtype::automatic;
 
   void validate() const {
+    ZB_REQUIRE(grad_accum == grad_accum_dtype::automatic || grad_accum == grad_accum_dtype::param ||
+                   grad_accum == grad_accum_dtype::fp32,
+               "step.grad_accum ", static_cast<int>(grad_accum), " is not automatic, param or fp32");
     ZB_REQUIRE(max_grad_norm >= 0.0f && std::isfinite(max_grad_norm), "step.max_grad_norm ", max_grad_norm,
                " must be finite and >= 0 (0 = off)");
     ZB_REQUIRE(threads >= 0, "step.threads must be >= 0 (0 = all), got ", threads);
   }
   /// Calls `v(name, field)` for each knob that must agree across ranks (`policy/config.hpp`).
   template <class Self, class V>
-  static void fields_of(Self& c, V&& v) { v("max_grad_norm", c.max_grad_norm); }
+  static void fields_of(Self& c, V&& v) {
+    v("max_grad_norm", c.max_grad_norm);
+    v("grad_accum", c.grad_accum);
+  }
 };
 
 /// @brief The hyper-parameters of one parameter group (as PyTorch's `param_groups`):

@@ -27,12 +27,14 @@
 #include "agreement.hpp"
 #include "checks.hpp"
 #include "config.hpp"
+#include "timers.hpp"
 #include "unit_guard.hpp"
 
 #include <bit>
 #include <cmath>
 #include <cstdint>
 #include <exception>
+#include <functional>
 #include <optional>
 #include <memory>
 #include <span>
@@ -60,15 +62,20 @@ struct step_result {
 /// Stage 0 (p+g+K)Ψ, 1 (p+g)Ψ + KΨ/N, 2 pΨ + (g+K)Ψ/N, 3 (p+g+K)Ψ/N with p = g =
 /// bytes of T and K the optimizer's fp32 bytes per element (`optimizer_state_bytes`:
 /// Adam 12, Lion and SGD with momentum 8, plain SGD 4). For 16-bit T and Adam: the
-/// paper's 16Ψ, 4Ψ+12Ψ/N, 2Ψ+14Ψ/N, 16Ψ/N.
+/// paper's 16Ψ, 4Ψ+12Ψ/N, 2Ψ+14Ψ/N, 16Ψ/N. With fp32 gradient accumulation
+/// (`accum32`): 20Ψ, 4Ψ+16Ψ/N, 2Ψ+16Ψ/N, 18Ψ/N.
 inline std::size_t zero_formula_bytes(int stage, std::size_t psi, int world, std::size_t elem_bytes,
-                                      std::size_t state_bytes = 12) {
+                                      std::size_t state_bytes = 12, bool accum32 = false) {
   const std::size_t n = static_cast<std::size_t>(world), k = state_bytes, p = elem_bytes, g = elem_bytes;
+  // fp32 accumulation (grad_accum_dtype::fp32): stages 0/1 keep the micro-step's local
+  // T gradient and an fp32 sum (full at stage 0, sharded at stage 1); stages 2/3 keep
+  // their gradient shard in fp32 instead of T.
+  const std::size_t a = accum32 ? 4 : 0;
   switch (stage) {
-    case 0: return (p + g + k) * psi;
-    case 1: return (p + g) * psi + k * psi / n;
-    case 2: return p * psi + (g + k) * psi / n;
-    case 3: return (p + g + k) * psi / n;
+    case 0: return (p + g + a + k) * psi;
+    case 1: return (p + g) * psi + (a + k) * psi / n;
+    case 2: return p * psi + ((accum32 ? a : g) + k) * psi / n;
+    case 3: return (p + (accum32 ? a : g) + k) * psi / n;
   }
   ZB_FAIL("zero_formula_bytes: stage ", stage, " is not 0..3");
 }
@@ -181,6 +188,21 @@ public:
                                : Bucketer::shards_master  ? 1
                                                           : 0;
 
+  /// @brief fp32 gradient accumulation (`grad_accum_dtype::fp32`) is available: host
+  /// memory, a communicator that reduces into fp32 (`ireduce_scatter_accumulate`), and no
+  /// master that streams the T gradient shard away during backward (`master::offloaded`).
+  static constexpr bool fp32_accum_available =
+      Space::host_accessible && !streams_shard &&
+      requires(Comm& c, T* b, float* a) { c.ireduce_scatter_accumulate(b, a, std::size_t{}, 1.0f); };
+  /// @brief Whether `cfg` makes this engine accumulate gradients in fp32 (see
+  /// `grad_accum_dtype`; with float parameters the two choices are the same: false).
+  static bool accumulates_fp32(const config& cfg) {
+    if constexpr (std::is_same_v<T, float> || !fp32_accum_available) return false;
+    else
+      return cfg.step.grad_accum == grad_accum_dtype::fp32 ||
+             (cfg.step.grad_accum == grad_accum_dtype::automatic && std::is_same_v<T, bfloat16>);
+  }
+
   /// @brief Build the layout, check configuration and registration across ranks,
   /// allocate every buffer. Collective. `stream` is the compute stream (see
   /// `set_compute_stream`); construction's own copies already run on it.
@@ -198,6 +220,7 @@ public:
         reported_(layout_.param_count(), 0),
         init_(reg) {
     follow_compute_stream();
+    ctx_.accum32 = accumulates_fp32(cfg_);
     // Allocation can fail on one rank only (memory): agree before anyone goes on.
     std::string problem;
     try {
@@ -347,6 +370,7 @@ public:
 
   /// @brief Make unit `u`'s full parameters available (stage 3: all-gather them).
   [[nodiscard]] unit_guard acquire(unit_id u) {
+    scoped_timer tm(timing_, timers_.acquire_s);
     return guarded([&] {
       check_unit(u, "acquire");
       if (holds_[u.index] == 0) {
@@ -468,8 +492,9 @@ public:
       // gather order so far). A rank that runs an extra micro-step meets a rank already
       // in step() here, and both fail, before any collective of that micro-step exists.
       // (Checking at end_micro_step instead could deadlock against a rank still waiting
-      // for a bucket buffer, and stage 0/1 need only the check in step().)
-      if constexpr (Bucketer::shards_grads) agree_on_state(detail::call_site::begin_micro_step);
+      // for a bucket buffer, and stage 0/1 need only the check in step() — unless they
+      // accumulate in fp32, when they too reduce at the end of every micro-step.)
+      if (Bucketer::shards_grads || ctx_.accum32) agree_on_state(detail::call_site::begin_micro_step);
       in_micro_ = true;
       if constexpr (Coordinator::caps.follows_trace)
         if (micro_steps_ == 0) coord_->step_begins();
@@ -485,15 +510,18 @@ public:
   /// the last part, so its bucket is reduced then — nothing waits for the trainer to
   /// add them. Parts missing at `end_micro_step` count as zero.
   void grad_ready(param_id p, std::span<const T> grad) {
+    scoped_timer tm(timing_, timers_.grad_ready_s);
     guarded([&] { grad_ready_unguarded(p, grad); });
   }
   void end_micro_step() {
+    scoped_timer tm(timing_, timers_.micro_end_s);
     guarded([&] {
       if (!in_micro_) ZB_LOCAL_FAIL(ctx_, "end_micro_step: no micro-step is open");
       hand_over_partial_ties();
       bucketer_->end_micro_step();
       in_micro_ = false;
       ++micro_steps_;
+      ++timers_.micro_steps;
     });
   }
 
@@ -501,8 +529,30 @@ public:
 
   /// @brief Reduce, check, clip and apply AdamW; then make parameters current.
   step_result step() {
+    scoped_timer tm(timing_, timers_.step_s);
     return guarded([&] { return step_unguarded(); });
   }
+
+  // ---- learning-rate schedule and timers -------------------------------------------
+
+  /// @brief Let the engine set the learning rate of every step: before applying the
+  /// update that follows `n` applied updates (n = 0 for the first; skipped overflow
+  /// steps do not count, as in DeepSpeed) it sets `cfg.optim.lr = schedule(n)`. With the
+  /// types of `optim/schedule.hpp` (`lr(n)`: DeepSpeed's rate at `last_batch_iteration
+  /// == n`), `[s](long n) { return s.lr(n - 1); }` follows DeepSpeed's engine update for
+  /// update (it steps its scheduler after the optimizer, so its first update runs at the
+  /// constructor's rate, `lr(-1)`); `s.lr(n)` is the schedule.hpp example's convention.
+  /// Every rank must set the same schedule (the step's agreement compares the rates).
+  /// An empty function turns it off (`set_learning_rate` rules again). Not collective.
+  void set_lr_schedule(std::function<float(long)> schedule) { schedule_ = std::move(schedule); }
+  bool has_lr_schedule() const { return static_cast<bool>(schedule_); }
+  /// @brief Time the engine's calls (`engine/timers.hpp`); per rank, off by default.
+  /// [wall_clock_breakdown]
+  void enable_timers(bool on) { timing_ = on; }
+  bool timers_enabled() const { return timing_; }
+  /// @brief What the timers summed since the last `take_timers()`; starts over.
+  step_timers take_timers() { return std::exchange(timers_, step_timers{}); }
+  const step_timers& timers() const { return timers_; }
 
 private:
   void grad_ready_unguarded(param_id p, std::span<const T> grad) {
@@ -547,12 +597,23 @@ private:
     if (in_micro_) ZB_LOCAL_FAIL(ctx_, "step: a micro-step is still open (call end_micro_step first)");
     if (eval_) ZB_LOCAL_FAIL(ctx_, "step: in evaluation mode (call end_eval() first)");
     if (micro_steps_ == 0) ZB_LOCAL_FAIL(ctx_, "step: no micro-step since the last step");
+    if (schedule_) {  // before the agreement, which compares the rate across ranks
+      const float lr = schedule_(steps_);
+      if (!(lr >= 0.0f && std::isfinite(lr)))
+        ZB_LOCAL_FAIL(ctx_, "step: the learning-rate schedule gave ", lr, " for update ", steps_ + 1,
+                      " (must be finite and >= 0)");
+      cfg_.optim.lr = lr;
+    }
     agree_on_state(detail::call_site::step);
     // Stage 3: the acquire/release order is now known to be the same everywhere.
     if constexpr (Coordinator::caps.follows_trace) coord_->trace_agreed(trace_.events());
     // A retried step (after a rolled-back transaction) has its gradients reduced already.
-    if (!grads_reduced_) bucketer_->reduce_for_step();
+    if (!grads_reduced_) {
+      scoped_timer tm(timing_, timers_.reduce_s);
+      bucketer_->reduce_for_step();
+    }
     grads_reduced_ = true;
+    std::optional<scoped_timer> norm_tm(std::in_place, timing_, timers_.norm_s);
 
     // Pass 1: sum of squares + non-finite, per rank-slice group, summed in rank order
     // so every stage computes the same norm bit for bit.
@@ -560,7 +621,8 @@ private:
     std::vector<double> partial(n, 0.0);
     bool nonfinite = false;
     for (const auto& s : owned_) {
-      auto st = ops().grad_sumsq(bucketer_->grad_slice(s.unit, s.rank), s.numel, cfg_.step.threads);
+      auto st = ctx_.accum32 ? ops().grad_sumsq(bucketer_->grad_slice32(s.unit, s.rank), s.numel, cfg_.step.threads)
+                             : ops().grad_sumsq(bucketer_->grad_slice(s.unit, s.rank), s.numel, cfg_.step.threads);
       partial[s.rank] += st.sumsq;
       nonfinite = nonfinite || st.nonfinite;
     }
@@ -588,6 +650,7 @@ private:
       res.grad_norm = INFINITY;
       return res;
     }
+    norm_tm.reset();
     res.grad_norm = std::sqrt(sumsq) * grad_scale;
     if (cfg_.step.max_grad_norm > 0.0f && res.grad_norm > cfg_.step.max_grad_norm)
       res.clip_factor = static_cast<float>(cfg_.step.max_grad_norm / (res.grad_norm + 1e-6));
@@ -602,13 +665,17 @@ private:
     slices.reserve(pieces_.size());
     // (A coordinator with the parameters on the tier has no slice in memory: nullptr.)
     auto at = [](auto* p, std::size_t off) { return p ? p + off : p; };
-    for (const auto& s : pieces_)
-      slices.push_back({at(bucketer_->grad_slice(s.unit, s.rank), s.offset),
+    for (const auto& s : pieces_) {
+      const bool f32 = ctx_.accum32;
+      slices.push_back({f32 ? nullptr : at(bucketer_->grad_slice(s.unit, s.rank), s.offset),
+                        f32 ? at(bucketer_->grad_slice32(s.unit, s.rank), s.offset) : nullptr,
                         at(coord_->owned_slice(s.unit, s.rank), s.offset), s.numel, s.master_offset, s.group});
+    }
     if constexpr (Master::caps.transactional) {
       // A transaction (master::swapped): commit only if every rank's state landed.
       std::string problem;
       try {
+        scoped_timer tm(timing_, timers_.fused_s);
         master_->apply(slices, args);
       } catch (const error& e) {
         problem = e.reason();
@@ -628,9 +695,13 @@ private:
       }
       master_->commit();
     } else {
+      scoped_timer tm(timing_, timers_.fused_s);
       master_->apply(slices, args);
     }
-    coord_->publish(sharded_master);
+    {
+      scoped_timer tm(timing_, timers_.publish_s);
+      coord_->publish(sharded_master);
+    }
     scaler_.update(false);
     finish_step();
     res.applied = true;
@@ -779,7 +850,7 @@ public:
     memory_report r;
     const int w = lay.world();
     coordinator_impl::declare(lay, cfg.coordinate, w, r, sizeof(T));
-    bucketer_impl::declare(lay, cfg.bucket, w, r, sizeof(T));
+    bucketer_impl::declare(lay, cfg.bucket, w, r, sizeof(T), accumulates_fp32(cfg));
     master_impl::declare(master_shape{sharded_master ? lay.shard_numel() : lay.total_numel(), params_on_tier},
                          cfg.master, r);
     for (std::size_t i = 0; i < lay.param_count(); ++i)  // tied parameters' partial sums
@@ -799,13 +870,17 @@ public:
   }
   static comm_counters estimate_traffic(const layout& lay, const config& cfg, step_shape s = {}) {
     comm_counters t;
+    s.accum32 = accumulates_fp32(cfg);
     coordinator_impl::step_traffic(lay, cfg.coordinate, s, sharded_master, t);
     bucketer_impl::step_traffic(lay, cfg.bucket, s, t);
     return t;
   }
+  /// @brief Gradients are summed over micro-steps in fp32 (`step_config::grad_accum`, resolved).
+  bool accumulates_fp32() const { return ctx_.accum32; }
   /// @brief The ZeRO formula for this engine's stage and layout.
   std::size_t formula_bytes() const {
-    return zero_formula_bytes(stage, layout_.total_numel(), comm_.size(), sizeof(T), optimizer_state_bytes<Optim>);
+    return zero_formula_bytes(stage, layout_.total_numel(), comm_.size(), sizeof(T), optimizer_state_bytes<Optim>,
+                              ctx_.accum32);
   }
 
   /// @brief The full fp32 master weights in layout order. Collective; counts as traffic.
@@ -932,6 +1007,7 @@ private:
   std::size_t owned_numel() const { return sharded_master ? layout_.shard_numel() : layout_.total_numel(); }
 
   void finish_step() {
+    ++timers_.steps;
     grads_reduced_ = false;
     bucketer_->zero();
     micro_steps_ = 0;
@@ -959,7 +1035,15 @@ private:
   /// Validate config and registry on every rank, collectively (`checks.hpp`); then
   /// build the layout.
   layout checked_layout(const param_registry& reg) {
-    detail::agree_config_valid(comm_, cfg_, reg);
+    std::string accum_problem;
+    if (!std::is_same_v<T, float> && !fp32_accum_available && cfg_.step.grad_accum == grad_accum_dtype::fp32)
+      accum_problem = detail::concat(
+          "engine: step.grad_accum = fp32 is not available with these policies (",
+          !Space::host_accessible ? "the gradients live in device memory; fp32 accumulation runs on host spaces"
+          : streams_shard         ? "the master streams the 16-bit gradient shard during backward"
+                                  : "the communicator has no ireduce_scatter_accumulate",
+          "); use grad_accum_dtype::param or automatic");
+    detail::agree_config_valid(comm_, cfg_, reg, accum_problem);
     detail::agree_config_same(comm_, agreement_lines<T, Space>(cfg_));
     reg_lines_.clear();
     for (std::size_t i = 0; i < reg.size(); ++i) reg_lines_.push_back(reg.describe(i));
@@ -1031,6 +1115,9 @@ private:
   int micro_steps_ = 0;
   long steps_ = 0;
   usage_stats stats_;
+  std::function<float(long)> schedule_;  // set_lr_schedule
+  bool timing_ = false;                  // enable_timers
+  step_timers timers_;
   detail::trace_log trace_;  // stage 3: acquires/releases this step, and their hash
   detail::trace_log eval_log_;  // stage 3: the same for the evaluation under way
   bool eval_ = false;           // in evaluation mode (begin_eval .. end_eval)

@@ -113,15 +113,27 @@ struct optimizer_state {
 
 /// @brief One contiguous piece of the step: a slice's gradient, its 16-bit parameter
 /// destination, its length, where it sits in the master arrays, and its parameter group
-/// (the index of its constants in `apply`'s per-group arguments).
+/// (the index of its constants in `apply`'s per-group arguments). Under fp32 gradient
+/// accumulation the gradient is `grad32` (fp32) and `grad` is null.
 template <class T>
 struct step_slice {
   const T* grad = nullptr;
+  const float* grad32 = nullptr;
   T* param = nullptr;
   std::size_t numel = 0;
   std::size_t master_offset = 0;
   std::size_t group = 0;
 };
+
+namespace detail {
+/// @brief `f(grad)` with a slice's (or chunk piece's) gradient: the fp32 one under fp32
+/// accumulation, else the T one — so a master's fused pass is written once for both.
+template <class Piece, class F>
+void with_grad(const Piece& p, F&& f) {
+  if (p.grad32) f(p.grad32);
+  else f(p.grad);
+}
+}  // namespace detail
 
 /// @brief Checks, with a message naming the role and the operation, that master
 /// policy `M` provides every operation the engine calls with context `Ctx`.

@@ -66,8 +66,10 @@ struct resident {
       const auto ops = ctx_.ops();
       for (const auto& s : slices) {
         const std::size_t o = s.master_offset;
-        ops.template fused_step<rule>(st_.master.data() + o, st_.states(o).data(), s.grad, s.param, s.numel,
-                                       per_group[s.group], ctx_.threads);
+        detail::with_grad(s, [&](const auto* g) {
+          ops.template fused_step<rule>(st_.master.data() + o, st_.states(o).data(), g, s.param, s.numel,
+                                         per_group[s.group], ctx_.threads);
+        });
       }
     }
 

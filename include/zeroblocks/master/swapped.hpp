@@ -331,8 +331,10 @@ struct swapped {
       for (const auto& p : per_[g]) {
         float* state[rule::state_count > 0 ? rule::state_count : 1] = {};
         for (int k = 0; k < rule::state_count; ++k) state[k] = rec + (static_cast<std::size_t>(k) + 1) * n + p.at;
-        kernel::fused_step<rule>(master + p.at, state, p.grad, params_ ? param_area(b) + p.at : p.param, p.numel,
-                                 a[p.group], ctx_.threads);
+        detail::with_grad(p, [&](const auto* grad) {
+          kernel::fused_step<rule>(master + p.at, state, grad, params_ ? param_area(b) + p.at : p.param, p.numel,
+                                   a[p.group], ctx_.threads);
+        });
       }
     }
 

@@ -42,6 +42,10 @@ struct policy_context {
   /// `no_stream`. A reference, so a stream set after construction reaches the policies.
   const typename Space::stream_type& stream;
   int threads = 0;    ///< host kernel threads per rank (0 = all OpenMP gives)
+  /// Gradients are summed over micro-steps in fp32 (`grad_accum_dtype::fp32`, resolved
+  /// by the engine): bucketers reduce every micro-step into an fp32 accumulator and
+  /// hand out `grad_slice32`.
+  bool accum32 = false;
 
   /// @brief The operations on `Space` memory, on the compute stream.
   auto ops() const { return space_ops<Space>{stream}; }

@@ -23,6 +23,9 @@ ZB_NAMESPACE_BEGIN
 /// recorded in the first), every step applied.
 struct step_shape {
   int micro_steps = 1;
+  /// Gradients accumulated in fp32 (`grad_accum_dtype::fp32`): stages 0/1 reduce every
+  /// micro-step, stage 0 all-gathers the fp32 sum once per step.
+  bool accum32 = false;
 };
 
 ZB_NAMESPACE_END

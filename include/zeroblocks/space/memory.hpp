@@ -23,6 +23,7 @@ ZB_NAMESPACE_BEGIN
 enum class mem_category : int {
   params16 = 0,   ///< the 16-bit (or fp32) parameters the trainer computes with
   grads16,        ///< 16-bit gradients (full or shard)
+  grads32,        ///< fp32 gradient accumulation (`grad_accum_dtype::fp32`): full or shard
   master_fp32,    ///< fp32 master weights
   adam_m,         ///< the optimizer's first fp32 state array (Adam's m; Lion's m; SGD's momentum)
   adam_v,         ///< the optimizer's second fp32 state array (Adam's v)
@@ -41,7 +42,7 @@ inline constexpr std::size_t mem_category_count = static_cast<std::size_t>(mem_c
 /// @brief Short name of a category, for tables.
 constexpr std::string_view mem_category_name(mem_category c) {
   constexpr std::array<std::string_view, mem_category_count> names = {
-      "params16", "grads16", "master_fp32", "adam_m", "adam_v", "buckets", "gathered", "persistent", "staging", "other"};
+      "params16", "grads16", "grads32", "master_fp32", "adam_m", "adam_v", "buckets", "gathered", "persistent", "staging", "other"};
   return names[static_cast<std::size_t>(c)];
 }
 

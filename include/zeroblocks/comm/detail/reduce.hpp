@@ -37,5 +37,26 @@ void reduce_blocks(const T* base, std::size_t stride, int nblocks, std::size_t c
   }
 }
 
+/// @brief acc[i] += scale * sum_{j<nblocks} T2F(base[j*stride + i]) for i < count, in
+/// fp32: the same rank-ordered sum as `reduce_blocks`, added to an fp32 accumulator
+/// instead of rounded to T (fp32 gradient accumulation, `grad_accum_dtype::fp32`).
+template <class T>
+void reduce_blocks_accumulate(const T* base, std::size_t stride, int nblocks, std::size_t count, float scale,
+                              float* out) {
+  constexpr std::size_t chunk = 2048;
+  alignas(64) float acc[chunk];
+  alignas(64) float tmp[chunk];
+  for (std::size_t c0 = 0; c0 < count; c0 += chunk) {
+    const std::size_t n = std::min(chunk, count - c0);
+    kernel::upcast(acc, base + c0, n, 1.0f, 1);
+    for (int j = 1; j < nblocks; ++j) {
+      kernel::upcast(tmp, base + static_cast<std::size_t>(j) * stride + c0, n, 1.0f, 1);
+      for (std::size_t i = 0; i < n; ++i) acc[i] += tmp[i];
+    }
+    float* o = out + c0;
+    for (std::size_t i = 0; i < n; ++i) o[i] += acc[i] * scale;
+  }
+}
+
 }  // namespace detail
 ZB_NAMESPACE_END

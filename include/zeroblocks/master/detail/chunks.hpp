@@ -24,6 +24,7 @@ namespace detail {
 template <class T>
 struct chunk_piece {
   const T* grad = nullptr;
+  const float* grad32 = nullptr;  ///< fp32 accumulation: the gradient (then `grad` is null)
   T* param = nullptr;
   std::size_t numel = 0;
   std::size_t master_offset = 0;  ///< in the owned range
@@ -41,7 +42,8 @@ std::vector<chunk_piece<T>> cut_into_chunks(const std::vector<step_slice<T>>& sl
     for (std::size_t done = 0; done < s.numel;) {
       const std::size_t o = s.master_offset + done, at = o % chunk_numel;
       const std::size_t len = std::min(s.numel - done, chunk_numel - at);
-      out.push_back({s.grad + done, s.param ? s.param + done : nullptr, len, o, s.group, o / chunk_numel, at});
+      out.push_back({s.grad ? s.grad + done : nullptr, s.grad32 ? s.grad32 + done : nullptr,
+                     s.param ? s.param + done : nullptr, len, o, s.group, o / chunk_numel, at});
       done += len;
     }
   return out;
