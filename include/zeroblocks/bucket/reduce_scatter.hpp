@@ -131,8 +131,8 @@ struct reduce_scatter {
           plans_(plan(ctx.lay, cfg.bucket_numel)),
           bucket_of_unit_(ctx.lay.unit_count()),
           state_(plans_.size()) {
-      shard_.zero();
-      shard32_.zero();
+      if (shard_.size()) shard_.zero();
+      if (shard32_.size()) shard32_.zero();
       if constexpr (!accumulates_fp32)
         ZB_REQUIRE(!ctx.accum32, "bucket::reduce_scatter: fp32 gradient accumulation needs a communicator with "
                                  "ireduce_scatter_accumulate (comm::mpi, comm::self)");
@@ -197,8 +197,9 @@ struct reduce_scatter {
     }
     void zero() {
       if (will_write_) will_write_();
-      ctx_.ops().fill_zero(shard_.data(), shard_.bytes());  // stream-ordered on the GPU
-      ctx_.ops().fill_zero(shard32_.data(), shard32_.bytes());
+      // (stream-ordered on the GPU; one of the two is empty)
+      if (shard_.size()) ctx_.ops().fill_zero(shard_.data(), shard_.bytes());
+      if (shard32_.size()) ctx_.ops().fill_zero(shard32_.data(), shard32_.bytes());
     }
     const std::vector<bucket_plan>& plans() const { return plans_; }
     /// @brief Call `updated(shard_offset, data, n)` after each block lands in the shard,
