@@ -20,6 +20,8 @@
  *    optionally decayed; Adam's beta1 ("momentum") cycled the opposite way.
  *  - `lr_range_test` (`LRRangeTest`): lr grows linearly (or in stairs) from
  *    `lr_range_test_min_lr`, to find the largest lr that still trains.
+ *  - `any`: one of the five, chosen at run time (a `std::variant`; what a DeepSpeed
+ *    `"scheduler"` block read by `engine/ds_config.hpp` becomes).
  *
  * The step convention. DeepSpeed's scheduler holds `last_batch_iteration`, -1 when built;
  * each `step()` adds one and writes `get_lr()`, evaluated at the new value, into the
@@ -90,6 +92,9 @@
 #include <numbers>
 #include <optional>
 #include <string>
+#include <type_traits>
+#include <utility>
+#include <variant>
 
 ZB_NAMESPACE_BEGIN
 namespace schedule {
@@ -134,6 +139,7 @@ inline double warmup_fraction(long t, long w, const std::string& type) {
 /// lr = warmup_min_lr + (warmup_max_lr - warmup_min_lr) * g, where g = log(t+1)/log(W)
 /// ("log") or t/W ("linear") for t < W, and 1 from t = W on. lr(-1) = warmup_min_lr.
 struct warmup_lr {
+  static constexpr const char* deepspeed_name = "WarmupLR";  ///< DeepSpeed's class name
   double warmup_min_lr = 0.0;
   double warmup_max_lr = 0.001;
   long warmup_num_steps = 1000;
@@ -171,6 +177,7 @@ private:
 /// max(0, (T - t) / max(1, T - W)), so lr is `warmup_max_lr` at t = W, `warmup_min_lr`
 /// at t = T and stays `warmup_min_lr` after it. lr(-1) = warmup_min_lr.
 struct warmup_decay_lr {
+  static constexpr const char* deepspeed_name = "WarmupDecayLR";  ///< DeepSpeed's class name
   long total_num_steps = 0;  ///< required (DeepSpeed has no default); >= W
   double warmup_min_lr = 0.0;
   double warmup_max_lr = 0.001;
@@ -220,6 +227,7 @@ private:
 /// `base_lr` is the optimizer's learning rate when DeepSpeed builds the scheduler (the
 /// `lr` of the config's `"optimizer"` params); it is required here.
 struct warmup_cosine_lr {
+  static constexpr const char* deepspeed_name = "WarmupCosineLR";  ///< DeepSpeed's class name
   long total_num_steps = 0;  ///< required (DeepSpeed has no default); > W
   double warmup_min_ratio = 0.0;
   long warmup_num_steps = 1000;
@@ -288,6 +296,7 @@ private:
 /// lr(-1) = cycle_min_lr, momentum(-1) = cycle_min_mom (the constructor's values).
 /// The stair counts are accepted and ignored, as DeepSpeed does.
 struct one_cycle {
+  static constexpr const char* deepspeed_name = "OneCycle";  ///< DeepSpeed's class name
   double cycle_min_lr = detail::unset;  ///< required (DeepSpeed has no default)
   double cycle_max_lr = detail::unset;  ///< required (DeepSpeed has no default)
   double decay_lr_rate = 0.0;
@@ -372,6 +381,7 @@ private:
 /// with i = (step + 1) / lr_range_test_step_size, rounded down when
 /// `lr_range_test_staircase`. lr(-1) = lr_range_test_min_lr.
 struct lr_range_test {
+  static constexpr const char* deepspeed_name = "LRRangeTest";  ///< DeepSpeed's class name
   double lr_range_test_min_lr = 1e-3;
   long lr_range_test_step_size = 2000;
   double lr_range_test_step_rate = 1.0;
@@ -392,6 +402,47 @@ struct lr_range_test {
     if (lr_range_test_staircase) i = std::floor(i);
     return lr_range_test_min_lr * (1.0 + lr_range_test_step_rate * i);
   }
+};
+
+/// @brief One of the five schedulers, chosen at run time (e.g. by the `"scheduler"` block
+/// of a DeepSpeed config, `engine/ds_config.hpp`): a value type over a `std::variant`,
+/// with the same `lr(step)` (same step convention, see the file comment) and
+/// `validate()` as the scheduler it holds.
+///
+///     schedule::any sched = schedule::warmup_lr{.warmup_max_lr = 3e-4, .warmup_num_steps = 100};
+///     eng.set_learning_rate(static_cast<float>(sched.lr(step)));
+///
+/// Default-constructed it holds a default `warmup_lr` (DeepSpeed's class defaults).
+class any {
+public:
+  using variant = std::variant<warmup_lr, warmup_decay_lr, warmup_cosine_lr, one_cycle, lr_range_test>;
+
+  any() = default;
+  /// From any of the five (implicit, so `any s = warmup_lr{...};` reads naturally).
+  template <class S>
+    requires std::is_constructible_v<variant, S&&> && (!std::is_same_v<std::remove_cvref_t<S>, any>)
+  any(S&& s) : v_(std::forward<S>(s)) {}
+
+  /// The lr after DeepSpeed's `step()` has run `step + 1` times (see the file comment).
+  double lr(long step) const {
+    return std::visit([step](const auto& s) { return s.lr(step); }, v_);
+  }
+  void validate() const {
+    std::visit([](const auto& s) { s.validate(); }, v_);
+  }
+  /// DeepSpeed's class name of the held scheduler ("WarmupLR", ..., "LRRangeTest").
+  const char* name() const {
+    return std::visit([](const auto& s) { return std::remove_cvref_t<decltype(s)>::deepspeed_name; }, v_);
+  }
+  /// The held scheduler if it is an `S`, else nullptr.
+  template <class S>
+  const S* get_if() const { return std::get_if<S>(&v_); }
+  template <class S>
+  S* get_if() { return std::get_if<S>(&v_); }
+  const variant& get() const { return v_; }
+
+private:
+  variant v_{};
 };
 
 }  // namespace schedule
