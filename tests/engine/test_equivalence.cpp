@@ -126,15 +126,20 @@ TEST_CASE_TEMPLATE("stages 1-3 equal stage 0: one micro-step, clipping, overflow
   all_stages<T>(o);
 }
 
-TEST_CASE_TEMPLATE("stages 1-3 equal stage 0: accumulation over 3 micro-steps (exact grid)", T, float,
-                   zb::half, zb::bfloat16) {
+/// 3 micro-steps of gradients on the exact grid, an overflow at step 1, clipping.
+static run_options exact_grid_accumulation() {
   run_options o;
   o.steps = 4;
   o.gas = 3;
   o.quantized = true;
   o.overflow_step = 1;
   o.max_grad_norm = 0.05f;
-  all_stages<T>(o);
+  return o;
+}
+
+TEST_CASE_TEMPLATE("stages 1-3 equal stage 0: accumulation over 3 micro-steps (exact grid)", T, float,
+                   zb::half, zb::bfloat16) {
+  all_stages<T>(exact_grid_accumulation());
 }
 
 TEST_CASE_TEMPLATE("stage 1 equals stage 0 with accumulation of continuous gradients", T, float, zb::half,
@@ -171,13 +176,7 @@ TEST_CASE("fp32 accumulation is bf16's default; 16-bit accumulation stays availa
   CHECK(zb::stage2<C, zb::bfloat16>::accumulates_fp32({}));
   CHECK_FALSE(zb::stage2<C, zb::half>::accumulates_fp32({}));
   CHECK_FALSE(zb::stage2<C, float>::accumulates_fp32({}));
-  run_options o;
-  o.steps = 4;
-  o.gas = 3;
-  o.quantized = true;
-  o.overflow_step = 1;
-  o.max_grad_norm = 0.05f;
-  all_stages<zb::bfloat16>(o, true, accum_param{});
+  all_stages<zb::bfloat16>(exact_grid_accumulation(), true, accum_param{});
 }
 
 TEST_CASE("16-bit accumulation of continuous gradients: stage 2 differs from stage 0, fp32 does not") {

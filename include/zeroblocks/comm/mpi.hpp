@@ -213,18 +213,9 @@ public:
   /// @brief Non-blocking reduce-scatter; `buf` (count*size elements) is clobbered.
   template <class T>
   request ireduce_scatter(T* buf, T* recv, std::size_t count, float scale) {
-    ensure_usable();
-    counters_.count_reduce_scatter(count, size_);
-    if (count == 0) return {};
-    const int n = checked_count(count);
-    MPI_Request r;
-    in_order();
-    check(MPI_Ialltoall(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, n, datatype<T>(), comm_, &r),
-          "MPI_Ialltoall");
     const int nb = size_;
-    return request(this, r, [buf, recv, count, scale, nb] {
+    return exchange_then(buf, count, [buf, recv, count, scale, nb] {
       detail::reduce_blocks(buf, count, nb, count, scale, recv);
-      return MPI_REQUEST_NULL;
     });
   }
   template <class T>
@@ -236,18 +227,9 @@ public:
   /// to T. T travels as T (16 bits on the wire for 16-bit T); counted as a reduce-scatter.
   template <class T>
   request ireduce_scatter_accumulate(T* buf, float* acc, std::size_t count, float scale) {
-    ensure_usable();
-    counters_.count_reduce_scatter(count, size_);
-    if (count == 0) return {};
-    const int n = checked_count(count);
-    MPI_Request r;
-    in_order();
-    check(MPI_Ialltoall(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, n, datatype<T>(), comm_, &r),
-          "MPI_Ialltoall");
     const int nb = size_;
-    return request(this, r, [buf, acc, count, scale, nb] {
+    return exchange_then(buf, count, [buf, acc, count, scale, nb] {
       detail::reduce_blocks_accumulate(buf, count, nb, count, scale, acc);
-      return MPI_REQUEST_NULL;
     });
   }
 
@@ -383,6 +365,23 @@ private:
     const std::string message = detail::concat("comm::mpi: ", what, " failed: ", std::string(text, len));
     abort_peers(message);
     ZB_FAIL(message);
+  }
+  /// The reduce-scatters' transfer: an in-place all-to-all of `count` elements per rank
+  /// (each rank receives every rank's copy of its block), then `reduce` (counted as a
+  /// reduce-scatter of `count`).
+  template <class T, class Reduce>
+  request exchange_then(T* buf, std::size_t count, Reduce reduce) {
+    ensure_usable();
+    counters_.count_reduce_scatter(count, size_);
+    if (count == 0) return {};
+    const int n = checked_count(count);
+    MPI_Request r;
+    in_order();
+    check(MPI_Ialltoall(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, n, datatype<T>(), comm_, &r), "MPI_Ialltoall");
+    return request(this, r, [reduce] {
+      reduce();
+      return MPI_REQUEST_NULL;
+    });
   }
   void ensure_usable() {
     if (poll_abort()) ZB_FAIL(abort_->reason().empty() ? std::string("comm::mpi: communicator unusable after a failure")

@@ -18,11 +18,10 @@
 ZB_NAMESPACE_BEGIN
 namespace detail {
 
-/// @brief out[i] = T(scale * sum_{j<nblocks} T2F(base[j*stride + i])) for i < count.
-/// `out` may alias block `j` of `base`.
-template <class T>
-void reduce_blocks(const T* base, std::size_t stride, int nblocks, std::size_t count, float scale,
-                   T* out) {
+/// @brief The rank-ordered fp32 sum of `nblocks` blocks of T, in chunks: calls
+/// `emit(first, sum, n)` with `sum[i] = sum_{j<nblocks} T2F(base[j*stride + first + i])`.
+template <class T, class Emit>
+void sum_blocks(const T* base, std::size_t stride, int nblocks, std::size_t count, Emit&& emit) {
   constexpr std::size_t chunk = 2048;
   alignas(64) float acc[chunk];
   alignas(64) float tmp[chunk];
@@ -33,8 +32,17 @@ void reduce_blocks(const T* base, std::size_t stride, int nblocks, std::size_t c
       kernel::upcast(tmp, base + static_cast<std::size_t>(j) * stride + c0, n, 1.0f, 1);
       for (std::size_t i = 0; i < n; ++i) acc[i] += tmp[i];
     }
-    kernel::downcast(out + c0, acc, n, scale, 1);
+    emit(c0, static_cast<const float*>(acc), n);
   }
+}
+
+/// @brief out[i] = T(scale * sum_{j<nblocks} T2F(base[j*stride + i])) for i < count.
+/// `out` may alias block `j` of `base`.
+template <class T>
+void reduce_blocks(const T* base, std::size_t stride, int nblocks, std::size_t count, float scale,
+                   T* out) {
+  sum_blocks(base, stride, nblocks, count,
+             [&](std::size_t c0, const float* sum, std::size_t n) { kernel::downcast(out + c0, sum, n, scale, 1); });
 }
 
 /// @brief acc[i] += scale * sum_{j<nblocks} T2F(base[j*stride + i]) for i < count, in
@@ -43,19 +51,10 @@ void reduce_blocks(const T* base, std::size_t stride, int nblocks, std::size_t c
 template <class T>
 void reduce_blocks_accumulate(const T* base, std::size_t stride, int nblocks, std::size_t count, float scale,
                               float* out) {
-  constexpr std::size_t chunk = 2048;
-  alignas(64) float acc[chunk];
-  alignas(64) float tmp[chunk];
-  for (std::size_t c0 = 0; c0 < count; c0 += chunk) {
-    const std::size_t n = std::min(chunk, count - c0);
-    kernel::upcast(acc, base + c0, n, 1.0f, 1);
-    for (int j = 1; j < nblocks; ++j) {
-      kernel::upcast(tmp, base + static_cast<std::size_t>(j) * stride + c0, n, 1.0f, 1);
-      for (std::size_t i = 0; i < n; ++i) acc[i] += tmp[i];
-    }
+  sum_blocks(base, stride, nblocks, count, [&](std::size_t c0, const float* sum, std::size_t n) {
     float* o = out + c0;
-    for (std::size_t i = 0; i < n; ++i) o[i] += acc[i] * scale;
-  }
+    for (std::size_t i = 0; i < n; ++i) o[i] += sum[i] * scale;
+  });
 }
 
 }  // namespace detail
