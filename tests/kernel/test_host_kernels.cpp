@@ -514,6 +514,44 @@ TEST_CASE_TEMPLATE("accumulate / upcast / downcast are bit-identical to the refe
   }
 }
 
+TEST_CASE_TEMPLATE("accumulate_sumsq / copy_sumsq are accumulate / memcpy then grad_sumsq, bit for bit", T, float, half, bfloat16) {
+  // The one-pass step depends on it: the statistics the bucketer takes while it writes
+  // a gradient slice must be the bits a separate grad_sumsq pass would compute.
+  std::mt19937 rng(505);
+  auto sizes = test_sizes(rng);
+  for (std::size_t extra : {std::size_t{8191}, std::size_t{8193}, std::size_t{(1u << 17) + 3}}) sizes.push_back(extra);
+  for (kn::isa which : available_isas()) {
+    isa_scope scope(which);
+    for (std::size_t n : sizes) {
+      for (int threads : {1, 2, 3}) {
+        const std::string isa_str = kn::isa_name(which);
+        CAPTURE(isa_str);
+        CAPTURE(n);
+        CAPTURE(threads);
+        auto dst = make<T>(n + 1, rng, -20, 8);
+        const auto src = make<T>(n + 1, rng, -20, 8);
+        auto r_dst = dst;
+        const auto got = kn::accumulate_sumsq(dst.data() + 1, src.data() + 1, n, threads);
+        kn::accumulate(r_dst.data() + 1, src.data() + 1, n, 1);
+        const auto want = kn::grad_sumsq(r_dst.data() + 1, n, 1);
+        REQUIRE(same_bits(dst.data(), r_dst.data(), n + 1));
+        CHECK(std::memcmp(&got.sumsq, &want.sumsq, sizeof(double)) == 0);
+        CHECK(got.nonfinite == want.nonfinite);
+        std::vector<T> copied(n + 1, zb::from_float<T>(-7.0f));
+        const auto got_copy = kn::copy_sumsq(copied.data() + 1, src.data() + 1, n, threads);
+        const auto want_copy = kn::grad_sumsq(src.data() + 1, n, 1);
+        CHECK(std::memcmp(copied.data() + 1, src.data() + 1, n * sizeof(T)) == 0);
+        CHECK(static_cast<float>(copied[0]) == -7.0f);  // nothing before dst touched
+        CHECK(std::memcmp(&got_copy.sumsq, &want_copy.sumsq, sizeof(double)) == 0);
+        if (n > 0) {  // an overflow made by the accumulation itself is flagged
+          dst[1 + n / 2] = inf_of<T>();
+          CHECK(kn::accumulate_sumsq(dst.data() + 1, src.data() + 1, n, threads).nonfinite);
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("vector conversions agree with numeric.hpp on every 16-bit pattern and float NaNs") {
   // upcast with scale 1 is the vector widening; downcast with scale 1 the narrowing.
   std::vector<half> h(65536);

@@ -56,7 +56,7 @@ struct all_reduce {
         for (std::size_t u = 0; u < ctx.lay.unit_count(); ++u)
           pending.push_back(ctx.comm.iall_gather(this->acc_slice(u, ctx.rank()), this->acc_slice(u, 0),
                                                  ctx.lay.unit(u).slice_numel));
-        for (auto& p : pending) p.wait();
+        for (auto& p : pending) p.wait();  // (own slices' statistics: end_micro_step)
         return;
       }
       const float avg = 1.0f / static_cast<float>(ctx.world());
@@ -64,7 +64,10 @@ struct all_reduce {
       pending.reserve(ctx.lay.unit_count());
       for (std::size_t u = 0; u < ctx.lay.unit_count(); ++u)
         pending.push_back(ctx.comm.iall_reduce(this->unit_base(u), ctx.lay.unit(u).padded_numel, avg));
-      for (auto& p : pending) p.wait();
+      for (std::size_t u = 0; u < pending.size(); ++u) {
+        pending[u].wait();
+        this->note_stats(u);  // the one-pass step: while the next units are in flight
+      }
     }
   };
 };

@@ -29,6 +29,11 @@
  * checked each report (known parameter, right size, not reported twice in the
  * micro-step) before calling `grad_ready`.
  *
+ * Optional member (the one-pass step, `detail/slice_stats.hpp`): `slice_stats(u, r) ->
+ * const kernel::grad_stats*`, the norm statistics of this rank's slice of unit `u` as
+ * last written (nullptr when not known: the engine then computes them at the step).
+ * All three bucketers provide it on host spaces.
+ *
  * Optional capability, declared in `caps`:
  *  - `streams_shard` → `on_shard_updated(updated, will_write)` (see
  *    `reduce_scatter.hpp`): the bucketer reports each reduced block of the gradient

@@ -55,7 +55,10 @@ struct reduce_at_boundary {
             base_ptr, base_ptr + static_cast<std::size_t>(ctx.rank()) * up.slice_numel,
             up.slice_numel, avg));
       }
-      for (auto& p : pending) p.wait();
+      for (std::size_t u = 0; u < pending.size(); ++u) {
+        pending[u].wait();
+        this->note_stats(u);  // the one-pass step: while the next units are in flight
+      }
     }
 
   private:

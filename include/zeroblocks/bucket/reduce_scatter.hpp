@@ -42,6 +42,7 @@
 #include "../space/host_space.hpp"
 #include "../space/ops.hpp"
 #include "bucket.hpp"
+#include "detail/slice_stats.hpp"
 
 #include <algorithm>
 #include <cstring>
@@ -130,7 +131,8 @@ struct reduce_scatter {
           shard32_(ctx.accum32 ? ctx.lay.shard_numel() : 0, mem_category::grads32, &ctx.tracker),
           plans_(plan(ctx.lay, cfg.bucket_numel)),
           bucket_of_unit_(ctx.lay.unit_count()),
-          state_(plans_.size()) {
+          state_(plans_.size()),
+          stats_(ctx.lay.unit_count()) {
       if (shard_.size()) shard_.zero();
       if (shard32_.size()) shard32_.zero();
       if constexpr (!accumulates_fp32)
@@ -161,6 +163,8 @@ struct reduce_scatter {
     }
 
     void begin_micro_step() {
+      stats_.forget();  // each bucket's finish records its units' slices again
+      first_micro_ = fresh_;
       for (auto& s : state_) s = {};
       written_ = false;
       next_issue_ = 0;
@@ -188,6 +192,7 @@ struct reduce_scatter {
         issue_ready();
       }
       while (!in_flight_.empty()) complete_oldest();
+      fresh_ = false;  // every bucket has written its part of the shard
     }
     void reduce_for_step() {}
     const T* grad_slice(std::size_t u, int) { return shard_.data() + ctx_.lay.unit(u).shard_offset; }
@@ -195,10 +200,18 @@ struct reduce_scatter {
     const float* grad_slice32(std::size_t u, int) {
       return ctx_.accum32 ? shard32_.data() + ctx_.lay.unit(u).shard_offset : nullptr;
     }
+    /// The one-pass step: the statistics of this rank's slice of unit `u` as last
+    /// written (host spaces; nullptr otherwise).
+    const kernel::grad_stats* slice_stats(std::size_t u, int r) const {
+      return r == ctx_.rank() ? stats_.get(u) : nullptr;
+    }
     void zero() {
+      stats_.forget();
+      fresh_ = true;
       if (will_write_) will_write_();
-      // (stream-ordered on the GPU; one of the two is empty)
-      if (shard_.size()) ctx_.ops().fill_zero(shard_.data(), shard_.bytes());
+      // (stream-ordered on the GPU; one of the two is empty. On a host space the T shard
+      // needs no zeros: the step's first micro-step copies into it.)
+      if (shard_.size() && !Ctx::space::host_accessible) ctx_.ops().fill_zero(shard_.data(), shard_.bytes());
       if (shard32_.size()) ctx_.ops().fill_zero(shard32_.data(), shard32_.bytes());
     }
     const std::vector<bucket_plan>& plans() const { return plans_; }
@@ -288,18 +301,39 @@ struct reduce_scatter {
     }
     /// Accumulate the reduced block into the shard (fp32 accumulation: the reduction
     /// added it already) and recycle the buffer.
+    /// On a host space the norm statistics of each unit's slice are taken here too: in
+    /// the accumulation's pass (`accumulate_sumsq`), or, with fp32 accumulation (the
+    /// communicator added into the fp32 shard), right after it while still in cache.
     void finish(std::size_t b) {
       auto& st = state_[b];
+      const auto& plan = plans_[b];
+      const std::size_t off = ctx_.lay.unit(plan.first_unit).shard_offset;
       if (!ctx_.accum32) {
-        const std::size_t blk = plans_[b].block_numel;
+        const std::size_t blk = plan.block_numel;
         const T* mine = st.buf->data() + static_cast<std::size_t>(ctx_.rank()) * blk;
-        const std::size_t off = ctx_.lay.unit(plans_[b].first_unit).shard_offset;
         if (!written_) {
           written_ = true;
           if (will_write_) will_write_();
         }
-        ctx_.ops().accumulate(shard_.data() + off, mine, blk, ctx_.threads);
+        if constexpr (Ctx::space::host_accessible) {
+          // The step's first micro-step copies (the shard is not zeroed between steps:
+          // every bucket is reduced in every micro-step, so the copy covers it all).
+          for (std::size_t u = plan.first_unit; u <= plan.last_unit; ++u) {
+            const auto& up = ctx_.lay.unit(u);
+            T* dst = shard_.data() + up.shard_offset;
+            const T* src = mine + (up.shard_offset - off);
+            stats_.set(u, first_micro_ ? kernel::copy_sumsq(dst, src, up.slice_numel, ctx_.threads)
+                                       : kernel::accumulate_sumsq(dst, src, up.slice_numel, ctx_.threads));
+          }
+        } else {
+          ctx_.ops().accumulate(shard_.data() + off, mine, blk, ctx_.threads);
+        }
         if (listener_) listener_(off, shard_.data() + off, blk);
+      } else if constexpr (Ctx::space::host_accessible) {
+        for (std::size_t u = plan.first_unit; u <= plan.last_unit; ++u) {
+          const auto& up = ctx_.lay.unit(u);
+          stats_.set(u, kernel::grad_sumsq(shard32_.data() + up.shard_offset, up.slice_numel, ctx_.threads));
+        }
       }
       free_.push_back(std::move(*st.buf));
       st.buf.reset();
@@ -321,6 +355,9 @@ struct reduce_scatter {
     std::function<void(std::size_t, const T*, std::size_t)> listener_;
     std::function<void()> will_write_;
     bool written_ = false;  ///< the shard was written in this micro-step
+    bool fresh_ = true;        ///< host T shard: no micro-step of this step has completed
+    bool first_micro_ = true;  ///< host T shard: this micro-step copies instead of adding
+    detail::slice_stats_table stats_;
   };
 };
 

@@ -615,27 +615,35 @@ private:
     grads_reduced_ = true;
     std::optional<scoped_timer> norm_tm(std::in_place, timing_, timers_.norm_s);
 
-    // Pass 1: sum of squares + non-finite, per rank-slice group, summed in rank order
-    // so every stage computes the same norm bit for bit.
+    // The norm: each rank's sum of squares over its own unit slices, in `owned_` order,
+    // then the ranks' sums added in rank order, so every stage computes the same norm
+    // bit for bit. (Stage 0 too: every rank holds the same reduced gradient, so rank r's
+    // sum is what any rank would compute for slice r; each computes 1/N of the work.)
+    // The one-pass step: the bucketer took each slice's statistics where it last wrote
+    // it (`slice_stats`, host spaces), so this reads no gradient memory; a slice without
+    // them is computed here.
     const int n = comm_.size();
-    std::vector<double> partial(n, 0.0);
+    double mine = 0.0;
     bool nonfinite = false;
     for (const auto& s : owned_) {
-      auto st = ctx_.accum32 ? ops().grad_sumsq(bucketer_->grad_slice32(s.unit, s.rank), s.numel, cfg_.step.threads)
-                             : ops().grad_sumsq(bucketer_->grad_slice(s.unit, s.rank), s.numel, cfg_.step.threads);
-      partial[s.rank] += st.sumsq;
+      if (s.rank != comm_.rank()) continue;
+      const kernel::grad_stats* known = nullptr;
+      if constexpr (requires { bucketer_->slice_stats(s.unit, s.rank); }) known = bucketer_->slice_stats(s.unit, s.rank);
+      const auto st = known ? *known
+                      : ctx_.accum32
+                          ? ops().grad_sumsq(bucketer_->grad_slice32(s.unit, s.rank), s.numel, cfg_.step.threads)
+                          : ops().grad_sumsq(bucketer_->grad_slice(s.unit, s.rank), s.numel, cfg_.step.threads);
+      mine += st.sumsq;
       nonfinite = nonfinite || st.nonfinite;
     }
     double sumsq = 0.0;
-    if constexpr (sharded_master) {
-      auto all = control_comm_.all_gather_values({partial[comm_.rank()], nonfinite ? 1.0 : 0.0});
+    {
+      auto all = control_comm_.all_gather_values({mine, nonfinite ? 1.0 : 0.0});
       nonfinite = false;
       for (int r = 0; r < n; ++r) {
         sumsq += all[2 * r];
         nonfinite = nonfinite || all[2 * r + 1] != 0.0;
       }
-    } else {
-      for (int r = 0; r < n; ++r) sumsq += partial[r];
     }
     nonfinite = nonfinite || !std::isfinite(sumsq);
 

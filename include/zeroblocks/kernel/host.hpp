@@ -8,7 +8,9 @@
  * - `grad_sumsq`   — deterministic sum of squares (in double) + non-finite check;
  * - `fused_adamw`  — upcast · unscale · clip · AdamW · write fp32 master, m, v and the
  *                    16-bit parameter, in one pass (28 B per element with 16-bit types);
- * - `accumulate`, `upcast`, `downcast` — gradient accumulation and dtype casts.
+ * - `accumulate`, `upcast`, `downcast` — gradient accumulation and dtype casts;
+ * - `accumulate_sumsq`, `copy_sumsq` — accumulation (or a copy) and `grad_sumsq` of
+ *   the result in one pass.
  *
  * The vector ISA is chosen once at run time from `__builtin_cpu_supports` (users pass no
  * `-march`), can be lowered with the environment variable `ZEROBLOCKS_ISA=scalar|avx2|
@@ -133,6 +135,43 @@ struct grad_stats {
   bool nonfinite = false;  ///< some element is ±Inf or NaN
 };
 
+namespace detail {
+/// Sum of squares of `len <= sumsq_block` elements with the chosen ISA's lane layout.
+template <class G>
+double sumsq_block_on(isa which, const G* g, std::size_t len) {
+  switch (which) {
+#if ZB_X86_KERNELS
+    case isa::avx512: return avx512::sumsq_block_sum(g, len);
+    case isa::avx2: return avx2::sumsq_block_sum(g, len);
+#endif
+    default: return scalar::sumsq_block_sum(g, len);
+  }
+}
+/// The `grad_stats` of `n` elements from `block(begin, len)`, called once per block of
+/// `sumsq_block` (threads may share the blocks) and summed in block order, so neither
+/// the thread count nor what else `block` does changes a bit of the result.
+template <class Block>
+grad_stats ordered_sumsq(std::size_t n, int threads, Block&& block) {
+  const std::size_t blocks = (n + sumsq_block - 1) / sumsq_block;
+  auto one = [&](std::size_t b) {
+    const std::size_t begin = b * sumsq_block;
+    return block(begin, n - begin < sumsq_block ? n - begin : sumsq_block);
+  };
+  double total = 0.0;
+  if (n < parallel_min_elements || resolve_threads(threads) <= 1) {
+    for (std::size_t b = 0; b < blocks; ++b) total += one(b);
+  } else {
+    // Block sums land in their slot; the sum over slots below runs in index order.
+    std::vector<double> partial(blocks);
+    parallel_ranges(blocks, threads, 0, 1, [&](std::size_t b0, std::size_t b1) {
+      for (std::size_t b = b0; b < b1; ++b) partial[b] = one(b);
+    });
+    for (std::size_t b = 0; b < blocks; ++b) total += partial[b];
+  }
+  return {total, !std::isfinite(total)};
+}
+}  // namespace detail
+
 /**
  * @brief Sum of squares and non-finite check of a gradient shard, in one read pass.
  *
@@ -148,31 +187,8 @@ template <class G>
 grad_stats grad_sumsq(const G* g, std::size_t n, int threads = 0) {
   static_assert(is_param_type_v<G>, "grad_sumsq: G must be float, half or bfloat16");
   const isa which = host_isa();
-  auto block_sum = [which, g, n](std::size_t b) -> double {
-    const std::size_t begin = b * detail::sumsq_block;
-    const std::size_t len = n - begin < detail::sumsq_block ? n - begin : detail::sumsq_block;
-    switch (which) {
-#if ZB_X86_KERNELS
-      case isa::avx512: return detail::avx512::sumsq_block_sum(g + begin, len);
-      case isa::avx2: return detail::avx2::sumsq_block_sum(g + begin, len);
-#endif
-      default: return detail::scalar::sumsq_block_sum(g + begin, len);
-    }
-  };
-  const std::size_t blocks = (n + detail::sumsq_block - 1) / detail::sumsq_block;
-  double total = 0.0;
-  if (n < detail::parallel_min_elements || detail::resolve_threads(threads) <= 1) {
-    for (std::size_t b = 0; b < blocks; ++b) total += block_sum(b);
-  } else {
-    // Block sums land in their slot; the sum over slots below runs in index order,
-    // so the split across threads cannot change a bit of the result.
-    std::vector<double> partial(blocks);
-    detail::parallel_ranges(blocks, threads, 0, 1, [&](std::size_t b0, std::size_t b1) {
-      for (std::size_t b = b0; b < b1; ++b) partial[b] = block_sum(b);
-    });
-    for (std::size_t b = 0; b < blocks; ++b) total += partial[b];
-  }
-  return {total, !std::isfinite(total)};
+  return detail::ordered_sumsq(
+      n, threads, [which, g](std::size_t begin, std::size_t len) { return detail::sumsq_block_on(which, g + begin, len); });
 }
 
 /**
@@ -255,6 +271,44 @@ void accumulate(T* dst, const T* src, std::size_t n, int threads = 0) {
 #endif
       default: detail::scalar::accumulate_range(dst, src, b, e); break;
     }
+  });
+}
+
+/**
+ * @brief `accumulate(dst, src, n)` and `grad_sumsq(dst, n)` of the result in one pass
+ * over memory: each block of `detail::sumsq_block` elements is accumulated and then
+ * summed while it is still in the core's cache (16-32 KiB). Bit-identical to the two
+ * calls one after the other, on every ISA and thread count (the same per-element
+ * accumulation, the same block sums, summed in the same order). The gradient buckets
+ * use it where they write a gradient shard for the last time, so the step's norm needs
+ * no pass of its own.
+ */
+template <class T>
+grad_stats accumulate_sumsq(T* dst, const T* src, std::size_t n, int threads = 0) {
+  static_assert(is_param_type_v<T>, "accumulate_sumsq: T must be float, half or bfloat16");
+  const isa which = host_isa();
+  return detail::ordered_sumsq(n, threads, [which, dst, src](std::size_t begin, std::size_t len) {
+    switch (which) {
+#if ZB_X86_KERNELS
+      case isa::avx512: detail::avx512::accumulate_range(dst, src, begin, begin + len); break;
+      case isa::avx2: detail::avx2::accumulate_range(dst, src, begin, begin + len); break;
+#endif
+      default: detail::scalar::accumulate_range(dst, src, begin, begin + len); break;
+    }
+    return detail::sumsq_block_on(which, dst + begin, len);
+  });
+}
+
+/// @brief `std::memcpy(dst, src, n * sizeof(T))` and `grad_sumsq(dst, n)` in one pass,
+/// block by block as `accumulate_sumsq` (bit-identical to the two calls). For the first
+/// write of a step, which then needs no zeroed shard to add to. Must not overlap.
+template <class T>
+grad_stats copy_sumsq(T* dst, const T* src, std::size_t n, int threads = 0) {
+  static_assert(is_param_type_v<T>, "copy_sumsq: T must be float, half or bfloat16");
+  const isa which = host_isa();
+  return detail::ordered_sumsq(n, threads, [which, dst, src](std::size_t begin, std::size_t len) {
+    std::memcpy(dst + begin, src + begin, len * sizeof(T));
+    return detail::sumsq_block_on(which, dst + begin, len);
   });
 }
 

@@ -21,6 +21,7 @@
 #include "../../kernel/host.hpp"
 #include "../../space/host_space.hpp"
 #include "../../space/ops.hpp"
+#include "slice_stats.hpp"
 
 #include <cstring>
 #include <vector>
@@ -37,7 +38,7 @@ class full_grads {
 public:
   template <class Config>
   full_grads(Ctx& ctx, const Config&)
-      : ctx_(ctx), grads_(ctx.lay.total_numel(), mem_category::grads16, &ctx.tracker) {
+      : ctx_(ctx), grads_(ctx.lay.total_numel(), mem_category::grads16, &ctx.tracker), stats_(ctx.lay.unit_count()) {
     grads_.zero();
     if (ctx.accum32) {
       if constexpr (requires(T* b, float* a) { ctx.comm.ireduce_scatter_accumulate(b, a, std::size_t{}, 1.0f); }) {
@@ -59,7 +60,7 @@ public:
       for (std::size_t u = 0; u < lay.unit_count(); ++u) t.count_reduce_scatter(lay.unit(u).slice_numel, lay.world());
   }
 
-  void begin_micro_step() {}
+  void begin_micro_step() { stats_.forget(); }
   void grad_ready(std::size_t p, const T* g) {
     const auto& pp = ctx_.lay.param(p);
     if (pp.numel == 0) return;  // (an empty span may carry a null pointer)
@@ -79,13 +80,17 @@ public:
       for (std::size_t u = 0; u < ctx_.lay.unit_count(); ++u)
         pending.push_back(ctx_.comm.ireduce_scatter_accumulate(unit_base(u), acc_slice(u, ctx_.rank()),
                                                                ctx_.lay.unit(u).slice_numel, avg));
-      for (auto& q : pending) q.wait();
+      for (std::size_t u = 0; u < pending.size(); ++u) {
+        pending[u].wait();
+        note_stats(u);  // this micro-step's sum, just added: in cache
+      }
       // The reduction used the buffer as scratch; parameters a micro-step does not
       // report must count as zero in the next one.
       ctx_.ops().fill_zero(grads_.data(), grads_.bytes());
     }
   }
   void zero() {
+    stats_.forget();
     ctx_.ops().fill_zero(grads_.data(), grads_.bytes());  // stream-ordered on the GPU
     if (acc_.size()) ctx_.ops().fill_zero(acc_.data(), acc_.bytes());
     micro_steps_ = 0;
@@ -101,12 +106,28 @@ public:
     else return acc_.data() + up.shard_offset;
   }
   const float* grad_slice32(std::size_t u, int r) { return acc_.size() ? acc_slice(u, r) : nullptr; }
+  /// The one-pass step: the statistics of this rank's slice of unit `u` as last
+  /// reduced (host spaces; nullptr otherwise). (The engine sums every rank's own.)
+  const kernel::grad_stats* slice_stats(std::size_t u, int r) const {
+    return r == ctx_.rank() ? stats_.get(u) : nullptr;
+  }
 
 protected:
+  /// Record the statistics of this rank's slice of unit `u`, just written by a
+  /// reduction (still in cache): the fp32 sum under fp32 accumulation, else the T sum.
+  void note_stats(std::size_t u) {
+    if constexpr (Ctx::space::host_accessible) {
+      const std::size_t n = ctx_.lay.unit(u).slice_numel;
+      stats_.set(u, ctx_.accum32 ? kernel::grad_sumsq(grad_slice32(u, ctx_.rank()), n, ctx_.threads)
+                                 : kernel::grad_sumsq(grad_slice(u, ctx_.rank()), n, ctx_.threads));
+    }
+  }
+
   Ctx& ctx_;
   buffer<T, typename Ctx::space> grads_;
   buffer<float, typename Ctx::space> acc_;  ///< fp32 accumulation only
   int micro_steps_ = 0;
+  slice_stats_table stats_;
 };
 
 }  // namespace bucket::detail
