@@ -675,9 +675,23 @@ private:
     auto at = [](auto* p, std::size_t off) { return p ? p + off : p; };
     for (const auto& s : pieces_) {
       const bool f32 = ctx_.accum32;
-      slices.push_back({f32 ? nullptr : at(bucketer_->grad_slice(s.unit, s.rank), s.offset),
-                        f32 ? at(bucketer_->grad_slice32(s.unit, s.rank), s.offset) : nullptr,
-                        at(coord_->owned_slice(s.unit, s.rank), s.offset), s.numel, s.master_offset, s.group});
+      step_slice<T> next{f32 ? nullptr : at(bucketer_->grad_slice(s.unit, s.rank), s.offset),
+                         f32 ? at(bucketer_->grad_slice32(s.unit, s.rank), s.offset) : nullptr,
+                         at(coord_->owned_slice(s.unit, s.rank), s.offset), s.numel, s.master_offset, s.group};
+      // A piece that continues the previous one in every array (same group; stage 3's
+      // shards, or stage 2 on one rank) extends it: one kernel call over the run, so
+      // the hardware prefetchers do not restart at each unit (bench_one_pass_step).
+      if (Space::host_accessible && !slices.empty()) {
+        auto& prev = slices.back();
+        const bool grads_follow =
+            f32 ? (prev.grad32 && next.grad32 == prev.grad32 + prev.numel) : (prev.grad && next.grad == prev.grad + prev.numel);
+        if (prev.group == next.group && grads_follow && prev.param && next.param == prev.param + prev.numel &&
+            next.master_offset == prev.master_offset + prev.numel) {
+          prev.numel += next.numel;
+          continue;
+        }
+      }
+      slices.push_back(next);
     }
     if constexpr (Master::caps.transactional) {
       // A transaction (master::swapped): commit only if every rank's state landed.

@@ -291,11 +291,11 @@ grad_stats accumulate_sumsq(T* dst, const T* src, std::size_t n, int threads = 0
     switch (which) {
 #if ZB_X86_KERNELS
       case isa::avx512: detail::avx512::accumulate_range(dst, src, begin, begin + len); break;
-      case isa::avx2: detail::avx2::accumulate_range(dst, src, begin, begin + len); break;
+      case isa::avx2: return detail::avx2::accumulate_sumsq_block(dst + begin, src + begin, len);
 #endif
       default: detail::scalar::accumulate_range(dst, src, begin, begin + len); break;
     }
-    return detail::sumsq_block_on(which, dst + begin, len);
+    return detail::sumsq_block_on(which, dst + begin, len);  // the block is in L1
   });
 }
 

@@ -260,6 +260,33 @@ ZB_TARGET_AVX2 void accumulate_range(T* dst, const T* src, std::size_t begin, st
   scalar::accumulate_range(dst, src, i, end);
 }
 
+/// @brief `accumulate_range(dst, src, 0, n)` and `sumsq_block_sum(dst, n)` of the result
+/// (`n <= sumsq_block`) in one sweep: each vector is added, stored (rounded to T), read
+/// back from the store (forwarded, no memory access) and squared into the same lanes
+/// `sumsq_block_sum` uses, so both results are bit-identical to the two calls.
+template <class T>
+ZB_TARGET_AVX2 double accumulate_sumsq_block(T* dst, const T* src, std::size_t n) {
+  __m256d acc[8];
+  for (auto& a : acc) a = _mm256_setzero_pd();
+  std::size_t i = 0;
+  for (; i + sumsq_lanes <= n; i += sumsq_lanes) {
+    for (int q = 0; q < 4; ++q) {
+      T* d = dst + i + 8 * q;
+      store(d, _mm256_add_ps(load(d), load(src + i + 8 * q)));
+      const __m256 x = load(d);  // the rounded value
+      const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(x));
+      const __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(x, 1));
+      acc[2 * q] = _mm256_fmadd_pd(lo, lo, acc[2 * q]);
+      acc[2 * q + 1] = _mm256_fmadd_pd(hi, hi, acc[2 * q + 1]);
+    }
+  }
+  alignas(32) double lanes[sumsq_lanes];
+  for (int q = 0; q < 8; ++q) _mm256_store_pd(lanes + 4 * q, acc[q]);
+  scalar::accumulate_range(dst, src, i, n);
+  scalar::sumsq_lanes_add(dst + i, n - i, lanes);
+  return reduce_lanes(lanes);
+}
+
 /// @brief `dst[i] = float(src[i]) * scale` over `[begin, end)`.
 template <class T>
 ZB_TARGET_AVX2 void upcast_range(float* dst, const T* src, std::size_t begin, std::size_t end,
