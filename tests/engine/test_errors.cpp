@@ -133,7 +133,7 @@ consteval std::size_t member_count() {
 static_assert(member_count<zb::adamw_config>() == 6, "adamw_config: list the new knob in fields_of()");
 static_assert(member_count<zb::dynamic_scale_config>() == 4, "dynamic_scale_config: list the new knob in fields_of()");
 static_assert(member_count<zb::fixed_scale_config>() == 1, "fixed_scale_config: list the new knob in fields_of()");
-static_assert(member_count<zb::step_config>() == 3, "step_config: 2 in fields_of(), threads per rank");
+static_assert(member_count<zb::step_config>() == 4, "step_config: 3 in fields_of(), threads per rank");
 static_assert(member_count<zb::partition_config>() == 1, "partition_config: list the new knob in fields_of()");
 static_assert(member_count<zb::prefetch_config>() == 6, "prefetch_config: list the new knob in fields_of()");
 static_assert(member_count<zb::bucket_config>() == 2, "bucket_config: list the new knob in fields_of()");

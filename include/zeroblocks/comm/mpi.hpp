@@ -16,6 +16,12 @@
  * never join raises `zeroblocks::error("rank k failed: ...")` instead of hanging. After
  * that the communicator refuses further collectives.
  *
+ * Watchdog (`detail/mpi_watchdog.hpp`): every wait also watches the clock. One that makes
+ * no progress for `collective_timeout()` seconds (default 600; the engine sets its
+ * `step.collective_timeout_s`) starts an incident: the ranks exchange where each one is
+ * and every rank raises the same `collective_error` naming the rank that diverged (or did
+ * not answer) and where. A communicator and its `dup()`s share one watchdog.
+ *
  * The caller owns MPI initialisation (`MPI_Init_thread`, `MPI_Finalize`); `comm::mpi`
  * duplicates the communicator it is given and frees its duplicates on destruction.
  * Progress: while any non-blocking collective is in flight, a per-process thread keeps
@@ -29,6 +35,7 @@
 #include "detail/control.hpp"
 #include "detail/mpi_progress.hpp"  // also <mpi.h>, C API only (no deprecated C++ bindings)
 #include "detail/mpi_abort_channel.hpp"
+#include "detail/mpi_watchdog.hpp"
 #include "detail/reduce.hpp"
 
 #include <climits>
@@ -47,6 +54,13 @@ public:
   /// Payload buffers are host buffers (no CUDA-aware MPI assumed).
   static constexpr bool device_memory = false;
 
+  /// @brief What a collective is, for the watchdog's reports.
+  struct op_info {
+    const char* kind = "?";
+    unsigned long seq = 0;  ///< its number among this communicator's collectives
+    std::size_t count = 0;
+  };
+
   /// @brief A pending non-blocking collective; `wait()` completes it (and any local
   /// reduction that follows the transfer). Dropping a pending request abandons it.
   class request {
@@ -61,14 +75,16 @@ public:
       std::swap(next_, o.next_);
       std::swap(ticket_, o.ticket_);
       std::swap(job_, o.job_);
+      std::swap(op_, o.op_);
       return *this;
     }
     /// @brief Block until complete; throws if a peer aborted meanwhile.
     void wait() {
-      if (job_) comm_->wait_offloaded(*job_);
+      const auto started = std::chrono::steady_clock::now();
+      if (job_) comm_->wait_offloaded(*job_, op_, started);
       while (comm_) {
         if (job_) job_done();
-        else comm_->wait_request(req_);
+        else comm_->wait_request(req_, op_, started);
         advance();
       }
     }
@@ -93,8 +109,8 @@ public:
     /// two-stage collective, the start of the second transfer, whose request it returns
     /// (MPI_REQUEST_NULL when the operation is complete).
     request(mpi* c, MPI_Request r, std::function<MPI_Request()> next)
-        : comm_(c), req_(r), next_(std::move(next)), ticket_(c->progress_) {}
-    request(mpi* c, std::shared_ptr<detail::offload_job> job) : comm_(c), job_(std::move(job)) {}
+        : comm_(c), req_(r), next_(std::move(next)), ticket_(c->progress_), op_(c->last_op_) {}
+    request(mpi* c, std::shared_ptr<detail::offload_job> job) : comm_(c), job_(std::move(job)), op_(c->last_op_) {}
     /// The progress thread finished the job: raise its error, if any.
     void job_done() {
       auto j = std::move(job_);
@@ -116,22 +132,11 @@ public:
     std::function<MPI_Request()> next_;
     detail::progress_ticket ticket_;  // keeps the progress thread polling while pending
     std::shared_ptr<detail::offload_job> job_;  // started and completed by the progress thread
+    op_info op_;  // what it is, for the watchdog
   };
 
-  /// @brief Duplicate `parent` for payload and for the abort channel.
-  explicit mpi(MPI_Comm parent = MPI_COMM_WORLD) {
-    int init = 0;
-    MPI_Initialized(&init);
-    ZB_REQUIRE(init, "comm::mpi: MPI is not initialised; call MPI_Init_thread first");
-    check(MPI_Comm_dup(parent, &comm_), "MPI_Comm_dup");
-    // Errors come back as codes (and then as zeroblocks::error), not as a job abort.
-    MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
-    MPI_Comm_rank(comm_, &rank_);
-    MPI_Comm_size(comm_, &size_);
-    // The abort protocol on a private duplicate (detail/abort_channel.hpp).
-    abort_ = std::make_unique<detail::mpi_abort_channel>("comm::mpi", parent);
-    progress_ = detail::mpi_progress::shared();
-  }
+  /// @brief Duplicate `parent` for payload, for the abort channel and for the watchdog.
+  explicit mpi(MPI_Comm parent = MPI_COMM_WORLD) : mpi(parent, nullptr) {}
   mpi(const mpi&) = delete;
   mpi& operator=(const mpi&) = delete;
   mpi(mpi&& o) noexcept { swap(o); }
@@ -156,7 +161,23 @@ public:
   /// @brief A new communicator over the same ranks (collective): its collectives are
   /// ordered independently of this one's (the engine gathers parameters on one and
   /// reduces gradients on another, so the two streams cannot cross).
-  mpi dup() const { return mpi(comm_); }
+  mpi dup() const {
+    mpi d(comm_, watchdog_);
+    d.label_ = label_;
+    return d;
+  }
+
+  // ---- the watchdog (detail/mpi_watchdog.hpp), shared with every dup() ----------
+
+  /// @brief Seconds a wait may make no progress before the ranks are asked where they
+  /// are and all raise the same error; 0 = never. Default 600 (NCCL's and PyTorch's
+  /// order of magnitude). Every rank should set the same.
+  void set_collective_timeout(double seconds) { watchdog_->set_timeout(seconds); }
+  double collective_timeout() const { return watchdog_->timeout(); }
+  /// @brief The name this communicator has in the watchdog's reports ("gradient", …).
+  void set_label(std::string label) { label_ = std::move(label); }
+  /// @brief Where the engine records the call it is in (read only in an incident).
+  detail::watch_activity* watch_activity() { return &watchdog_->activity; }
 
   int rank() const { return rank_; }
   int size() const { return size_; }
@@ -166,7 +187,7 @@ public:
   /// collectives between calls (MPI_THREAD_MULTIPLE, see detail/mpi_progress.hpp).
   bool async_progress() const { return progress_ != nullptr; }
   /// @brief True once a peer aborted (or this rank did); collectives then throw.
-  bool failed() const { return abort_ && abort_->failed(); }
+  bool failed() const { return (abort_ && abort_->failed()) || (watchdog_ && watchdog_->verdict()); }
   /// @brief True when the failure came from another rank (it told everyone already).
   bool peer_failed() const { return abort_ && abort_->peer_failed(); }
 
@@ -183,6 +204,7 @@ public:
     } else {
       ensure_usable();
     }
+    note_op("all-gather", count);
     counters_.count_all_gather(count, size_);
     if (count == 0) return {};
     const int n = checked_count(count);
@@ -239,6 +261,7 @@ public:
   template <class T>
   request iall_reduce(T* buf, std::size_t count, float scale) {
     ensure_usable();
+    note_op("all-reduce", count);
     ZB_REQUIRE(count % size_ == 0, "comm::mpi::all_reduce: count ", count,
                " is not a multiple of the world size ", size_, " (pad the buffer)");
     counters_.count_all_reduce(count);
@@ -269,6 +292,7 @@ public:
   template <class T>
   request ibroadcast(T* buf, std::size_t count, int root) {
     ensure_usable();
+    note_op("broadcast", count);
     ZB_REQUIRE(root >= 0 && root < size_, "comm::mpi::broadcast: root ", root, " out of range");
     counters_.count_broadcast(count);
     if (count == 0) return {};
@@ -284,6 +308,7 @@ public:
 
   request ibarrier() {
     ensure_usable();
+    note_op("barrier", 0);
     MPI_Request r;
     in_order();
     check(MPI_Ibarrier(comm_, &r), "MPI_Ibarrier");
@@ -299,6 +324,7 @@ public:
   void abort_peers(const std::string& message) {
     // Nothing to send if we already sent, or if a peer's failure is what we are
     // reporting (the channel checks both).
+    if (watchdog_ && watchdog_->verdict()) return;  // every rank raises the verdict already
     if (abort_) abort_->send(message);
   }
 
@@ -309,6 +335,8 @@ private:
   /// buffers live in one block that outlives a failed wait (a peer's transfer may still
   /// write into it).
   std::vector<char> control_all_gather(const void* mine, std::size_t bytes) {
+    note_op("agreement", bytes);
+    const op_info op = last_op_;
     auto io = std::make_shared<std::vector<char>>(bytes * (static_cast<std::size_t>(size_) + 1));
     std::memcpy(io->data(), mine, bytes);
     MPI_Request r;
@@ -316,7 +344,7 @@ private:
     check(MPI_Iallgather(io->data(), checked_count(bytes), MPI_CHAR, io->data() + bytes, checked_count(bytes),
                          MPI_CHAR, comm_, &r),
           "MPI_Iallgather");
-    wait_request(r, io);
+    wait_request(r, io, op, std::chrono::steady_clock::now());
     return {io->begin() + static_cast<std::ptrdiff_t>(bytes), io->end()};
   }
   comm_counters& control_counters() { return counters_; }
@@ -342,13 +370,14 @@ private:
   }
   /// Wait for an offloaded operation, watching the abort channel (every millisecond) as
   /// `wait_request` does.
-  void wait_offloaded(const detail::offload_job& job) {
+  void wait_offloaded(const detail::offload_job& job, const op_info& op, std::chrono::steady_clock::time_point started) {
     using clock = std::chrono::steady_clock;
     clock::time_point deadline{}, next_poll = clock::now();
     for (unsigned spins = 0; job.state.load(std::memory_order_acquire) < 2; ++spins) {
       if (spins > 64) sched_yield();
       if (clock::now() < next_poll) continue;
       next_poll = clock::now() + std::chrono::milliseconds(1);
+      watch(op, started);
       if (poll_abort()) {
         if (deadline == clock::time_point{}) deadline = clock::now() + std::chrono::milliseconds(200);
         else if (clock::now() > deadline) ZB_FAIL(abort_->reason());
@@ -372,6 +401,7 @@ private:
   template <class T, class Reduce>
   request exchange_then(T* buf, std::size_t count, Reduce reduce) {
     ensure_usable();
+    note_op("reduce-scatter", count);
     counters_.count_reduce_scatter(count, size_);
     if (count == 0) return {};
     const int n = checked_count(count);
@@ -384,6 +414,7 @@ private:
     });
   }
   void ensure_usable() {
+    if (watchdog_) watchdog_->check([this] { return detail::concat("starting a collective on the ", label_, " communicator"); });
     if (poll_abort()) ZB_FAIL(abort_->reason().empty() ? std::string("comm::mpi: communicator unusable after a failure")
                                                        : abort_->reason());
   }
@@ -397,20 +428,22 @@ private:
   }
   /// Wait; if it fails, `keep` (the receive buffer) is kept alive for good, since the
   /// abandoned transfer may still write into it.
-  void wait_request(MPI_Request& r, std::shared_ptr<void> keep) {
+  void wait_request(MPI_Request& r, std::shared_ptr<void> keep, const op_info& op,
+                    std::chrono::steady_clock::time_point started) {
     try {
-      wait_request(r);
+      wait_request(r, op, started);
     } catch (...) {
       graveyard_.push_back(std::move(keep));
       throw;
     }
   }
-  void wait_request(MPI_Request& r) {
+  void wait_request(MPI_Request& r, const op_info& op, std::chrono::steady_clock::time_point started) {
     // Poll rather than MPI_Wait so a peer's abort message can interrupt us; yield
     // after a short spin so oversubscribed ranks (more ranks than cores) progress.
     using clock = std::chrono::steady_clock;
     clock::time_point deadline{};
     for (unsigned spins = 0; !test_request(r); ++spins) {
+      watch(op, started);
       if (failed()) {
         // A peer failed. It may have failed *after* joining this collective, which
         // then still completes: give it a moment, so this rank's own next call (and
@@ -421,8 +454,37 @@ private:
       if (spins > 64) sched_yield();
     }
   }
+  /// The watchdog's turn in a wait (rate-limited inside; throws its verdict).
+  void watch(const op_info& op, std::chrono::steady_clock::time_point started) {
+    if (watchdog_) watchdog_->watch(started, [&] { return describe(op); });
+  }
+  void note_op(const char* kind, std::size_t count) { last_op_ = {kind, ++op_seq_, count}; }
+  std::string describe(const op_info& op) const {
+    return detail::concat(op.kind, " #", op.seq, " (", op.count, op.count == 1 ? " element" : " elements",
+                          ") on the ", label_, " communicator");
+  }
+  /// `parent` duplicated; the watchdog shared with the communicator this one dups.
+  mpi(MPI_Comm parent, std::shared_ptr<detail::mpi_watchdog> watchdog) {
+    int init = 0;
+    MPI_Initialized(&init);
+    ZB_REQUIRE(init, "comm::mpi: MPI is not initialised; call MPI_Init_thread first");
+    check(MPI_Comm_dup(parent, &comm_), "MPI_Comm_dup");
+    // Errors come back as codes (and then as zeroblocks::error), not as a job abort.
+    MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(comm_, &rank_);
+    MPI_Comm_size(comm_, &size_);
+    // The abort protocol on a private duplicate (detail/abort_channel.hpp).
+    abort_ = std::make_unique<detail::mpi_abort_channel>("comm::mpi", parent);
+    watchdog_ = watchdog ? std::move(watchdog) : std::make_shared<detail::mpi_watchdog>(parent);
+    progress_ = detail::mpi_progress::shared();
+  }
+
   void swap(mpi& o) noexcept {
     std::swap(comm_, o.comm_);
+    std::swap(watchdog_, o.watchdog_);
+    std::swap(label_, o.label_);
+    std::swap(op_seq_, o.op_seq_);
+    std::swap(last_op_, o.last_op_);
     std::swap(rank_, o.rank_);
     std::swap(size_, o.size_);
     std::swap(counters_, o.counters_);
@@ -438,6 +500,10 @@ private:
   int size_ = 1;
   comm_counters counters_;
   std::unique_ptr<detail::mpi_abort_channel> abort_;
+  std::shared_ptr<detail::mpi_watchdog> watchdog_;
+  std::string label_ = "user's";
+  unsigned long op_seq_ = 0;  ///< collectives started on this communicator
+  op_info last_op_;
   std::vector<std::shared_ptr<void>> graveyard_;
   std::shared_ptr<detail::mpi_progress> progress_;
   std::shared_ptr<std::atomic<unsigned long>> offload_started_ = std::make_shared<std::atomic<unsigned long>>(0);

@@ -78,8 +78,15 @@ struct step_config {
   /// What gradients are summed in over micro-steps (see `grad_accum_dtype`).
   /// [data_types.grad_accum_dtype]
   grad_accum_dtype grad_accum = grad_accum_dtype::automatic;
+  /// Seconds a collective wait may make no progress before every rank raises the same
+  /// error naming the rank that diverged and where (the collective watchdog,
+  /// `comm/detail/watchdog.hpp`); 0 = wait forever. Communicators with a watchdog
+  /// (`comm::mpi`) only. [torch.distributed init_process_group(timeout=...)]
+  double collective_timeout_s = 600.0;
 
   void validate() const {
+    ZB_REQUIRE(collective_timeout_s >= 0.0 && collective_timeout_s < 1e9, "step.collective_timeout_s ",
+               collective_timeout_s, " must be >= 0 (0 = off) and finite");
     ZB_REQUIRE(grad_accum == grad_accum_dtype::automatic || grad_accum == grad_accum_dtype::param ||
                    grad_accum == grad_accum_dtype::fp32,
                "step.grad_accum ", static_cast<int>(grad_accum), " is not automatic, param or fp32");
@@ -92,6 +99,7 @@ struct step_config {
   static void fields_of(Self& c, V&& v) {
     v("max_grad_norm", c.max_grad_norm);
     v("grad_accum", c.grad_accum);
+    v("collective_timeout_s", c.collective_timeout_s);
   }
 };
 

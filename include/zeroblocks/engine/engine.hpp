@@ -5,6 +5,7 @@
 #include "../bucket/reduce_at_boundary.hpp"
 #include "../bucket/reduce_scatter.hpp"
 #include "../comm/comm.hpp"
+#include "../comm/detail/watchdog.hpp"
 #include "../coordinate/coordinate.hpp"
 #include "../coordinate/on_demand.hpp"
 #include "../coordinate/prefetch_trace.hpp"
@@ -39,6 +40,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -220,6 +222,7 @@ public:
         reported_(layout_.param_count(), 0),
         init_(reg) {
     follow_compute_stream();
+    watch_calls();
     ctx_.accum32 = accumulates_fp32(cfg_);
     // Allocation can fail on one rank only (memory): agree before anyone goes on.
     std::string problem;
@@ -270,6 +273,7 @@ public:
     // A peer failed while collectives were in flight: they may still land in our
     // buffers, so those must outlive us (see memory_tracker::quarantine).
     if (comm_.failed() || gather_comm_.failed() || control_comm_.failed()) tracker_.quarantine();
+    if (activity_) *activity_ = {};  // the watchdog may outlive this engine
   }
 
   // ---- model --------------------------------------------------------------------
@@ -305,7 +309,7 @@ public:
   /// (counted with `counters()`); each rank keeps what it holds at its stage — with
   /// stage 3 only its own slices (one parameter's values are held while it is applied).
   void set_param_from(int root, param_id p, std::span<const float> values) {
-    guarded([&] {
+    guarded("set_param_from", [&] {
       check_param(p, "set_param_from");
       const auto& pp = layout_.param(p.index);
       const bool is_root = comm_.rank() == root;
@@ -371,7 +375,7 @@ public:
   /// @brief Make unit `u`'s full parameters available (stage 3: all-gather them).
   [[nodiscard]] unit_guard acquire(unit_id u) {
     scoped_timer tm(timing_, timers_.acquire_s);
-    return guarded([&] {
+    return guarded("acquire", u.index, [&] {
       check_unit(u, "acquire");
       if (holds_[u.index] == 0) {
         // Without a verified order to go by, check this acquire against every rank's
@@ -388,7 +392,7 @@ public:
   }
   /// @brief Drop one hold on unit `u` (the guard does this for you).
   void release(unit_id u) {
-    guarded([&] {
+    guarded("release", u.index, [&] {
       check_unit(u, "release");
       if (holds_[u.index] == 0)
         ZB_LOCAL_FAIL(ctx_, "release: unit '", layout_.unit_name(u.index),
@@ -418,7 +422,7 @@ public:
   /// (evaluation and training do not share gathered memory). Micro-steps, gradients and
   /// `step()` are errors until `end_eval`. Stages 0–2: a flag only.
   void begin_eval() {
-    guarded([&] {
+    guarded("begin_eval", [&] {
       if (eval_) ZB_LOCAL_FAIL(ctx_, "begin_eval: already in evaluation mode");
       if (in_micro_ || micro_steps_ > 0)
         ZB_LOCAL_FAIL(ctx_, "begin_eval: only between steps (", micro_steps_pending(),
@@ -433,7 +437,7 @@ public:
   /// have acquired the same units in the same order; a difference is an error naming the
   /// first differing event on every rank), and no unit may be held.
   void end_eval() {
-    guarded([&] {
+    guarded("end_eval", [&] {
       if (!eval_) ZB_LOCAL_FAIL(ctx_, "end_eval: not in evaluation mode");
       if constexpr (Coordinator::shards_params) {
         agree_on_state(detail::call_site::end_eval);
@@ -481,7 +485,7 @@ public:
   // ---- gradients -----------------------------------------------------------------
 
   void begin_micro_step() {
-    guarded([&] {
+    guarded("begin_micro_step", [&] {
       if (in_micro_) ZB_LOCAL_FAIL(ctx_, "begin_micro_step: the previous micro-step was not ended");
       if (eval_) ZB_LOCAL_FAIL(ctx_, "begin_micro_step: in evaluation mode (call end_eval() first)");
       if (grads_reduced_)
@@ -511,11 +515,11 @@ public:
   /// add them. Parts missing at `end_micro_step` count as zero.
   void grad_ready(param_id p, std::span<const T> grad) {
     scoped_timer tm(timing_, timers_.grad_ready_s);
-    guarded([&] { grad_ready_unguarded(p, grad); });
+    guarded("grad_ready", [&] { grad_ready_unguarded(p, grad); });
   }
   void end_micro_step() {
     scoped_timer tm(timing_, timers_.micro_end_s);
-    guarded([&] {
+    guarded("end_micro_step", [&] {
       if (!in_micro_) ZB_LOCAL_FAIL(ctx_, "end_micro_step: no micro-step is open");
       hand_over_partial_ties();
       bucketer_->end_micro_step();
@@ -530,7 +534,7 @@ public:
   /// @brief Reduce, check, clip and apply AdamW; then make parameters current.
   step_result step() {
     scoped_timer tm(timing_, timers_.step_s);
-    return guarded([&] { return step_unguarded(); });
+    return guarded("step", [&] { return step_unguarded(); });
   }
 
   // ---- learning-rate schedule and timers -------------------------------------------
@@ -736,7 +740,7 @@ public:
   /// @brief New learning rate for the following steps (every rank must set the same;
   /// the step checks it).
   void set_learning_rate(float lr) {
-    guarded([&] {
+    guarded("set_learning_rate", [&] {
       if (!(lr >= 0.0f && std::isfinite(lr)))
         ZB_LOCAL_FAIL(ctx_, "set_learning_rate: ", lr, " must be finite and >= 0");
       cfg_.optim.lr = lr;
@@ -1001,7 +1005,28 @@ private:
   /// Run a public operation; if it throws, make sure the peers learn of it (a failure
   /// that came from a peer is not echoed back).
   template <class F>
-  decltype(auto) guarded(F&& f) {
+  decltype(auto) guarded(const char* call, F&& f) {
+    return guarded(call, npos_unit, static_cast<F&&>(f));
+  }
+  /// The engine's public calls run in here: the watchdog learns which call (and unit)
+  /// this rank is in, and an exception is told to the other ranks.
+  template <class F>
+  decltype(auto) guarded(const char* call, std::size_t unit, F&& f) {
+    struct in_call {  // (calls nest: set_param_from → set_param)
+      engine& e;
+      const char* call;
+      std::size_t unit;
+      in_call(engine& en, const char* c, std::size_t u) : e(en), call(en.call_), unit(en.call_unit_) {
+        e.call_ = c;
+        e.call_unit_ = u;
+        if (e.activity_) e.activity_->call = c;
+      }
+      ~in_call() {
+        e.call_ = call;
+        e.call_unit_ = unit;
+        if (e.activity_) e.activity_->call = call;
+      }
+    } scope(*this, call, unit);
     try {
       return f();
     } catch (const collective_error&) {
@@ -1011,6 +1036,33 @@ private:
       throw;
     }
   }
+  static constexpr std::size_t npos_unit = static_cast<std::size_t>(-1);
+  /// Where this rank is, for the collective watchdog (identical text on ranks in the
+  /// same place: nothing rank-specific).
+  std::string watch_position() const {
+    std::string out = call_ ? std::string(call_) : std::string("?");
+    out += call_ == std::string_view("step") ? "()" : "";
+    if (call_unit_ != npos_unit && call_unit_ < layout_.unit_count())
+      out += detail::concat(" of unit '", layout_.unit_name(call_unit_), "'");
+    if (call_ == std::string_view("step"))
+      out += detail::concat(" (step ", steps_ + 1, ", after ", micro_steps_, " micro-step", micro_steps_ == 1 ? ")" : "s)");
+    else
+      out += detail::concat(" (step ", steps_ + 1, ", ", in_micro_ ? "micro-step " : "after micro-step ",
+                            micro_steps_ + (in_micro_ ? 1 : 0), ")");
+    return out;
+  }
+  void watch_calls() {
+    if constexpr (requires(Comm& c) { c.watch_activity(); }) {
+      comm_.set_collective_timeout(cfg_.step.collective_timeout_s);
+      comm_.set_label("gradient");
+      gather_comm_.set_label("parameter");
+      control_comm_.set_label("control");
+      activity_ = comm_.watch_activity();
+      activity_->self = this;
+      activity_->describe = [](const void* self) { return static_cast<const engine*>(self)->watch_position(); };
+    }
+  }
+
   void tell_peers(const std::string& message) {
     if (comm_.peer_failed() || gather_comm_.peer_failed() || control_comm_.peer_failed()) return;
     comm_.abort_peers(message);
@@ -1130,7 +1182,10 @@ private:
   std::vector<const T*> bases_;
   std::vector<int> reported_;             // gradient parts reported this micro-step, per parameter
   std::vector<buffer<T, Space>> tied_;    // tied parameters (uses > 1): the sum of their parts so far
-  std::vector<owned_slice_ref> owned_;  // the norm pass: whole slices (its sums do not depend on groups)
+  std::vector<owned_slice_ref> owned_;
+  detail::watch_activity* activity_ = nullptr;  ///< the watchdog's record of this rank's call
+  const char* call_ = nullptr;                  ///< the public call this rank is in
+  std::size_t call_unit_ = npos_unit;           ///< its unit (acquire, release)  // the norm pass: whole slices (its sums do not depend on groups)
   std::vector<step_piece> pieces_;      // the fused pass: the same slices in runs of one group
   bool in_micro_ = false;
   bool grads_reduced_ = false;  // this step's gradients are reduced (a retry must not reduce again)
