@@ -211,8 +211,8 @@ struct reduce_scatter {
       if (will_write_) will_write_();
       // (stream-ordered on the GPU; one of the two is empty. On a host space the T shard
       // needs no zeros: the step's first micro-step copies into it.)
+      // fp32 accumulation: the first micro-step's reductions overwrite the fp32 shard.)
       if (shard_.size() && !Ctx::space::host_accessible) ctx_.ops().fill_zero(shard_.data(), shard_.bytes());
-      if (shard32_.size()) ctx_.ops().fill_zero(shard32_.data(), shard32_.bytes());
     }
     const std::vector<bucket_plan>& plans() const { return plans_; }
     /// @brief Call `updated(shard_offset, data, n)` after each block lands in the shard,
@@ -282,7 +282,7 @@ struct reduce_scatter {
         if constexpr (accumulates_fp32) {
           if (ctx_.accum32) {  // the reduction adds into the fp32 shard as it completes
             float* into = shard32_.data() + ctx_.lay.unit(plans_[b].first_unit).shard_offset;
-            in_flight_.push_back({b, ctx_.comm.ireduce_scatter_accumulate(base, into, blk, avg)});
+            in_flight_.push_back({b, ctx_.comm.ireduce_scatter_accumulate(base, into, blk, avg, first_micro_)});
             continue;
           }
         }
@@ -355,8 +355,8 @@ struct reduce_scatter {
     std::function<void(std::size_t, const T*, std::size_t)> listener_;
     std::function<void()> will_write_;
     bool written_ = false;  ///< the shard was written in this micro-step
-    bool fresh_ = true;        ///< host T shard: no micro-step of this step has completed
-    bool first_micro_ = true;  ///< host T shard: this micro-step copies instead of adding
+    bool fresh_ = true;        ///< host T shard / fp32 shard: no micro-step of this step has completed
+    bool first_micro_ = true;  ///< this micro-step writes the shard instead of adding to it
     detail::slice_stats_table stats_;
   };
 };

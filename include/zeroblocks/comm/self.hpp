@@ -84,10 +84,10 @@ public:
   }
   /// @brief `acc[i] += scale * buf[i]` in fp32 (see `comm::mpi`).
   template <class T>
-  request ireduce_scatter_accumulate(T* buf, float* acc, std::size_t count, float scale)
+  request ireduce_scatter_accumulate(T* buf, float* acc, std::size_t count, float scale, bool first = false)
     requires(Space::host_accessible)
   {
-    detail::reduce_blocks_accumulate(buf, count, 1, count, scale, acc);
+    detail::reduce_blocks_accumulate(buf, count, 1, count, scale, acc, first);
     counters_.count_reduce_scatter(count, 1);
     return {};
   }

@@ -79,7 +79,8 @@ public:
       pending.reserve(ctx_.lay.unit_count());
       for (std::size_t u = 0; u < ctx_.lay.unit_count(); ++u)
         pending.push_back(ctx_.comm.ireduce_scatter_accumulate(unit_base(u), acc_slice(u, ctx_.rank()),
-                                                               ctx_.lay.unit(u).slice_numel, avg));
+                                                               ctx_.lay.unit(u).slice_numel, avg,
+                                                               micro_steps_ == 1));  // the step's first
       for (std::size_t u = 0; u < pending.size(); ++u) {
         pending[u].wait();
         note_stats(u);  // this micro-step's sum, just added: in cache
@@ -92,7 +93,8 @@ public:
   void zero() {
     stats_.forget();
     ctx_.ops().fill_zero(grads_.data(), grads_.bytes());  // stream-ordered on the GPU
-    if (acc_.size()) ctx_.ops().fill_zero(acc_.data(), acc_.bytes());
+    // (acc_ needs no zeros: the step's first micro-step writes this rank's slices, and
+    // stage 0's all-gather the others, before anything reads them.)
     micro_steps_ = 0;
   }
   T* unit_base(std::size_t u) { return grads_.data() + ctx_.lay.unit(u).offset; }

@@ -48,12 +48,16 @@ void reduce_blocks(const T* base, std::size_t stride, int nblocks, std::size_t c
 /// @brief acc[i] += scale * sum_{j<nblocks} T2F(base[j*stride + i]) for i < count, in
 /// fp32: the same rank-ordered sum as `reduce_blocks`, added to an fp32 accumulator
 /// instead of rounded to T (fp32 gradient accumulation, `grad_accum_dtype::fp32`).
+/// `first`: the accumulator starts here (`acc[i] = scale * sum`), so it needs no zeroing.
 template <class T>
 void reduce_blocks_accumulate(const T* base, std::size_t stride, int nblocks, std::size_t count, float scale,
-                              float* out) {
+                              float* out, bool first = false) {
   sum_blocks(base, stride, nblocks, count, [&](std::size_t c0, const float* sum, std::size_t n) {
     float* o = out + c0;
-    for (std::size_t i = 0; i < n; ++i) o[i] += sum[i] * scale;
+    if (first)
+      for (std::size_t i = 0; i < n; ++i) o[i] = sum[i] * scale;
+    else
+      for (std::size_t i = 0; i < n; ++i) o[i] += sum[i] * scale;
   });
 }
 
