@@ -187,7 +187,7 @@ public:
   /// collectives between calls (MPI_THREAD_MULTIPLE, see detail/mpi_progress.hpp).
   bool async_progress() const { return progress_ != nullptr; }
   /// @brief True once a peer aborted (or this rank did); collectives then throw.
-  bool failed() const { return (abort_ && abort_->failed()) || (watchdog_ && watchdog_->verdict()); }
+  bool failed() const { return (abort_ && abort_->failed()) || (watchdog_ && watchdog_->decided()); }
   /// @brief True when the failure came from another rank (it told everyone already).
   bool peer_failed() const { return abort_ && abort_->peer_failed(); }
 
@@ -247,11 +247,12 @@ public:
   /// @brief Reduce-scatter added to an fp32 accumulator: `acc[i] += scale * sum_j
   /// buf_j[rank][i]`, the same rank-ordered fp32 sum as `ireduce_scatter`, never rounded
   /// to T. T travels as T (16 bits on the wire for 16-bit T); counted as a reduce-scatter.
+  /// `first`: `acc[i] = scale * sum` (the accumulator starts here and needs no zeroing).
   template <class T>
-  request ireduce_scatter_accumulate(T* buf, float* acc, std::size_t count, float scale) {
+  request ireduce_scatter_accumulate(T* buf, float* acc, std::size_t count, float scale, bool first = false) {
     const int nb = size_;
-    return exchange_then(buf, count, [buf, acc, count, scale, nb] {
-      detail::reduce_blocks_accumulate(buf, count, nb, count, scale, acc);
+    return exchange_then(buf, count, [buf, acc, count, scale, nb, first] {
+      detail::reduce_blocks_accumulate(buf, count, nb, count, scale, acc, first);
     });
   }
 
@@ -324,7 +325,7 @@ public:
   void abort_peers(const std::string& message) {
     // Nothing to send if we already sent, or if a peer's failure is what we are
     // reporting (the channel checks both).
-    if (watchdog_ && watchdog_->verdict()) return;  // every rank raises the verdict already
+    if (watchdog_ && watchdog_->decided()) return;  // every rank raises the verdict already
     if (abort_) abort_->send(message);
   }
 

@@ -273,7 +273,7 @@ public:
     // A peer failed while collectives were in flight: they may still land in our
     // buffers, so those must outlive us (see memory_tracker::quarantine).
     if (comm_.failed() || gather_comm_.failed() || control_comm_.failed()) tracker_.quarantine();
-    if (activity_) *activity_ = {};  // the watchdog may outlive this engine
+    if (activity_) activity_->clear();  // the watchdog may outlive this engine
   }
 
   // ---- model --------------------------------------------------------------------
@@ -1019,12 +1019,12 @@ private:
       in_call(engine& en, const char* c, std::size_t u) : e(en), call(en.call_), unit(en.call_unit_) {
         e.call_ = c;
         e.call_unit_ = u;
-        if (e.activity_) e.activity_->call = c;
+        if (e.activity_) e.activity_->call.store(c, std::memory_order_relaxed);
       }
       ~in_call() {
         e.call_ = call;
         e.call_unit_ = unit;
-        if (e.activity_) e.activity_->call = call;
+        if (e.activity_) e.activity_->call.store(call, std::memory_order_relaxed);
       }
     } scope(*this, call, unit);
     try {

@@ -16,11 +16,13 @@
 #include "../../core/error.hpp"
 #include "watchdog.hpp"
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <source_location>
@@ -79,13 +81,17 @@ public:
   /// @brief What the engine is doing (set at each of its calls; read in an incident).
   watch_activity activity;
 
-  /// @brief The verdict, once an incident ended (the communicators are then unusable).
-  const std::optional<std::string>& verdict() const { return verdict_; }
+  /// @brief Whether an incident ended in a verdict (the communicators are then unusable).
+  bool decided() const { return decided_.load(std::memory_order_acquire); }
 
   /// @brief In a wait's polling loop: start an incident when this wait, begun at
   /// `started`, exceeded the timeout; take part in one that started. Throws the verdict.
+  /// Thread-safe (an `async_saver`'s thread waits on a dup too): one thread at a time
+  /// does the watchdog's work, the others skip their turn.
   void watch(clock::time_point started, const std::function<std::string()>& waiting_for) {
-    if (verdict_) raise();
+    if (decided_.load(std::memory_order_acquire)) raise();
+    std::unique_lock lock(m_, std::try_to_lock);
+    if (!lock) return;
     const auto now = clock::now();
     if (now < next_poll_) return;
     next_poll_ = now + std::chrono::milliseconds(1);
@@ -97,18 +103,26 @@ public:
   /// @brief Before a collective starts (and on the engine's calls): raise the verdict of
   /// an incident, or take part in one that started while this rank was elsewhere.
   void check(const std::function<std::string()>& about_to) {
-    if (verdict_) raise();
-    const auto now = clock::now();
-    if (now < next_check_) return;
-    next_check_ = now + std::chrono::microseconds(100);
-    receive();
-    if (!incident_) return;
+    if (decided_.load(std::memory_order_acquire)) raise();
+    {
+      std::unique_lock lock(m_, std::try_to_lock);
+      if (!lock) return;
+      const auto now = clock::now();
+      if (now < next_check_) return;
+      next_check_ = now + std::chrono::microseconds(100);
+      receive();
+      if (!incident_) return;
+    }
     // An incident started while this rank was outside the library: answer and wait for
     // the verdict here (the incident ends within the leader's grace).
     for (unsigned spins = 0;; ++spins) {
-      take_part(about_to);
+      if (decided_.load(std::memory_order_acquire)) raise();
+      {
+        std::lock_guard lock(m_);
+        take_part(about_to);
+        receive();
+      }
       if (spins > 64) sched_yield();
-      receive();
     }
   }
 
@@ -124,7 +138,7 @@ private:
   }
   /// Answer once, then (leader) decide or (others) wait for the verdict.
   void take_part(const std::function<std::string()>& waiting_for) {
-    if (verdict_) raise();
+    if (verdict_) raise_locked();
     if (!answered_) {
       answered_ = true;
       const std::string mine = position(waiting_for);
@@ -136,15 +150,15 @@ private:
     std::size_t have = 0;
     for (const auto& p : positions_) have += p.has_value();
     if (leader_ == rank_ && (have == positions_.size() || in > grace())) {
-      verdict_ = watchdog_verdict(timeout_, grace(), initiator_, positions_);
+      decide(watchdog_verdict(timeout_, grace(), initiator_, positions_));
       send('V', *verdict_);
-      raise();
+      raise_locked();
     }
     // The leader stopped too (it cannot send a verdict): decide alone, later.
     if (leader_ != rank_ && in > 4 * grace() + 5.0) {
-      verdict_ = watchdog_verdict(timeout_, grace(), initiator_, positions_) +
-                 concat(" (rank ", leader_, " was to send the verdict and did not; this is rank ", rank_, "'s)");
-      raise();
+      decide(watchdog_verdict(timeout_, grace(), initiator_, positions_) +
+             concat(" (rank ", leader_, " was to send the verdict and did not; this is rank ", rank_, "'s)"));
+      raise_locked();
     }
   }
   std::string position(const std::function<std::string()>& waiting_for) const {
@@ -166,7 +180,7 @@ private:
       if (nonce != nonce_) continue;  // for an earlier channel on a reused context id
       const int from = st.MPI_SOURCE;
       if (kind == 'V') {
-        if (!verdict_) verdict_ = text;
+        if (!verdict_) decide(text);
         incident_ = true;
         continue;
       }
@@ -180,8 +194,16 @@ private:
       leader_ = std::min(leader_, from);  // the lowest rank that answered decides
     }
   }
+  void decide(std::string verdict) {
+    verdict_ = std::move(verdict);
+    decided_.store(true, std::memory_order_release);
+  }
   /// The same text and location on every rank.
-  [[noreturn]] void raise() const {
+  [[noreturn]] void raise() {
+    std::lock_guard lock(m_);
+    raise_locked();
+  }
+  [[noreturn]] void raise_locked() const {
     throw collective_error(*verdict_, location_string(std::source_location::current()));
   }
 
@@ -213,7 +235,9 @@ private:
   int leader_ = 1 << 30, initiator_ = -1;
   clock::time_point entered_{}, next_poll_{}, next_check_{};
   std::vector<std::optional<std::string>> positions_;
-  std::optional<std::string> verdict_;
+  std::optional<std::string> verdict_;  ///< written once, before decided_
+  std::atomic<bool> decided_{false};
+  std::mutex m_;  ///< the state above (a dup may be waited on from another thread)
 };
 
 }  // namespace detail

@@ -27,6 +27,7 @@
 #include "../../core/error.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <map>
 #include <optional>
 #include <string>
@@ -38,12 +39,19 @@ namespace detail {
 /// @brief What the engine (or any user of a communicator) is doing, for the watchdog's
 /// reports: set at each call, formatted only when an incident needs it.
 struct watch_activity {
-  const char* call = nullptr;  ///< e.g. "acquire"; nullptr: not inside an engine call
+  /// e.g. "acquire"; nullptr: not inside an engine call. Atomic: the engine's thread
+  /// sets it, a thread waiting on a dup (an `async_saver`) may read it in an incident.
+  std::atomic<const char*> call{nullptr};
   std::string (*describe)(const void* self) = nullptr;  ///< more detail (unit, step, …)
-  const void* self = nullptr;
+  const void* self = nullptr;  ///< set once by the engine, before any other thread waits
   std::string text() const {
-    if (!call) return "outside any engine call";
-    return describe ? describe(self) : std::string(call);
+    if (!call.load(std::memory_order_relaxed)) return "outside any engine call";
+    return describe ? describe(self) : std::string(call.load(std::memory_order_relaxed));
+  }
+  void clear() {
+    call.store(nullptr, std::memory_order_relaxed);
+    describe = nullptr;
+    self = nullptr;
   }
 };
 
