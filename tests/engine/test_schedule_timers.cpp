@@ -14,7 +14,10 @@
 
 #include <zeroblocks/optim/schedule.hpp>
 
+#include <zeroblocks/master/swapped.hpp>
+
 #include <cmath>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -114,11 +117,34 @@ TEST_CASE_TEMPLATE("timers: steps, micro-steps and phases add up; off they stay 
   CHECK(on.fused_s > 0.0);
   CHECK(on.reduce_s + on.norm_s + on.fused_s + on.publish_s <= on.step_s);
   CHECK(on.engine_s() >= on.step_s);
+  CHECK(on.tier_io_s == 0.0);  // no tier
   // Off: nothing timed (the counts still run).
   CHECK(off.step_s == 0.0);
   CHECK(off.acquire_s == 0.0);
   CHECK(off.fused_s == 0.0);
   CHECK(off.steps == 3);
+}
+
+TEST_CASE("timers: an NVMe tier's I/O waits are a part of the fused phase") {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::path(ZB_SWAP_TEST_DIR) / "timers-tier";
+  fs::create_directories(dir);
+  using E = zb::stage2_nvme<S, zb::bfloat16, zb::swap::posix>;
+  zbt::synthetic_model model(64, false);
+  zbt::run_options o;
+  auto cfg = zbt::config_for<E>(o);
+  cfg.master.swap.paths = {dir.string()};
+  E eng(model.reg, S{}, cfg);
+  eng.enable_timers(true);
+  zbt::init_params(eng, model);
+  for (int s = 0; s < 3; ++s) {
+    zbt::run_micro_steps(eng, model, o, s);
+    eng.step();
+  }
+  const auto t = eng.take_timers();
+  CHECK(t.tier_io_s > 0.0);
+  CHECK(t.tier_io_s <= t.fused_s);
+  CHECK(has(zb::throughput_line(3, t, 1.0, 1.0), " | tier I/O wait "));
 }
 
 TEST_CASE("throughput_line: samples/s and TFLOP/s from the step count and the wall clock") {
@@ -133,4 +159,7 @@ TEST_CASE("throughput_line: samples/s and TFLOP/s from the step count and the wa
   CHECK(has(line, "wall 200.00, engine 60.00 (acquire 10.00,"));   // ms per step
   CHECK(has(line, "step 50.00 = reduce 0.00 + norm 0.00 + fused 25.00 + publish 0.00)"));
   CHECK_FALSE(has(zb::throughput_line(1, t, 2.0, 8.0), "TFLOP/s"));
+  CHECK_FALSE(has(line, "tier I/O"));  // only with a tier
+  t.tier_io_s = 0.125;
+  CHECK(has(zb::throughput_line(40, t, 2.0, 8.0), "publish 0.00) | tier I/O wait 12.50 of fused"));
 }

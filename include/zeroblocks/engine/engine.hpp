@@ -702,7 +702,9 @@ private:
       std::string problem;
       try {
         scoped_timer tm(timing_, timers_.fused_s);
+        const double io0 = tier_io_wait();
         master_->apply(slices, args);
+        if (timing_) timers_.tier_io_s += tier_io_wait() - io0;
       } catch (const error& e) {
         problem = e.reason();
       } catch (const std::exception& e) {
@@ -1035,6 +1037,11 @@ private:
       tell_peers(e.what());
       throw;
     }
+  }
+  /// Seconds the master's steps waited for tier I/O so far (0 without a tier).
+  double tier_io_wait() const {
+    if constexpr (requires { master_->stats().io_wait_s; }) return master_->stats().io_wait_s;
+    else return 0.0;
   }
   static constexpr std::size_t npos_unit = static_cast<std::size_t>(-1);
   /// Where this rank is, for the collective watchdog (identical text on ranks in the

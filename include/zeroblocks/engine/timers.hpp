@@ -9,7 +9,8 @@
  * on the way), end_micro_step (waiting for a micro-step's reductions still in flight),
  * and the step's phases: the boundary reduction (stages 0/1), the norm pass with its
  * agreement, the fused optimizer pass (with an NVMe tier's reads and writes, which it
- * pipelines) and publishing the parameters (the stage 1/2 all-gather). `take_timers()`
+ * pipelines; `tier_io_s` is the part of it spent waiting for the tier's reads and
+ * writes) and publishing the parameters (the stage 1/2 all-gather). `take_timers()`
  * hands out what was summed since the last call and starts over.
  *
  * Off (the default) the engine only tests a flag per call; `bench/timers_overhead.cpp`
@@ -39,6 +40,7 @@ struct step_timers {
   double norm_s = 0;        ///< step: sum of squares, non-finite check, their agreement
   double fused_s = 0;       ///< step: the fused optimizer pass (with NVMe tier I/O)
   double publish_s = 0;     ///< step: parameters made current (stage 1/2 all-gather)
+  double tier_io_s = 0;     ///< step: of `fused_s`, waiting for the NVMe tier's I/O (master::swapped)
   double step_s = 0;        ///< step(): the whole call
   long steps = 0;           ///< step() calls summed here
   long micro_steps = 0;     ///< end_micro_step() calls summed here
@@ -83,7 +85,12 @@ inline std::string throughput_line(long step, const step_timers& t, double wall_
                   "reduce %.2f + norm %.2f + fused %.2f + publish %.2f)",
                   ms(wall_s), ms(t.engine_s()), ms(t.acquire_s), ms(t.grad_ready_s), ms(t.micro_end_s),
                   ms(t.step_s), ms(t.reduce_s), ms(t.norm_s), ms(t.fused_s), ms(t.publish_s));
-  return buf;
+  std::string line = buf;
+  if (t.tier_io_s > 0) {  // an NVMe tier: how much of the fused pass waited for the disk
+    std::snprintf(buf, sizeof buf, " | tier I/O wait %.2f of fused", ms(t.tier_io_s));
+    line += buf;
+  }
+  return line;
 }
 
 ZB_NAMESPACE_END

@@ -53,6 +53,7 @@
 #include "master.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -73,6 +74,7 @@ struct swapped_stats {
   std::size_t file_bytes = 0;          ///< the tier's logical file space (two slots)
   bool params_on_tier = false;         ///< the 16-bit parameter shard lives here too
   std::uint64_t param_payload_written = 0;  ///< 16-bit parameter bytes the steps wrote
+  double io_wait_s = 0;                ///< seconds the steps' pipelines waited for the tier's I/O
 };
 
 /// @brief Knobs of `master::swapped` (`cfg.master`; DeepSpeed names in brackets).
@@ -245,7 +247,7 @@ struct swapped {
         for (std::size_t j = 0; j + 1 < nb && j < g_; ++j) rt[j] = read_record(from, j, pool_.data(static_cast<int>(j)));
         for (std::size_t g = 0; g < g_; ++g) {
           const std::size_t b = g % nb;
-          io_.wait(rt[b]);
+          wait_io(rt[b]);
           compute(g, static_cast<int>(b), a);
           wt[b] = io_.write(offset_of(to, g), pool_.data(static_cast<int>(b)), record_bytes * numel_of(g));
           stats_.payload_written += record_bytes * numel_of(g);
@@ -257,13 +259,13 @@ struct swapped {
           // The buffer of sub-group g-1 is next: once its writes have landed, read ahead into it.
           if (const std::size_t j = g + nb - 1; j < g_) {
             const std::size_t bj = j % nb;
-            io_.wait(wt[bj]);
-            io_.wait(pt[bj]);
+            wait_io(wt[bj]);
+            wait_io(pt[bj]);
             rt[bj] = read_record(from, j, pool_.data(static_cast<int>(bj)));
           }
         }
-        for (auto& t : wt) io_.wait(t);
-        for (auto& t : pt) io_.wait(t);
+        for (auto& t : wt) wait_io(t);
+        for (auto& t : pt) wait_io(t);
       } catch (...) {
         for (auto& t : rt) t.settle();  // the kernel may still write these buffers
         for (auto& t : wt) t.settle();
@@ -375,6 +377,13 @@ struct swapped {
     std::size_t cached_ = npos;
     bool dirty_ = false;
     swapped_stats stats_;
+    /// A wait of the step's pipeline, timed into `stats_.io_wait_s` (the engine's
+    /// `step_timers::tier_io_s`).
+    void wait_io(swap_ticket& t) {
+      const auto t0 = std::chrono::steady_clock::now();
+      io_.wait(t);
+      stats_.io_wait_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    }
   };
 };
 
