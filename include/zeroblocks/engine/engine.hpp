@@ -1047,11 +1047,12 @@ private:
   /// Where this rank is, for the collective watchdog (identical text on ranks in the
   /// same place: nothing rank-specific).
   std::string watch_position() const {
+    const bool in_step = call_ && std::string_view(call_) == "step";
     std::string out = call_ ? std::string(call_) : std::string("?");
-    out += call_ == std::string_view("step") ? "()" : "";
+    out += in_step ? "()" : "";
     if (call_unit_ != npos_unit && call_unit_ < layout_.unit_count())
       out += detail::concat(" of unit '", layout_.unit_name(call_unit_), "'");
-    if (call_ == std::string_view("step"))
+    if (in_step)
       out += detail::concat(" (step ", steps_ + 1, ", after ", micro_steps_, " micro-step", micro_steps_ == 1 ? ")" : "s)");
     else
       out += detail::concat(" (step ", steps_ + 1, ", ", in_micro_ ? "micro-step " : "after micro-step ",
