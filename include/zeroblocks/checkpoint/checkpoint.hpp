@@ -82,6 +82,7 @@
 #include "../core/config.hpp"
 #include "../core/error.hpp"
 #include "../engine/engine.hpp"
+#include "format.hpp"
 
 #include <nlohmann/json.hpp>
 #include <xxhash.h>
@@ -113,9 +114,6 @@
 ZB_NAMESPACE_BEGIN
 namespace checkpoint {
 
-/// @brief The format this code writes; it reads this version and older.
-inline constexpr int format_version = 1;
-
 /// @brief How `save` writes.
 struct save_options {
   /// The checkpoint's directory name under `dir`; empty: `step-<steps>`.
@@ -130,15 +128,7 @@ struct save_options {
 
 namespace detail {
 
-using json = nlohmann::json;
 namespace fs = std::filesystem;
-using ::zeroblocks::detail::concat;
-
-inline std::string hex64(std::uint64_t v) {
-  char b[17];
-  std::snprintf(b, sizeof b, "%016llx", static_cast<unsigned long long>(v));
-  return b;
-}
 
 /// fsync a path (file or directory); errors throw naming it.
 inline void fsync_path(const fs::path& p, bool directory) {
@@ -267,12 +257,6 @@ private:
   std::vector<std::uint64_t> blocks_;
 };
 
-inline std::string rank_file_name(int r) {
-  char b[32];
-  std::snprintf(b, sizeof b, "rank-%05d.bin", r);
-  return b;
-}
-
 /// Names of complete checkpoints under `dir` with their step, oldest first.
 inline std::vector<std::pair<long, std::string>> complete_checkpoints(const fs::path& dir) {
   std::vector<std::pair<long, std::string>> out;
@@ -282,8 +266,8 @@ inline std::vector<std::pair<long, std::string>> complete_checkpoints(const fs::
     const auto m = e.path() / "manifest.json";
     if (!fs::exists(m)) continue;
     try {
-      const auto j = json::parse(read_text(m));
-      out.emplace_back(j.at("run").at("steps").get<long>(), e.path().filename().string());
+      out.emplace_back(static_cast<long>(read_manifest(read_text(m), m.string(), "checkpoint").steps),
+                       e.path().filename().string());
     } catch (const std::exception&) {
       // not ours, or unreadable: left alone
     }
@@ -324,45 +308,23 @@ private:
 };
 
 /// Open a rank file (a manifest `files` entry) under `cdir` and check its size.
-inline fd_guard open_rank_file(const fs::path& p, const json& f, const char* who) {
+inline fd_guard open_rank_file(const fs::path& p, const manifest::rank_file& f, const char* who) {
   fd_guard fd{::open(p.c_str(), O_RDONLY | O_CLOEXEC)};
   ZB_REQUIRE(fd.fd >= 0, who, ": cannot open ", p.string(), ": ", std::strerror(errno));
   struct stat st {};
   ZB_REQUIRE(::fstat(fd.fd, &st) == 0, who, ": cannot stat ", p.string());
-  const std::uint64_t bytes = f.at("bytes").get<std::uint64_t>();
-  ZB_REQUIRE(static_cast<std::uint64_t>(st.st_size) == bytes, who, ": ", p.string(), " has ", st.st_size,
-             " bytes; the manifest says ", bytes, " (truncated or replaced)");
+  ZB_REQUIRE(static_cast<std::uint64_t>(st.st_size) == f.bytes, who, ": ", p.string(), " has ", st.st_size,
+             " bytes; the manifest says ", f.bytes, " (truncated or replaced)");
   return fd;
-}
-
-/// Check a rank file's checksum block by block: `block_at(off, n)` gives the file's
-/// bytes `[off, off + n)`; an error names the file and the bad byte range. The blocks
-/// cover every byte, so one hash pass suffices: the whole-file `xxh3` (for tools that
-/// check a file alone) is not recomputed.
-template <class BlockAt>
-void verify_blocks(const fs::path& p, const json& f, const char* who, BlockAt&& block_at) {
-  const std::uint64_t bytes = f.at("bytes").get<std::uint64_t>();
-  const std::size_t block = f.at("block_bytes").get<std::size_t>();
-  ZB_REQUIRE(block >= 1, who, ": ", p.string(), ": block_bytes must be >= 1");
-  const auto& blocks = f.at("blocks");
-  ZB_REQUIRE(blocks.is_array() && blocks.size() == (bytes + block - 1) / block, who, ": ", p.string(), " has ",
-             (bytes + block - 1) / block, " blocks of ", block, " bytes but the manifest lists ",
-             blocks.is_array() ? blocks.size() : 0, " checksums");
-  std::size_t b = 0;
-  for (std::uint64_t off = 0; off < bytes; off += block, ++b) {
-    const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(block, bytes - off));
-    ZB_REQUIRE(hex64(XXH3_64bits(block_at(off, n), n)) == blocks[b].get<std::string>(), who, ": ", p.string(),
-               " is corrupt: bytes [", off, ", ", off + n, ") do not match their checksum");
-  }
 }
 
 /// Check a rank file (a manifest `files` entry) under `cdir`: its size, then its
 /// checksum block by block, read a block at a time (memory: one block).
-inline void verify_file(const fs::path& cdir, const json& f, const char* who) {
-  const fs::path p = cdir / f.at("file").get<std::string>();
+inline void verify_file(const fs::path& cdir, const manifest::rank_file& f, const char* who) {
+  const fs::path p = cdir / f.file;
   auto fd = open_rank_file(p, f, who);
   std::vector<char> buf;
-  verify_blocks(p, f, who, [&](std::uint64_t off, std::size_t n) {
+  verify_blocks(p.string(), f, who, [&](std::uint64_t off, std::size_t n) {
     buf.resize(n);
     read_at(fd.fd, buf.data(), n, off, p);
     return buf.data();
@@ -371,28 +333,18 @@ inline void verify_file(const fs::path& cdir, const json& f, const char* who) {
 
 /// Check a rank file as `verify_file` does, reading it once through a mapping that is
 /// returned: the load copies from the page cache instead of reading the file again.
-inline mapped_file map_verified_file(const fs::path& cdir, const json& f, const char* who) {
-  const fs::path p = cdir / f.at("file").get<std::string>();
+inline mapped_file map_verified_file(const fs::path& cdir, const manifest::rank_file& f, const char* who) {
+  const fs::path p = cdir / f.file;
   auto fd = open_rank_file(p, f, who);
-  mapped_file m(fd.fd, static_cast<std::size_t>(f.at("bytes").get<std::uint64_t>()), p, who);
-  verify_blocks(p, f, who, [&](std::uint64_t off, std::size_t) { return m.data() + off; });
+  mapped_file m(fd.fd, static_cast<std::size_t>(f.bytes), p, who);
+  verify_blocks(p.string(), f, who, [&](std::uint64_t off, std::size_t) { return m.data() + off; });
   return m;
 }
 
-/// Parse and check a manifest's format and version.
-inline json parse_manifest(const std::string& text, const fs::path& where, const char* who) {
-  json m;
-  try {
-    m = json::parse(text);
-  } catch (const std::exception& e) {
-    ZB_FAIL(who, ": ", where.string(), " is not valid JSON: ", e.what());
-  }
-  ZB_REQUIRE(m.is_object() && m.value("format", "") == "zeroblocks-checkpoint", who, ": ", where.string(),
-             " is not a zeroblocks checkpoint manifest");
-  const int v = m.value("format_version", -1);
-  ZB_REQUIRE(v >= 1 && v <= format_version, who, ": ", where.string(), " has format version ", v,
-             "; this zeroblocks reads versions 1 to ", format_version, " (a newer zeroblocks wrote it?)");
-  return m;
+/// Read a checkpoint's manifest file and check it (`read_manifest`).
+inline manifest manifest_at(const fs::path& cdir, const char* who) {
+  const fs::path p = cdir / "manifest.json";
+  return read_manifest(read_text(p, who), p.string(), who);
 }
 
 }  // namespace detail
@@ -688,48 +640,31 @@ void load(Engine& eng, const std::string& dir, std::string name = {}) {
   text = detail::from_rank0(comm, text);
   name = detail::from_rank0(comm, name);
   const fs::path cdir = fs::path(dir) / name;
-  json m;
+  const auto where = (cdir / "manifest.json").string();
+  manifest m;
   std::map<std::size_t, std::vector<std::array<std::uint64_t, 4>>> by_param;  // param -> {begin, count, file, offset}
-  std::vector<json> files;
   detail::on_every_rank(comm, [&] {
     ZB_REQUIRE(eng.micro_steps_pending() == 0, "checkpoint::load: load between steps (after step())");
-    m = detail::parse_manifest(text, cdir / "manifest.json", "checkpoint::load");
-    const auto where = (cdir / "manifest.json").string();
-    const auto& opt = m.at("optimizer");
-    ZB_REQUIRE(opt.at("name").get<std::string>() == Engine::optimizer_type::name &&
-                   opt.at("state_arrays").get<int>() == Engine::state_arrays,
-               "checkpoint::load: ", where, " holds the state of optimizer '", opt.at("name").get<std::string>(),
-               "' (", opt.at("state_arrays").get<int>(), " arrays); this engine runs '", Engine::optimizer_type::name,
-               "' (", Engine::state_arrays, ")");
-    const auto& reg = m.at("registry");
+    m = read_manifest(text, where, "checkpoint::load");
+    ZB_REQUIRE(m.optimizer == Engine::optimizer_type::name && m.state_arrays == Engine::state_arrays,
+               "checkpoint::load: ", where, " holds the state of optimizer '", m.optimizer, "' (", m.state_arrays,
+               " arrays); this engine runs '", Engine::optimizer_type::name, "' (", Engine::state_arrays, ")");
     const std::size_t np = eng.model_layout().param_count();
-    for (std::size_t p = 0; p < std::max<std::size_t>(np, reg.size()); ++p) {
+    for (std::size_t p = 0; p < std::max<std::size_t>(np, m.registry.size()); ++p) {
       const std::string here = p < np ? eng.param_description(p) : "<nothing>";
-      const std::string there = p < reg.size() ? reg[p].at("describe").get<std::string>() : "<nothing>";
+      const std::string there = p < m.registry.size() ? m.registry[p].describe : "<nothing>";
       ZB_REQUIRE(here == there, "checkpoint::load: ", where, " is of another model: parameter #", p, " is ", there,
                  " in the checkpoint but ", here, " in this engine");
+      ZB_REQUIRE(m.registry[p].numel == eng.model_layout().param(p).numel, "checkpoint::load: ", where,
+                 ": parameter #", p, " ", here, " has ", m.registry[p].numel, " elements in the checkpoint but ",
+                 eng.model_layout().param(p).numel, " in this engine");
     }
-    for (const auto& f : m.at("files")) {
-      const std::size_t fi = files.size();
-      files.push_back(f);
-      const std::uint64_t fbytes = f.at("bytes").get<std::uint64_t>();
-      for (const auto& s : f.at("segments")) {
-        const std::size_t param = s.at(0).get<std::size_t>();
-        const std::uint64_t begin = s.at(1).get<std::uint64_t>(), count = s.at(2).get<std::uint64_t>(),
-                            offset = s.at(3).get<std::uint64_t>();
-        // Inside the file and the parameter (the load reads these ranges through a mapping).
-        const std::uint64_t run = 4 * static_cast<std::uint64_t>(Engine::state_arrays);
-        ZB_REQUIRE(param < np && count <= fbytes / run && offset <= fbytes - count * run &&
-                       begin <= eng.model_layout().param(param).numel &&
-                       count <= eng.model_layout().param(param).numel - begin,
-                   "checkpoint::load: ", where, ": a segment of ", f.at("file").get<std::string>(), " ([", param, ", ",
-                   begin, ", ", count, ", ", offset, "]) lies outside its file or its parameter");
-        by_param[param].push_back({begin, count, fi, offset});
-      }
-    }
-    ZB_REQUIRE(static_cast<int>(files.size()) == m.at("world").get<int>(), "checkpoint::load: ", where, " lists ",
-               files.size(), " rank files for ", m.at("world").get<int>(), " ranks");
+    // read_manifest checked each segment against its file and the checkpoint's
+    // parameter, which is this engine's (same description and size).
+    for (std::size_t fi = 0; fi < m.files.size(); ++fi)
+      for (const auto& s : m.files[fi].segments) by_param[s.param].push_back({s.begin, s.count, fi, s.offset});
   });
+  const auto& files = m.files;
 
   // The files this rank reads: each checked whole (size, then checksum block by block).
   const auto segments = eng.load_segments();
@@ -746,7 +681,7 @@ void load(Engine& eng, const std::string& dir, std::string name = {}) {
         const std::uint64_t hi = std::min<std::uint64_t>(s.begin + s.count, c[0] + c[1]);
         if (hi > lo) covered += hi - lo;
       }
-      ZB_REQUIRE(covered == s.count, "checkpoint::load: ", (cdir / "manifest.json").string(), " covers ", covered,
+      ZB_REQUIRE(covered == s.count, "checkpoint::load: ", where, " covers ", covered,
                  " of the ", s.count, " elements [", s.begin, ", ", s.begin + s.count, ") of parameter ",
                  eng.param_description(s.param));
     }
@@ -792,11 +727,10 @@ void load(Engine& eng, const std::string& dir, std::string name = {}) {
   });
   eng.state_loaded();
   typename Engine::run_state rs;
-  const auto& run = m.at("run");
-  rs.steps = run.at("steps").get<long>();
-  rs.skipped = run.at("skipped").get<std::uint64_t>();
-  rs.lr = run.at("lr").get<float>();
-  for (const auto& [k, v] : run.at("scaler").items()) rs.scaler.emplace_back(k, v.template get<double>());
+  rs.steps = static_cast<long>(m.steps);
+  rs.skipped = m.skipped;
+  rs.lr = static_cast<float>(m.lr);
+  rs.scaler = m.scaler;
   detail::on_every_rank(comm, [&] { eng.set_run_state(rs); });
 }
 
@@ -828,18 +762,15 @@ inline void export_safetensors(const std::string& dir, std::string name, const s
              o.dtype, "' is not fp32, bf16 or fp16");
   ZB_REQUIRE(o.chunk_numel >= 1, "checkpoint::export_safetensors: chunk_numel must be >= 1");
   const fs::path cdir = fs::path(dir) / name;
-  const auto m = detail::parse_manifest(detail::read_text(cdir / "manifest.json", "checkpoint::export_safetensors"),
-                                        cdir / "manifest.json", "checkpoint::export_safetensors");
-  const auto& files = m.at("files");
+  const auto m = detail::manifest_at(cdir, "checkpoint::export_safetensors");
+  const auto& files = m.files;
   for (const auto& f : files) detail::verify_file(cdir, f, "checkpoint::export_safetensors");
-  const int arrays = m.at("optimizer").at("state_arrays").get<int>();
-  const auto& reg = m.at("registry");
+  const int arrays = m.state_arrays;
+  const auto& reg = m.registry;
   // Where each parameter's elements are: {begin, count, file, offset}, by begin.
   std::vector<std::vector<std::array<std::uint64_t, 4>>> where(reg.size());
   for (std::size_t fi = 0; fi < files.size(); ++fi)
-    for (const auto& s : files[fi].at("segments"))
-      where.at(s.at(0).get<std::size_t>())
-          .push_back({s.at(1).get<std::uint64_t>(), s.at(2).get<std::uint64_t>(), fi, s.at(3).get<std::uint64_t>()});
+    for (const auto& s : files[fi].segments) where[s.param].push_back({s.begin, s.count, fi, s.offset});
   for (auto& w : where) std::sort(w.begin(), w.end());
 
   const std::size_t psize = o.dtype == "fp32" ? 4 : 2;
@@ -856,18 +787,15 @@ inline void export_safetensors(const std::string& dir, std::string name, const s
   ojson header;
   header["__metadata__"] = {{"format", "zeroblocks"},
                             {"checkpoint", name},
-                            {"steps", std::to_string(m.at("run").at("steps").get<long>())},
-                            {"optimizer", m.at("optimizer").at("name").get<std::string>()}};
+                            {"steps", std::to_string(m.steps)},
+                            {"optimizer", m.optimizer}};
   std::uint64_t at = 0;
   for (const auto& t : order) {
     const auto& r = reg[t.param];
-    std::uint64_t numel = 1;
-    for (auto d : r.at("shape")) numel *= d.get<std::uint64_t>();
-    const std::uint64_t bytes = numel * (t.array == 0 ? psize : 4);
-    const std::string key = t.array == 0 ? r.at("name").get<std::string>()
-                                         : detail::concat("optimizer.", r.at("name").get<std::string>(), ".", t.array - 1);
+    const std::uint64_t bytes = r.numel * (t.array == 0 ? psize : 4);
+    const std::string key = t.array == 0 ? r.name : detail::concat("optimizer.", r.name, ".", t.array - 1);
     ZB_REQUIRE(!header.contains(key), "checkpoint::export_safetensors: two tensors named '", key, "'");
-    header[key] = {{"dtype", t.array == 0 ? pdtype : "F32"}, {"shape", r.at("shape")}, {"data_offsets", {at, at + bytes}}};
+    header[key] = {{"dtype", t.array == 0 ? pdtype : "F32"}, {"shape", r.shape}, {"data_offsets", {at, at + bytes}}};
     at += bytes;
   }
   std::string h = header.dump();
@@ -887,8 +815,8 @@ inline void export_safetensors(const std::string& dir, std::string name, const s
     std::uint64_t next = 0;  // elements of this parameter written so far
     for (const auto& c : where[t.param]) {
       ZB_REQUIRE(c[0] == next, "checkpoint::export_safetensors: ", (cdir / "manifest.json").string(),
-                 " does not cover parameter '", reg[t.param].at("name").get<std::string>(), "' from element ", next);
-      const fs::path p = cdir / files[c[2]].at("file").get<std::string>();
+                 " does not cover parameter '", reg[t.param].name, "' from element ", next);
+      const fs::path p = cdir / files[c[2]].file;
       if (fds[c[2]].fd < 0) fds[c[2]].fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
       ZB_REQUIRE(fds[c[2]].fd >= 0, "checkpoint::export_safetensors: cannot open ", p.string());
       for (std::uint64_t done = 0; done < c[1];) {
@@ -910,10 +838,8 @@ inline void export_safetensors(const std::string& dir, std::string name, const s
       }
       next += c[1];
     }
-    std::uint64_t numel = 1;
-    for (auto d : reg[t.param].at("shape")) numel *= d.get<std::uint64_t>();
-    ZB_REQUIRE(next == numel, "checkpoint::export_safetensors: ", (cdir / "manifest.json").string(), " covers ", next,
-               " of the ", numel, " elements of parameter '", reg[t.param].at("name").get<std::string>(), "'");
+    ZB_REQUIRE(next == reg[t.param].numel, "checkpoint::export_safetensors: ", (cdir / "manifest.json").string(),
+               " covers ", next, " of the ", reg[t.param].numel, " elements of parameter '", reg[t.param].name, "'");
   }
   ZB_REQUIRE(::fsync(w.fd) == 0, "checkpoint::export_safetensors: fsync of ", tmp.string(), " failed: ",
              std::strerror(errno));
@@ -969,7 +895,7 @@ void import_safetensors(Engine& eng, const std::string& path, const name_map& ma
     std::uint64_t begin = 0;
   };
   std::vector<tensor_ref> tensors(eng.registry().size());
-  std::uint64_t header_hash = 0, data_start = 0;
+  std::uint64_t header_hash = 0;
   detail::on_every_rank(comm, [&] {
     detail::fd_guard fd{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
     ZB_REQUIRE(fd.fd >= 0, "checkpoint::import_safetensors: cannot open ", path, ": ", std::strerror(errno));
@@ -980,37 +906,24 @@ void import_safetensors(Engine& eng, const std::string& path, const name_map& ma
     file.base = ::mmap(nullptr, file.bytes, PROT_READ, MAP_SHARED, fd.fd, 0);
     ZB_REQUIRE(file.base != MAP_FAILED, "checkpoint::import_safetensors: cannot map ", path, ": ", std::strerror(errno));
     const auto* b = static_cast<const unsigned char*>(file.base);
-    std::uint64_t n = 0;
-    for (int i = 7; i >= 0; --i) n = (n << 8) | b[i];
-    ZB_REQUIRE(n <= file.bytes - 8, "checkpoint::import_safetensors: ", path, ": header of ", n,
-               " bytes runs past the end of the file");
-    data_start = 8 + n;
-    header_hash = XXH3_64bits(b, static_cast<std::size_t>(data_start)) ^ file.bytes;
-    detail::json h;
-    try {
-      h = detail::json::parse(b + 8, b + 8 + n);
-    } catch (const std::exception& e) {
-      ZB_FAIL("checkpoint::import_safetensors: ", path, ": the header is not valid JSON: ", e.what());
-    }
+    const auto h = read_safetensors_header(b, file.bytes, path, "checkpoint::import_safetensors");
+    header_hash = XXH3_64bits(b, static_cast<std::size_t>(h.data_start)) ^ file.bytes;
     const auto& reg = eng.registry().params();
     for (std::size_t p = 0; p < reg.size(); ++p) {
       const std::string key = map ? map(reg[p].name) : reg[p].name;
-      ZB_REQUIRE(h.contains(key), "checkpoint::import_safetensors: ", path, " has no tensor '", key,
-                 "' for parameter ", eng.param_description(p));
-      const auto& t = h.at(key);
-      const std::string dt = t.at("dtype").get<std::string>();
-      int code = dt == "F32" ? 0 : dt == "BF16" ? 1 : dt == "F16" ? 2 : -1;
-      ZB_REQUIRE(code >= 0, "checkpoint::import_safetensors: ", path, ": tensor '", key, "' is ", dt,
+      const auto* t = h.find(key);
+      ZB_REQUIRE(t, "checkpoint::import_safetensors: ", path, " has no tensor '", key, "' for parameter ",
+                 eng.param_description(p));
+      const int code = t->dtype == "F32" ? 0 : t->dtype == "BF16" ? 1 : t->dtype == "F16" ? 2 : -1;
+      ZB_REQUIRE(code >= 0, "checkpoint::import_safetensors: ", path, ": tensor '", key, "' is ", t->dtype,
                  "; F32, BF16 or F16 can be imported");
-      ZB_REQUIRE(t.at("shape").get<std::vector<std::size_t>>() == reg[p].shape, "checkpoint::import_safetensors: ",
-                 path, ": tensor '", key, "' has shape ", t.at("shape").dump(), " but parameter ",
-                 eng.param_description(p), " needs ", detail::json(reg[p].shape).dump());
-      const auto off = t.at("data_offsets").get<std::vector<std::uint64_t>>();
-      const std::uint64_t bytes = static_cast<std::uint64_t>(reg[p].numel) * (code == 0 ? 4 : 2);
-      ZB_REQUIRE(off.size() == 2 && off[1] >= off[0] && off[1] - off[0] == bytes && data_start + off[1] <= file.bytes,
-                 "checkpoint::import_safetensors: ", path, ": tensor '", key, "' has data_offsets ",
-                 t.at("data_offsets").dump(), ", not ", bytes, " bytes inside the file");
-      tensors[p] = {code, data_start + off[0]};
+      const std::vector<std::uint64_t> want(reg[p].shape.begin(), reg[p].shape.end());
+      ZB_REQUIRE(t->shape == want, "checkpoint::import_safetensors: ", path, ": tensor '", key, "' has shape ",
+                 detail::shape_text(t->shape), " but parameter ", eng.param_description(p), " needs ",
+                 detail::shape_text(want));
+      // read_safetensors_header checked that the tensor's bytes are inside the file and
+      // as many as its shape and dtype need: the same shape, so the parameter's.
+      tensors[p] = {code, t->begin};
     }
   });
   // The same file on every rank (a path that resolves differently would mix models).
