@@ -12,11 +12,14 @@
 
 #include "config.hpp"
 
-#include <source_location>
 #include <sstream>
 #include <stdexcept>
 #include <string>
 #include <utility>
+#include <version>
+#if defined(__cpp_lib_source_location)
+#include <source_location>
+#endif
 
 ZB_NAMESPACE_BEGIN
 
@@ -38,8 +41,10 @@ private:
 };
 
 /// @brief An error every rank raised together, after agreeing on it, that left the
-/// engine consistent and usable (e.g. a step whose NVMe writes failed on some rank and
-/// was rolled back everywhere). The engine does not abort its communicators for it.
+/// engine consistent on every rank: usable (e.g. a step whose NVMe writes failed on
+/// some rank and was rolled back everywhere), or stopped alike everywhere (a step whose
+/// NVMe tier stopped answering on some rank: every later call says so). The engine does
+/// not abort its communicators for it.
 class collective_error : public error {
 public:
   using error::error;
@@ -47,7 +52,26 @@ public:
 
 namespace detail {
 
-inline std::string location_string(const std::source_location& loc) {
+#if defined(__cpp_lib_source_location)
+using source_location = std::source_location;
+#else
+/// Where `std::source_location` is missing (clang 14 with libstdc++ 12, Debian 12's
+/// clang): the same three facts from the builtins GCC and clang both have.
+struct source_location {
+  static constexpr source_location current(const char* file = __builtin_FILE(), int line = __builtin_LINE(),
+                                           const char* fn = __builtin_FUNCTION()) noexcept {
+    return {file, line, fn};
+  }
+  constexpr const char* file_name() const noexcept { return file_; }
+  constexpr unsigned line() const noexcept { return static_cast<unsigned>(line_); }
+  constexpr const char* function_name() const noexcept { return fn_; }
+  const char* file_ = "";
+  int line_ = 0;
+  const char* fn_ = "";
+};
+#endif
+
+inline std::string location_string(const source_location& loc) {
   std::string file = loc.file_name();
   if (auto pos = file.rfind("include/zeroblocks/"); pos != std::string::npos)
     file = file.substr(pos + 8);
@@ -75,7 +99,7 @@ std::string concat(Args&&... args) {
 #define ZB_FAIL(...)                                                                  \
   throw ::zeroblocks::error(::zeroblocks::detail::concat(__VA_ARGS__),                \
                             ::zeroblocks::detail::location_string(                    \
-                                std::source_location::current()))
+                                ::zeroblocks::detail::source_location::current()))
 
 /// @brief Check a condition; on failure throw `zeroblocks::error` with the message.
 #define ZB_REQUIRE(cond, ...)                                                         \

@@ -16,7 +16,6 @@
 #include "../layout/registry.hpp"
 #include "../space/span.hpp"
 
-#include <source_location>
 #include <string>
 #include <utility>
 
@@ -81,7 +80,7 @@ private:
   friend Engine;
   unit_guard(Engine* e, unit_id u, const T* base) : eng_(e), held_(true), unit_(u), base_(base) {}
   [[noreturn]] void fail(const std::string& message) const {
-    if (eng_) eng_->fail_local(message, detail::location_string(std::source_location::current()));
+    if (eng_) eng_->fail_local(message, detail::location_string(::zeroblocks::detail::source_location::current()));
     ZB_FAIL(message);
   }
   void reset_quietly() noexcept {

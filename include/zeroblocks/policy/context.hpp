@@ -66,6 +66,6 @@ struct policy_context {
 /// @brief Raise a local failure through the context: peers are told, then it throws.
 #define ZB_LOCAL_FAIL(ctx, ...)                                                         \
   (ctx).fail_local(::zeroblocks::detail::concat(__VA_ARGS__),                           \
-                   ::zeroblocks::detail::location_string(std::source_location::current()))
+                   ::zeroblocks::detail::location_string(::zeroblocks::detail::source_location::current()))
 
 ZB_NAMESPACE_END

@@ -25,7 +25,6 @@
 #include <mutex>
 #include <optional>
 #include <random>
-#include <source_location>
 #include <string>
 #include <vector>
 
@@ -204,7 +203,7 @@ private:
     raise_locked();
   }
   [[noreturn]] void raise_locked() const {
-    throw collective_error(*verdict_, location_string(std::source_location::current()));
+    throw collective_error(*verdict_, location_string(::zeroblocks::detail::source_location::current()));
   }
 
   void send(char kind, const std::string& text) {

@@ -47,7 +47,6 @@
 #include <mutex>
 #include <optional>
 #include <random>
-#include <source_location>
 #include <set>
 #include <sstream>
 #include <string>
