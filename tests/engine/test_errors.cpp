@@ -138,8 +138,8 @@ static_assert(member_count<zb::partition_config>() == 1, "partition_config: list
 static_assert(member_count<zb::prefetch_config>() == 6, "prefetch_config: list the new knob in fields_of()");
 static_assert(member_count<zb::bucket_config>() == 2, "bucket_config: list the new knob in fields_of()");
 static_assert(member_count<zb::master::swapped_config>() == 3, "swapped_config: list the new knob in fields_of()");
-static_assert(member_count<zb::swap_config>() == 7,
-              "swap_config: 4 in swapped_config's fields_of(); paths, threads, fault_hook per rank");
+static_assert(member_count<zb::swap_config>() == 8,
+              "swap_config: 5 in swapped_config's fields_of(); paths, threads, fault_hook per rank");
 static_assert(member_count<zb::no_config>() == 0);
 static_assert(member_count<zb::param_group>() == 2, "param_group: add the new setting to agreement_lines");
 static_assert(member_count<zb::lion_config>() == 4, "lion_config: list the new knob in fields_of()");

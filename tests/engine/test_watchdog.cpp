@@ -68,24 +68,6 @@ void micro_step(E& eng, const zb::param_registry& reg, const std::vector<std::si
   eng.end_micro_step();
 }
 
-/// Every rank's string, in rank order (on MPI_COMM_WORLD, which the incident leaves usable).
-std::vector<std::string> all_strings(const std::string& mine) {
-  const int n = zb_world_size();
-  int len = static_cast<int>(mine.size());
-  std::vector<int> lens(static_cast<std::size_t>(n));
-  MPI_Allgather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, MPI_COMM_WORLD);
-  std::vector<int> offs(static_cast<std::size_t>(n), 0);
-  int total = 0;
-  for (int r = 0; r < n; ++r) offs[static_cast<std::size_t>(r)] = total, total += lens[static_cast<std::size_t>(r)];
-  std::string all(static_cast<std::size_t>(total), '\0');
-  MPI_Allgatherv(mine.data(), len, MPI_CHAR, all.data(), lens.data(), offs.data(), MPI_CHAR, MPI_COMM_WORLD);
-  std::vector<std::string> out;
-  for (int r = 0; r < n; ++r)
-    out.push_back(all.substr(static_cast<std::size_t>(offs[static_cast<std::size_t>(r)]),
-                             static_cast<std::size_t>(lens[static_cast<std::size_t>(r)])));
-  return out;
-}
-
 /// Two clean steps (stage 3 records the trace, then follows it), then `misbehave` on
 /// every rank (the last one deviates). Returns the message; checks every rank got the
 /// same one, and that the well-behaved ranks got it in time.
@@ -115,7 +97,7 @@ std::string incident(const std::function<void(E&, const zb::param_registry&, boo
     elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
   if (after) after();
-  const auto all = all_strings(msg);
+  const auto all = zb_all_strings(msg);
   if (rank == 0) std::printf("[%d ranks] %.1f s: %s\n", world, elapsed, msg.c_str());
   INFO(msg);
   CHECK(has(msg, expected));

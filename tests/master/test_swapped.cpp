@@ -24,8 +24,10 @@
 #include "harness.hpp"
 
 #include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <string>
+#include <thread>
 
 namespace zb = zeroblocks;
 namespace fs = std::filesystem;
@@ -387,6 +389,67 @@ TEST_CASE("a failed step can be retried and then matches the run without a fault
   CHECK(zbt::first_difference(zbt::params_of(ref), zbt::params_of(eng)) == -1);
   CHECK(zbt::first_difference(ref.gather_master(), eng.gather_master()) == -1);
   CHECK(eng.master_state().stats().rollbacks == 1);
+}
+
+template <class Engine>
+void stuck_tier(bool stuck_write) {
+  const int world = zb_world_size(), rank = zb_world_rank();
+  run_options o;
+  typename Engine::config cfg;
+  cfg.master = tier_config(50, 3);
+  // 3 s: long enough that a healthy rank's transfer never takes it on a loaded CI
+  // machine (1 s did, once, beside the soak's fsyncs).
+  cfg.master.swap.timeout_s = 3;
+  cfg.bucket.bucket_numel = 100;
+  cfg.optim.lr = 0.01f;
+  // The last rank's device stops answering: one request of the step hangs until the
+  // test lets it go (the hook runs on the I/O thread, before the request).
+  std::atomic<int> armed{0}, release{0};
+  cfg.master.swap.fault_hook = [&](const zb::swap_request_info& r) {
+    if (rank == world - 1 && r.write == stuck_write && armed.exchange(0))
+      while (!release.load()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    return zb::swap_fault{};
+  };
+  zbt::synthetic_model model;
+  Engine eng(model.reg, zb::comm::mpi(MPI_COMM_WORLD), cfg);
+  zbt::init_params(eng, model);
+  zbt::run_micro_steps(eng, model, o, 0);
+  (void)eng.step();
+  zbt::run_micro_steps(eng, model, o, 1);
+  armed = 1;
+  const auto t0 = std::chrono::steady_clock::now();
+  std::string msg;
+  bool collective = false;
+  try {
+    (void)eng.step();
+  } catch (const zb::collective_error& e) {
+    collective = true;
+    msg = e.what();
+  } catch (const zb::error& e) {
+    msg = e.what();
+  }
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  release = 1;  // the device answers again (destroying the engine waits for it)
+  INFO(msg);
+  // On every rank the same error (a collective one: nobody is told to abort), within
+  // the timeout and a little, that says the step cannot be retried.
+  CHECK(collective);
+  CHECK(has(msg, "step 2 was not applied on any rank and cannot be retried: "));
+  CHECK(has(msg, std::string("rank ") + std::to_string(world - 1) + ": swap: " + (stuck_write ? "write" : "read") +
+                     " of "));
+  CHECK(has(msg, "has not completed after 3 s (swap.timeout_s): the tier stopped answering"));
+  CHECK(secs < 3 + 2.5);
+  const auto all = zb_all_strings(msg.substr(0, msg.find(" [at ")));
+  for (const auto& m : all) CHECK(m == all[0]);
+  // The engine stays stopped, on every rank alike.
+  CHECK(has(error_of([&] { (void)eng.step(); }), "step: this engine stopped: step 2 was not applied"));
+  CHECK(has(error_of([&] { eng.begin_micro_step(); }), "begin_micro_step: this engine stopped"));
+  CHECK(eng.steps() == 1);
+}
+
+TEST_CASE("a tier transfer past swap.timeout_s stops the engine on every rank with one error, not a hang") {
+  stuck_tier<zb::stage3_nvme<zb::comm::mpi>>(true);   // a record write hangs
+  stuck_tier<zb::infinity<zb::comm::mpi>>(false);     // a record read hangs (parameters on the tier)
 }
 
 TEST_CASE("bad tier configuration is refused on every rank") {

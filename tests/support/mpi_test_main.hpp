@@ -14,6 +14,9 @@
 #endif
 #include <mpi.h>
 
+#include <string>
+#include <vector>
+
 inline int zb_world_rank() {
   int r = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &r);
@@ -23,6 +26,25 @@ inline int zb_world_size() {
   int n = 1;
   MPI_Comm_size(MPI_COMM_WORLD, &n);
   return n;
+}
+
+/// Every rank's string, in rank order (on MPI_COMM_WORLD: tests check that every rank
+/// raised the same error with it).
+inline std::vector<std::string> zb_all_strings(const std::string& mine) {
+  const int n = zb_world_size();
+  int len = static_cast<int>(mine.size());
+  std::vector<int> lens(static_cast<std::size_t>(n));
+  MPI_Allgather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, MPI_COMM_WORLD);
+  std::vector<int> offs(static_cast<std::size_t>(n), 0);
+  int total = 0;
+  for (int r = 0; r < n; ++r) offs[static_cast<std::size_t>(r)] = total, total += lens[static_cast<std::size_t>(r)];
+  std::string all(static_cast<std::size_t>(total), '\0');
+  MPI_Allgatherv(mine.data(), len, MPI_CHAR, all.data(), lens.data(), offs.data(), MPI_CHAR, MPI_COMM_WORLD);
+  std::vector<std::string> out;
+  for (int r = 0; r < n; ++r)
+    out.push_back(all.substr(static_cast<std::size_t>(offs[static_cast<std::size_t>(r)]),
+                             static_cast<std::size_t>(lens[static_cast<std::size_t>(r)])));
+  return out;
 }
 
 int main(int argc, char** argv) {

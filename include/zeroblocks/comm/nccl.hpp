@@ -165,7 +165,7 @@ public:
       launched_or_throw();
       auto& st = *op_->st;
       const cudaEvent_t e = op_->done;
-      st.host_wait([&] { return st.query(cudaEventQuery(e), "cudaEventQuery"); });
+      st.host_wait([&] { return st.query(cudaEventQuery(e), "cudaEventQuery"); }, "a collective");
       wait();
     }
     /// @brief Not yet waited on.
@@ -279,8 +279,22 @@ public:
     if (!child) return nccl();
     // make() aborts the child itself if it fails. (Messages name the parent's rank and
     // size until the child is ready.)
-    return nccl(detail::nccl_state::make(child, st.rank, st.size, st.cfg, st.channel, st.compute, "ncclCommSplit"));
+    nccl out(detail::nccl_state::make(child, st.rank, st.size, st.cfg, st.channel, st.compute, "ncclCommSplit"));
+    if (out.st_) out.st_->collective_timeout_s = st.collective_timeout_s;
+    return out;
   }
+
+  /// @brief Seconds a host wait (`synchronize`, a request's `synchronize`, `dup`) may
+  /// go without the device completing before this communicator is aborted on every
+  /// rank with an error naming the wait (default 600; 0 = wait forever; the engine sets
+  /// its `step.collective_timeout_s`). Inherited by `dup()` and `split()`. Unlike
+  /// `comm::mpi`'s watchdog it does not collect every rank's position: the first rank
+  /// past its deadline names itself and what it waited for, the others raise that.
+  void set_collective_timeout(double seconds) {
+    ZB_REQUIRE(seconds >= 0.0 && seconds < 1e9, "collective_timeout ", seconds, " s must be >= 0 (0 = off)");
+    if (st_) st_->collective_timeout_s = seconds;
+  }
+  double collective_timeout() const { return st_ ? st_->collective_timeout_s : 0.0; }
 
   /// @brief False for an empty communicator (default-constructed, moved from, or a split
   /// this rank did not join).

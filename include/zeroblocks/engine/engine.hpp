@@ -485,6 +485,7 @@ public:
   // ---- gradients -----------------------------------------------------------------
 
   void begin_micro_step() {
+    ZB_REQUIRE(stopped_.empty(), "begin_micro_step: this engine stopped: ", stopped_);
     guarded("begin_micro_step", [&] {
       if (in_micro_) ZB_LOCAL_FAIL(ctx_, "begin_micro_step: the previous micro-step was not ended");
       if (eval_) ZB_LOCAL_FAIL(ctx_, "begin_micro_step: in evaluation mode (call end_eval() first)");
@@ -534,6 +535,7 @@ public:
   /// @brief Reduce, check, clip and apply AdamW; then make parameters current.
   step_result step() {
     scoped_timer tm(timing_, timers_.step_s);
+    ZB_REQUIRE(stopped_.empty(), "step: this engine stopped: ", stopped_);
     return guarded("step", [&] { return step_unguarded(); });
   }
 
@@ -609,8 +611,10 @@ private:
       cfg_.optim.lr = lr;
     }
     agree_on_state(detail::call_site::step);
-    // Stage 3: the acquire/release order is now known to be the same everywhere.
-    if constexpr (Coordinator::caps.follows_trace) coord_->trace_agreed(trace_.events());
+    // Stage 3: the acquire/release order is now known to be the same everywhere. (A
+    // retried step's was agreed by its first attempt: the coordinator is already past it.)
+    if constexpr (Coordinator::caps.follows_trace)
+      if (!grads_reduced_) coord_->trace_agreed(trace_.events());
     // A retried step (after a rolled-back transaction) has its gradients reduced already.
     if (!grads_reduced_) {
       scoped_timer tm(timing_, timers_.reduce_s);
@@ -714,12 +718,19 @@ private:
         control_comm_.agree(problem.empty(), problem);
       } catch (const error& e) {
         if (control_comm_.failed()) throw;  // the agreement itself broke: not recoverable
-        master_->rollback();
         --steps_;
+        if (e.reason().find(detail::swap_stuck_words) != std::string::npos) {
+          // A rank's tier stopped answering (swap.timeout_s): nothing can be rolled back
+          // or retried there. Every rank saw the same agreed text and stops alike.
+          stopped_ = detail::concat("step ", steps_ + 1, " was not applied on any rank and cannot be retried: ",
+                                    e.reason());
+          throw collective_error(stopped_, detail::location_string(::zeroblocks::detail::source_location::current()));
+        }
+        master_->rollback();
         throw collective_error(detail::concat("step ", steps_ + 1, " was not applied on any rank (parameters and "
                                               "optimizer state are still those after step ", steps_,
                                               "; step() can be retried): ", e.reason()),
-                               detail::location_string(std::source_location::current()));
+                               detail::location_string(::zeroblocks::detail::source_location::current()));
       }
       master_->commit();
     } else {
@@ -1060,6 +1071,10 @@ private:
     return out;
   }
   void watch_calls() {
+    if constexpr (!requires(Comm& c) { c.watch_activity(); } && requires(Comm& c) { c.set_collective_timeout(1.0); }) {
+      // A deadline per communicator, without the position exchange (comm::nccl).
+      for (Comm* c : {&comm_, &gather_comm_, &control_comm_}) c->set_collective_timeout(cfg_.step.collective_timeout_s);
+    }
     if constexpr (requires(Comm& c) { c.watch_activity(); }) {
       comm_.set_collective_timeout(cfg_.step.collective_timeout_s);
       comm_.set_label("gradient");
@@ -1200,6 +1215,7 @@ private:
   int micro_steps_ = 0;
   long steps_ = 0;
   usage_stats stats_;
+  std::string stopped_;  // why the engine cannot go on (a stuck tier), on every rank alike
   std::function<float(long)> schedule_;  // set_lr_schedule
   bool timing_ = false;                  // enable_timers
   step_timers timers_;

@@ -106,6 +106,7 @@ struct swapped_config {
     v("swap.queue_depth", c.swap.queue_depth);
     v("swap.direct_io", c.swap.direct_io);
     v("swap.keep_files", c.swap.keep_files);
+    v("swap.timeout_s", c.swap.timeout_s);
   }
 };
 

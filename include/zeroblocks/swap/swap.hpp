@@ -42,6 +42,7 @@
 #include <sys/uio.h>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <concepts>
 #include <cstddef>
@@ -98,6 +99,12 @@ struct swap_config {
   bool direct_io = true;
   /// Leave the tier files in place when the engine ends (otherwise they are removed).
   bool keep_files = false;
+  /// Seconds a transfer may take before `wait` gives up on it; 0 waits forever. A
+  /// transfer past it means the device or filesystem stopped answering: the wait throws
+  /// naming the transfer, and the tier issues no more transfers (the kernel may still
+  /// write the buffers it holds). The engine turns it into an error on every rank that
+  /// says the step cannot be retried. [none: DeepSpeed's aio waits block forever]
+  double timeout_s = 600;
   /// Test hook, called on the I/O thread before each request: inject a fault.
   std::function<swap_fault(const swap_request_info&)> fault_hook;
 };
@@ -120,6 +127,10 @@ struct swap_stats {
 
 namespace detail {
 
+/// Words every error of a stuck tier carries (the engine recognises them in an agreed
+/// step failure: such a step cannot be retried).
+inline constexpr const char* swap_stuck_words = "the tier stopped answering";
+
 /// One transfer in progress: its requests count down; the first error is kept.
 struct swap_job {
   std::atomic<std::size_t> remaining{0};
@@ -127,6 +138,22 @@ struct swap_job {
   std::condition_variable cv;
   bool done = false;
   std::string error;  // first failure, with file/offset/cause
+  double timeout_s = 0;                       // 0: wait forever
+  std::shared_ptr<std::atomic<bool>> stuck;   // the backend's: set when a transfer timed out
+  std::string what;                           // "read of N bytes at offset O of FILE"
+
+  /// Wait (lock held) until done or past the timeout; false, with the backend marked
+  /// stuck, on a timeout. A backend already stuck does not wait again.
+  bool wait_done(std::unique_lock<std::mutex>& lk) {
+    if (timeout_s <= 0) {
+      cv.wait(lk, [&] { return done; });
+      return true;
+    }
+    if (stuck && stuck->load()) return done;
+    if (cv.wait_for(lk, std::chrono::duration<double>(timeout_s), [&] { return done; })) return true;
+    if (stuck) stuck->store(true);
+    return false;
+  }
 
   void fail(std::string why) {
     std::lock_guard<std::mutex> lk(mu);
@@ -163,16 +190,20 @@ public:
     if (!job_) return;
     auto j = std::move(job_);
     std::unique_lock<std::mutex> lk(j->mu);
-    j->cv.wait(lk, [&] { return j->done; });
+    if (!j->wait_done(lk))
+      ZB_FAIL("swap: ", j->what, " has not completed after ", j->timeout_s, " s (swap.timeout_s): ",
+              detail::swap_stuck_words, ". The kernel may still write this tier's buffers, so it takes no "
+              "more transfers; restart the run from its last checkpoint");
     if (!j->error.empty()) ZB_FAIL(j->error);
   }
   /// @brief Block until done, ignoring its outcome (used while unwinding: the buffer
-  /// must not be reused while the kernel may still write it).
+  /// must not be reused while the kernel may still write it). Gives up at the timeout
+  /// (at once on a stuck backend): the backend then takes no more transfers.
   void settle() noexcept {
     if (!job_) return;
     auto j = std::move(job_);
     std::unique_lock<std::mutex> lk(j->mu);
-    j->cv.wait(lk, [&] { return j->done; });
+    (void)j->wait_done(lk);
   }
 
 private:

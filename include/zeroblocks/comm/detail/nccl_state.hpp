@@ -48,6 +48,10 @@ struct nccl_state : std::enable_shared_from_this<nccl_state> {
   bool abort_queued = false;     ///< to be aborted when this thread's group closes
   bool failed = false;           ///< unusable; `reason` says why
   std::string reason;
+  /// Seconds a host wait may go without completing before the communicator is aborted
+  /// on every rank (`comm::nccl::set_collective_timeout`; the engine sets its
+  /// `step.collective_timeout_s`); 0 = wait forever.
+  double collective_timeout_s = 600;
 
   nccl_state() = default;
   nccl_state(const nccl_state&) = delete;
@@ -172,7 +176,7 @@ struct nccl_state : std::enable_shared_from_this<nccl_state> {
   }
   /// @brief Mark failed (telling the peers unless `tell_peers` is false), abort NCCL, throw.
   [[noreturn]] void fail(const std::string& message, bool tell_peers = true,
-                         std::source_location loc = std::source_location::current()) {
+                         ::zeroblocks::detail::source_location loc = ::zeroblocks::detail::source_location::current()) {
     if (tell_peers) {
       fail_quietly(message);
     } else {
@@ -184,11 +188,11 @@ struct nccl_state : std::enable_shared_from_this<nccl_state> {
     }
     throw error(message, location_string(loc));
   }
-  void cuda_ok(cudaError_t e, const char* what, std::source_location loc = std::source_location::current()) {
+  void cuda_ok(cudaError_t e, const char* what, ::zeroblocks::detail::source_location loc = ::zeroblocks::detail::source_location::current()) {
     if (e != cudaSuccess)
       fail(concat("comm::nccl: ", what, " failed on rank ", rank, ": ", cuda_error_text(e)), true, loc);
   }
-  void nccl_ok(ncclResult_t r, const char* what, std::source_location loc = std::source_location::current()) {
+  void nccl_ok(ncclResult_t r, const char* what, ::zeroblocks::detail::source_location loc = ::zeroblocks::detail::source_location::current()) {
     if (r != ncclSuccess && r != ncclInProgress)
       fail(concat("comm::nccl: ", what, " failed on rank ", rank, ": ", nccl_error_text(r, comm)), true, loc);
   }
@@ -204,7 +208,7 @@ struct nccl_state : std::enable_shared_from_this<nccl_state> {
 
   /// @brief Throw if this communicator failed, a peer reported failure, or NCCL reports an
   /// asynchronous error (in the last two cases, abort it first).
-  void check(std::source_location loc = std::source_location::current()) {
+  void check(::zeroblocks::detail::source_location loc = ::zeroblocks::detail::source_location::current()) {
     if (failed) throw error(reason, location_string(loc));
     if (channel && channel->poll()) fail(channel->reason(), false, loc);
     ncclResult_t state = ncclSuccess;
@@ -236,11 +240,22 @@ struct nccl_state : std::enable_shared_from_this<nccl_state> {
     }
   }
 
-  /// @brief Poll `done()` until true, checking for failures while waiting.
+  /// @brief Poll `done()` until true, checking for failures while waiting; past
+  /// `collective_timeout_s` the communicator fails (aborted, the peers told: each raises
+  /// `rank r failed: collective watchdog: …` at its next wait) naming `what`.
   template <class Done>
-  void host_wait(Done&& done) {
+  void host_wait(Done&& done, const char* what = "the collectives issued on it") {
+    const auto start = std::chrono::steady_clock::now();
     for (unsigned n = 0; !done(); ++n) {
-      if (n >= 64) check();
+      if (n >= 64) {
+        check();
+        if (collective_timeout_s > 0 && n % 256 == 0 &&
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > collective_timeout_s)
+          fail(concat("collective watchdog: comm::nccl on rank ", rank, " (device ", device, ") waited ",
+                      collective_timeout_s, " s (collective_timeout) for ", what,
+                      " to complete on the device; a peer that never issued its part, a stuck kernel or a "
+                      "lost link. The communicator is aborted"));
+      }
       nccl_backoff(n);
     }
   }

@@ -65,6 +65,7 @@ public:
                "swap: block_size ", cfg.block_size, " must be a positive multiple of ", swap_block_align, " bytes");
     ZB_REQUIRE(cfg.queue_depth >= 1, "swap: queue_depth must be >= 1 (got ", cfg.queue_depth, ")");
     ZB_REQUIRE(cfg.threads >= 1, "swap: threads must be >= 1 (got ", cfg.threads, ")");
+    ZB_REQUIRE(cfg.timeout_s >= 0, "swap: timeout_s must be >= 0 (0 waits forever; got ", cfg.timeout_s, ")");
     const std::size_t b = cfg.block_size, nf = cfg.paths.size();
     capacity_ = swap_tier_capacity(bytes, cfg);
     const std::size_t stripes = capacity_ / b;
@@ -316,8 +317,14 @@ public:
 protected:
   swap_ticket issue(bool write, std::size_t offset, const void* buf, std::size_t bytes) {
     if (bytes == 0) return {};
+    ZB_REQUIRE(!stuck_->load(), "swap: ", swap_stuck_words, " (an earlier transfer did not complete within ",
+               "swap.timeout_s = ", files_->config().timeout_s, " s): no more transfers are issued");
     auto job = std::make_shared<swap_job>();
     auto rs = files_->split(write, offset, buf, bytes, job);
+    job->timeout_s = files_->config().timeout_s;
+    job->stuck = stuck_;
+    job->what = concat(write ? "write" : "read", " of ", bytes, " bytes at offset ", rs.front().file_offset, " of ",
+                       files_->path(rs.front().file));
     job->remaining.store(rs.size());
     static_cast<Derived*>(this)->engine_submit(std::move(rs));
     return swap_ticket(std::move(job));
@@ -325,6 +332,7 @@ protected:
 
   std::unique_ptr<swap_files> files_;
   swap_counters counters_;
+  std::shared_ptr<std::atomic<bool>> stuck_ = std::make_shared<std::atomic<bool>>(false);
 };
 
 }  // namespace detail
