@@ -193,7 +193,15 @@ TEST_CASE("soak: stage 3 + prefetch + NVMe tier, evaluation, checkpoints and tie
 
   // RSS: flat within 16 MiB of the first checkpoint's (allocator arenas and the page
   // cache's mapped checkpoint pages move a little; a leak per step would not fit).
-  if (saves >= 2) CHECK(rss_max <= rss0 + (std::size_t{16} << 20));
+  // Not under AddressSanitizer: its quarantine keeps freed memory resident (up to
+  // 256 MiB by default), so RSS grows there without a leak; the tracker's check and
+  // ASan's own use-after-free checks stand.
+#if defined(__SANITIZE_ADDRESS__)
+  constexpr bool rss_meaningful = false;
+#else
+  constexpr bool rss_meaningful = true;
+#endif
+  if (rss_meaningful && saves >= 2) CHECK(rss_max <= rss0 + (std::size_t{16} << 20));
   if (rank == 0)
     MESSAGE("soak: ", world, " ranks, ", steps, " steps (", secs, " s, ", 1000.0 * secs / static_cast<double>(steps),
             " ms per step for both runs), ", evals, " evaluation passes, ", saves, " checkpoints (", loads,
