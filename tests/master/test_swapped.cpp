@@ -435,8 +435,10 @@ void stuck_tier(bool stuck_write) {
   // the timeout and a little, that says the step cannot be retried.
   CHECK(collective);
   CHECK(has(msg, "step 2 was not applied on any rank and cannot be retried: "));
-  CHECK(has(msg, std::string("rank ") + std::to_string(world - 1) + ": swap: " + (stuck_write ? "write" : "read") +
-                     " of "));
+  // The hung transfer is named: as the one waited on, or (when the step waited first on
+  // a transfer queued behind it: a matter of timing) as the oldest one in flight.
+  CHECK(has(msg, std::string("rank ") + std::to_string(world - 1) + ": swap: "));
+  CHECK(has(msg, std::string(stuck_write ? "write" : "read") + " of "));
   CHECK(has(msg, "has not completed after 3 s (swap.timeout_s): the tier stopped answering"));
   CHECK(secs < 3 + 2.5);
   const auto all = zb_all_strings(msg.substr(0, msg.find(" [at ")));

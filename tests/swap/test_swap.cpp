@@ -9,6 +9,8 @@
 //  - a real ENOSPC, on a private 8 MiB tmpfs (zbt::small_fs; never the disk the suite
 //    runs on): a tier larger than the free space fails at construction naming the file,
 //    leaves no file behind and gives the space back;
+//  - a transfer that hangs past swap.timeout_s: the wait fails, names the oldest
+//    transfer in flight (the one the device did not answer) and the backend takes no more;
 //  - bad input (unaligned offsets and buffers, past the end, no paths, a bad block size);
 //  - ZEROBLOCKS_SWAP=posix makes swap::uring run (and say it runs) the posix engine.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
@@ -24,6 +26,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cerrno>
 #include <iterator>
 #include <cstdint>
@@ -32,6 +35,7 @@
 #include <filesystem>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace zb = zeroblocks;
@@ -234,6 +238,41 @@ TEST_CASE_TEMPLATE("injected faults fail the ticket with file, offset and cause;
   r = io.read(0, pool.data(1), 4 * block);
   io.wait(r);
   CHECK(std::memcmp(pool.data(1), pool.data(0), 4 * block) == 0);
+}
+
+TEST_CASE_TEMPLATE("a hung write: waiting on a later read times out and names the write as the one in flight", Swap,
+                   zb::swap::uring, zb::swap::posix) {
+  scratch s("hung");
+  const std::size_t block = 64 * 1024;
+  auto cfg = config_for({s.sub("a")}, block);
+  cfg.threads = 1;  // one queue: the read waits behind the write, as on one device
+  cfg.timeout_s = 1;
+  std::atomic<int> hang{0}, release{0};
+  cfg.fault_hook = [&](const zb::swap_request_info& r) {
+    if (r.write && hang.exchange(0))
+      while (!release.load()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    return zb::swap_fault{};
+  };
+  Swap io(cfg, "hung", 0, 4 * block);
+  zb::staging_pool pool(2, 4 * block, nullptr);
+  fill_random(pool.data(0), 4 * block, 11);
+  hang = 1;
+  auto w = io.write(0, pool.data(0), block);
+  auto r = io.read(2 * block, pool.data(1), block);
+  // The caller waits on the read first: its message is the read's, and it names the
+  // write that the device never answered.
+  const std::string e = error_of([&] { io.wait(r); });
+  INFO(e);
+  CHECK(has(e, "swap: read of 65536 bytes at offset 131072 of " + io.files()[0] +
+                   " has not completed after 1 s (swap.timeout_s); the oldest transfer in flight, a write of "
+                   "65536 bytes at offset 0 of " + io.files()[0] + ", was issued "));
+  CHECK(has(e, "the tier stopped answering"));
+  // Stuck: the write is not waited for again, and nothing more is issued.
+  const std::string ew = error_of([&] { io.wait(w); });
+  CHECK(has(ew, "swap: write of 65536 bytes at offset 0 of " + io.files()[0] + " has not completed after 1 s "
+                "(swap.timeout_s): the tier stopped answering"));
+  CHECK(has(error_of([&] { (void)io.read(0, pool.data(1), block); }), "no more transfers are issued"));
+  release = 1;  // the device answers; destroying the backend waits for its transfers
 }
 
 TEST_CASE_TEMPLATE("a tier larger than the free space fails at construction and leaves no file", Swap,

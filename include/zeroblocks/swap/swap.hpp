@@ -131,6 +131,24 @@ namespace detail {
 /// step failure: such a step cannot be retried).
 inline constexpr const char* swap_stuck_words = "the tier stopped answering";
 
+struct swap_job;
+
+/// A backend's transfers in flight, in issue order, and whether one of them timed out
+/// (the backend is then stuck: it takes no more transfers). A timed-out wait names the
+/// oldest transfer still in flight besides its own: with one I/O queue, the transfer
+/// that hangs holds up every later one, and which of them a caller waits on first is a
+/// matter of timing; the oldest is the one the device did not answer.
+struct swap_inflight {
+  std::atomic<bool> stuck{false};
+  std::mutex mu;
+  std::vector<std::weak_ptr<swap_job>> jobs;  // issue order
+
+  inline void add(const std::shared_ptr<swap_job>& j);
+  /// "; the oldest transfer in flight, a write of N bytes at offset O of F, was issued
+  /// 3.2 s ago and has not completed either" (empty when `self` is the oldest).
+  inline std::string oldest_besides(const swap_job* self);
+};
+
 /// One transfer in progress: its requests count down; the first error is kept.
 struct swap_job {
   std::atomic<std::size_t> remaining{0};
@@ -139,8 +157,9 @@ struct swap_job {
   bool done = false;
   std::string error;  // first failure, with file/offset/cause
   double timeout_s = 0;                       // 0: wait forever
-  std::shared_ptr<std::atomic<bool>> stuck;   // the backend's: set when a transfer timed out
+  std::shared_ptr<swap_inflight> inflight;    // the backend's (null: no deadline bookkeeping)
   std::string what;                           // "read of N bytes at offset O of FILE"
+  std::chrono::steady_clock::time_point issued_at = std::chrono::steady_clock::now();
 
   /// Wait (lock held) until done or past the timeout; false, with the backend marked
   /// stuck, on a timeout. A backend already stuck does not wait again.
@@ -149,9 +168,9 @@ struct swap_job {
       cv.wait(lk, [&] { return done; });
       return true;
     }
-    if (stuck && stuck->load()) return done;
+    if (inflight && inflight->stuck.load()) return done;
     if (cv.wait_for(lk, std::chrono::duration<double>(timeout_s), [&] { return done; })) return true;
-    if (stuck) stuck->store(true);
+    if (inflight) inflight->stuck.store(true);
     return false;
   }
 
@@ -168,6 +187,30 @@ struct swap_job {
     }
   }
 };
+
+// Only `remaining` is read here (never a job's mutex): a waiter that timed out calls
+// `oldest_besides` after releasing its own job's lock, so no two locks nest.
+void swap_inflight::add(const std::shared_ptr<swap_job>& j) {
+  std::lock_guard<std::mutex> lk(mu);
+  std::erase_if(jobs, [](const std::weak_ptr<swap_job>& w) {
+    const auto p = w.lock();
+    return !p || p->remaining.load(std::memory_order_acquire) == 0;
+  });
+  jobs.push_back(j);
+}
+
+std::string swap_inflight::oldest_besides(const swap_job* self) {
+  std::lock_guard<std::mutex> lk(mu);
+  for (const auto& w : jobs) {
+    const auto p = w.lock();
+    if (!p || p->remaining.load(std::memory_order_acquire) == 0) continue;
+    if (p.get() == self) return {};
+    const double ago = std::chrono::duration<double>(std::chrono::steady_clock::now() - p->issued_at).count();
+    return concat("; the oldest transfer in flight, a ", p->what, ", was issued ",
+                  static_cast<double>(static_cast<long>(ago * 10)) / 10, " s ago and has not completed either");
+  }
+  return {};
+}
 
 }  // namespace detail
 
@@ -190,10 +233,13 @@ public:
     if (!job_) return;
     auto j = std::move(job_);
     std::unique_lock<std::mutex> lk(j->mu);
-    if (!j->wait_done(lk))
-      ZB_FAIL("swap: ", j->what, " has not completed after ", j->timeout_s, " s (swap.timeout_s): ",
+    if (!j->wait_done(lk)) {
+      lk.unlock();
+      const std::string oldest = j->inflight ? j->inflight->oldest_besides(j.get()) : std::string();
+      ZB_FAIL("swap: ", j->what, " has not completed after ", j->timeout_s, " s (swap.timeout_s)", oldest, ": ",
               detail::swap_stuck_words, ". The kernel may still write this tier's buffers, so it takes no "
               "more transfers; restart the run from its last checkpoint");
+    }
     if (!j->error.empty()) ZB_FAIL(j->error);
   }
   /// @brief Block until done, ignoring its outcome (used while unwinding: the buffer

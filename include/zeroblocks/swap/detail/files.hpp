@@ -317,22 +317,23 @@ public:
 protected:
   swap_ticket issue(bool write, std::size_t offset, const void* buf, std::size_t bytes) {
     if (bytes == 0) return {};
-    ZB_REQUIRE(!stuck_->load(), "swap: ", swap_stuck_words, " (an earlier transfer did not complete within ",
+    ZB_REQUIRE(!inflight_->stuck.load(), "swap: ", swap_stuck_words, " (an earlier transfer did not complete within ",
                "swap.timeout_s = ", files_->config().timeout_s, " s): no more transfers are issued");
     auto job = std::make_shared<swap_job>();
     auto rs = files_->split(write, offset, buf, bytes, job);
     job->timeout_s = files_->config().timeout_s;
-    job->stuck = stuck_;
+    job->inflight = inflight_;
     job->what = concat(write ? "write" : "read", " of ", bytes, " bytes at offset ", rs.front().file_offset, " of ",
                        files_->path(rs.front().file));
     job->remaining.store(rs.size());
+    if (job->timeout_s > 0) inflight_->add(job);
     static_cast<Derived*>(this)->engine_submit(std::move(rs));
     return swap_ticket(std::move(job));
   }
 
   std::unique_ptr<swap_files> files_;
   swap_counters counters_;
-  std::shared_ptr<std::atomic<bool>> stuck_ = std::make_shared<std::atomic<bool>>(false);
+  std::shared_ptr<swap_inflight> inflight_ = std::make_shared<swap_inflight>();
 };
 
 }  // namespace detail
