@@ -11,7 +11,10 @@
 //  - control helpers (all_gather_values, all_gather_strings, agree);
 //  - dup() and split(); the file bootstrap, its timeout error; blocking communicators;
 //  - the abort channel (MPI and file): a rank that fails turns its peers' wait into an
-//    error, no hang.
+//    error, no hang;
+//  - the collective watchdog: a host wait past collective_timeout ends in its error
+//    (over MPI the position exchange's verdict, the same on every rank; with the file
+//    bootstrap the local deadline), the family stops, no hang.
 // Skipped (exit 77) without a GPU, or when ranks would share a GPU (NCCL refuses that).
 //
 // Two forms from this one source: under mpirun (ZB_CUDA_TEST_MPI, CTest test_comm_nccl_npN;
@@ -41,6 +44,7 @@
 #include <cstring>
 #include <filesystem>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -216,6 +220,13 @@ __global__ void fill_after_spin(float* p, std::size_t n, float value, long long 
 }
 
 std::size_t idx(zb::collective c) { return static_cast<std::size_t>(c); }
+
+/// Spin until the host sets `*flag` (mapped host memory): a kernel that does not end on
+/// its own, as a collective whose peer never came.
+__global__ void spin_until(const volatile int* flag) {
+  while (*flag == 0) {
+  }
+}
 
 }  // namespace
 
@@ -721,5 +732,67 @@ TEST_CASE("comm::nccl: a failed rank makes its peers raise, not hang (file chann
   const std::string dir = test_dir();
   N comm(zb::comm::file_bootstrap{dir, unique_name("abort"), world_rank(), world_size()});
   abort_scenario(comm);
+  world_barrier();
+}
+
+TEST_CASE("comm::nccl: a host wait past collective_timeout ends in the watchdog's error, not a hang") {
+  require_gpu_per_rank();
+  int* flag = nullptr;
+  REQUIRE(cudaHostAlloc(reinterpret_cast<void**>(&flag), sizeof(int), cudaHostAllocMapped) == cudaSuccess);
+  *reinterpret_cast<volatile int*>(flag) = 0;
+  int* dflag = nullptr;
+  REQUIRE(cudaHostGetDevicePointer(reinterpret_cast<void**>(&dflag), flag, 0) == cudaSuccess);
+  // Released after 8 s whatever happens: if ncclCommAbort waited for the device, the test
+  // would end late (and fail its time check) rather than hang.
+  std::thread release([flag] {
+    std::this_thread::sleep_for(std::chrono::seconds(8));
+    *reinterpret_cast<volatile int*>(flag) = 1;
+  });
+  {
+    N comm = nccl_world();
+    N other = comm.dup();
+    comm.set_collective_timeout(1);
+    CHECK(other.collective_timeout() == 1);  // shared by the family
+    comm.set_label("gradient");
+    REQUIRE(comm.watch_activity() != nullptr);
+    // The communicator's own stream does not drain.
+    spin_until<<<1, 1, 0, comm.stream()>>>(dflag);
+    REQUIRE(cudaGetLastError() == cudaSuccess);
+    const auto t0 = std::chrono::steady_clock::now();
+    std::string e;
+    bool collective = false;
+    try {
+      comm.synchronize();
+    } catch (const zb::collective_error& x) {
+      collective = true;
+      e = x.what();
+    } catch (const zb::error& x) {
+      e = x.what();
+    }
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    INFO(e);
+    CHECK(has(e, "collective watchdog"));
+    CHECK(secs < 1 + 1 + 3);  // the timeout, the grace (1 s at least), a margin
+#ifdef ZB_CUDA_TEST_MPI
+    // Every rank stuck alike: the exchange finds nobody diverged, and says so everywhere.
+    CHECK(collective);
+    CHECK(has(e, "waited 1 s (collective_timeout) without progress"));
+    CHECK(has(e, "Every rank is in the same place (outside any engine call, waiting in the collectives issued "
+                 "on the gradient communicator (comm::nccl)): no rank diverged"));
+#else
+    CHECK(!collective);
+    CHECK(has(e, "collective watchdog: comm::nccl on rank 0 (device "));
+    CHECK(has(e, "waited 1 s (collective_timeout) for the collectives issued on the gradient communicator to "
+                 "complete on the device, outside any engine call"));
+#endif
+    CHECK(comm.failed());
+    CHECK(has(error_of([&] { comm.barrier(); }), "collective watchdog"));
+#ifdef ZB_CUDA_TEST_MPI
+    CHECK(other.failed());  // the verdict stops the whole family
+    CHECK(has(error_of([&] { other.barrier(); }), "collective watchdog"));
+#endif
+    release.join();  // the kernel ends; the destructors can drain the streams
+  }
+  REQUIRE(cudaFreeHost(flag) == cudaSuccess);
   world_barrier();
 }

@@ -68,7 +68,9 @@
  * ordered independently, with a stream of its own (`ncclCommSplit` with one color);
  * `split(color, key)` gives sub-communicators: ranks passing the same color form one,
  * ordered by key, then by rank (a negative color: this rank joins none, and gets an
- * empty communicator, `valid() == false`). Children share their parent's abort channel.
+ * empty communicator, `valid() == false`). Children share their parent's abort channel
+ * and collective watchdog (`set_collective_timeout`): over MPI, an incident involves
+ * every rank of the MPI communicator the family was bootstrapped on.
  *
  * ## Grouped calls
  *
@@ -196,6 +198,7 @@ public:
     MPI_Comm_size(parent, &size);
     if (cfg.device >= 0) ZB_CUDA_CHECK(cudaSetDevice(cfg.device));
     auto channel = std::make_shared<detail::nccl_mpi_abort_channel>("comm::nccl", parent);
+    auto exchange = std::make_shared<detail::mpi_watchdog>(parent);  // collective over parent
     struct {
       ncclUniqueId id;
       int ok;
@@ -211,6 +214,7 @@ public:
                "comm::nccl: broadcasting the NCCL id over MPI failed");
     ZB_REQUIRE(blob.ok, "comm::nccl: rank 0 could not create the NCCL id (ncclGetUniqueId): ", blob.text);
     st_ = init_rank(blob.id, rank, size, cfg, std::move(channel));
+    st_->watch->exchange = std::move(exchange);
   }
 #endif
 
@@ -280,21 +284,38 @@ public:
     // make() aborts the child itself if it fails. (Messages name the parent's rank and
     // size until the child is ready.)
     nccl out(detail::nccl_state::make(child, st.rank, st.size, st.cfg, st.channel, st.compute, "ncclCommSplit"));
-    if (out.st_) out.st_->collective_timeout_s = st.collective_timeout_s;
+    if (out.st_) {
+      out.st_->watch = st.watch;
+      out.st_->label = st.label;
+    }
     return out;
   }
 
   /// @brief Seconds a host wait (`synchronize`, a request's `synchronize`, `dup`) may
-  /// go without the device completing before this communicator is aborted on every
-  /// rank with an error naming the wait (default 600; 0 = wait forever; the engine sets
-  /// its `step.collective_timeout_s`). Inherited by `dup()` and `split()`. Unlike
-  /// `comm::mpi`'s watchdog it does not collect every rank's position: the first rank
-  /// past its deadline names itself and what it waited for, the others raise that.
+  /// go without the device completing (default 600; 0 = wait forever; the engine sets
+  /// its `step.collective_timeout_s`). Shared by the communicator, its `dup()`s and
+  /// `split()`s, as `comm::mpi`'s. Bootstrapped over MPI, a wait past it starts
+  /// `comm::mpi`'s position exchange (`detail/watchdog.hpp`) on a duplicate of the MPI
+  /// communicator: every rank raises the same `collective_error` naming the rank that
+  /// diverged and where each is, and aborts its NCCL communicators. With the file
+  /// bootstrap (no side channel that can carry it) the first rank past its deadline names
+  /// itself, what it waited for and where its caller was; the others raise that.
   void set_collective_timeout(double seconds) {
     ZB_REQUIRE(seconds >= 0.0 && seconds < 1e9, "collective_timeout ", seconds, " s must be >= 0 (0 = off)");
-    if (st_) st_->collective_timeout_s = seconds;
+    if (!st_) return;
+    st_->watch->timeout_s = seconds;
+#if ZB_NCCL_WITH_MPI
+    if (st_->watch->exchange) st_->watch->exchange->set_timeout(seconds);
+#endif
   }
-  double collective_timeout() const { return st_ ? st_->collective_timeout_s : 0.0; }
+  double collective_timeout() const { return st_ ? st_->watch->timeout_s : 0.0; }
+  /// @brief Where the caller is, for the watchdog's reports (the engine sets it at each
+  /// call). Shared by the family; never null on a valid communicator.
+  detail::watch_activity* watch_activity() { return st_ ? st_->watch->caller() : nullptr; }
+  /// @brief The communicator's name in the watchdog's reports ("gradient", …).
+  void set_label(std::string label) {
+    if (st_) st_->label = std::move(label);
+  }
 
   /// @brief False for an empty communicator (default-constructed, moved from, or a split
   /// this rank did not join).
@@ -325,7 +346,7 @@ public:
   /// @brief True once this communicator failed or a peer reported failure.
   bool failed() const {
     if (!st_) return false;
-    return st_->failed || (st_->channel && st_->channel->poll());
+    return st_->failed || st_->verdict_reached() || (st_->channel && st_->channel->poll());
   }
   /// @brief True when the failure came from another rank (it told everyone already).
   bool peer_failed() const {
@@ -507,6 +528,7 @@ private:
     ZB_CUDA_CHECK(cudaGetDevice(&current));
     ZB_REQUIRE(current == st_->device, "comm::nccl: called with device ", current,
                " current, but the communicator is on device ", st_->device);
+    st_->watch_check();
     st_->check();
   }
 

@@ -12,6 +12,7 @@
 #include "../../core/numeric.hpp"
 #include "../../space/cuda_space.hpp"
 #include "abort_channel.hpp"
+#include "watchdog.hpp"
 
 #include <cuda_runtime.h>
 #include <nccl.h>
@@ -30,6 +31,7 @@
 #include "mpi_include.hpp"  // <mpi.h>, C API only
 
 #include "mpi_abort_channel.hpp"
+#include "mpi_watchdog.hpp"
 #endif
 
 #include <unistd.h>

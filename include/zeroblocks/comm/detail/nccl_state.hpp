@@ -28,6 +28,25 @@ inline nccl_group_state& nccl_group_now() {
   return g;
 }
 
+/// @brief The collective watchdog of a communicator family (a `comm::nccl` and every
+/// `dup()`/`split()` of it share one): the deadline, what the caller is doing, and — when
+/// bootstrapped over MPI — the position exchange of `comm::mpi` (`mpi_watchdog`) on a
+/// duplicate of the MPI communicator. Without MPI (the file bootstrap) the first rank
+/// past its deadline names itself, what it waited for and where its caller was.
+struct nccl_watch {
+  double timeout_s = 600;   ///< 0 = wait forever
+  watch_activity activity;  ///< the caller's position (file bootstrap)
+#if ZB_NCCL_WITH_MPI
+  std::shared_ptr<mpi_watchdog> exchange;  ///< the MPI bootstrap's position exchange
+#endif
+  watch_activity* caller() {
+#if ZB_NCCL_WITH_MPI
+    if (exchange) return &exchange->activity;
+#endif
+    return &activity;
+  }
+};
+
 /// @brief What a communicator and its requests share: the NCCL handle, the stream, the
 /// event pool, the abort channel, the failure state. It outlives the `comm::nccl` while
 /// requests hold it.
@@ -48,10 +67,10 @@ struct nccl_state : std::enable_shared_from_this<nccl_state> {
   bool abort_queued = false;     ///< to be aborted when this thread's group closes
   bool failed = false;           ///< unusable; `reason` says why
   std::string reason;
-  /// Seconds a host wait may go without completing before the communicator is aborted
-  /// on every rank (`comm::nccl::set_collective_timeout`; the engine sets its
-  /// `step.collective_timeout_s`); 0 = wait forever.
-  double collective_timeout_s = 600;
+  /// The family's watchdog (`comm::nccl::set_collective_timeout`; the engine sets its
+  /// `step.collective_timeout_s`).
+  std::shared_ptr<nccl_watch> watch = std::make_shared<nccl_watch>();
+  std::string label = "NCCL";  ///< "gradient", "parameter", … in the watchdog's reports
 
   nccl_state() = default;
   nccl_state(const nccl_state&) = delete;
@@ -240,24 +259,80 @@ struct nccl_state : std::enable_shared_from_this<nccl_state> {
     }
   }
 
-  /// @brief Poll `done()` until true, checking for failures while waiting; past
-  /// `collective_timeout_s` the communicator fails (aborted, the peers told: each raises
-  /// `rank r failed: collective watchdog: …` at its next wait) naming `what`.
+  /// @brief Poll `done()` until true, checking for failures while waiting. Past the
+  /// family's `collective_timeout`: over MPI, an incident of the position exchange (every
+  /// rank raises the same `collective_error` naming the rank that diverged and where);
+  /// otherwise this communicator fails (aborted, the peers told: each raises
+  /// `rank r failed: collective watchdog: …`) naming `what` and the caller's position.
   template <class Done>
-  void host_wait(Done&& done, const char* what = "the collectives issued on it") {
+  void host_wait(Done&& done, const char* what = "the collectives issued") {
     const auto start = std::chrono::steady_clock::now();
     for (unsigned n = 0; !done(); ++n) {
       if (n >= 64) {
         check();
-        if (collective_timeout_s > 0 && n % 256 == 0 &&
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > collective_timeout_s)
-          fail(concat("collective watchdog: comm::nccl on rank ", rank, " (device ", device, ") waited ",
-                      collective_timeout_s, " s (collective_timeout) for ", what,
-                      " to complete on the device; a peer that never issued its part, a stuck kernel or a "
-                      "lost link. The communicator is aborted"));
+        watch_wait(start, what, n);
       }
       nccl_backoff(n);
     }
+  }
+
+  /// @brief Before issuing work: raise the verdict of an incident, or take part in one
+  /// that started while this rank was away (MPI bootstrap; nothing otherwise).
+  void watch_check() {
+#if ZB_NCCL_WITH_MPI
+    if (!watch->exchange) return;
+    try {
+      watch->exchange->check([this] { return concat("starting a collective on the ", label, " communicator"); });
+    } catch (const collective_error& e) {
+      stop_for_verdict(e.reason());
+      throw;
+    }
+#endif
+  }
+  /// @brief Whether the family's position exchange ended in a verdict.
+  bool verdict_reached() const {
+#if ZB_NCCL_WITH_MPI
+    return watch->exchange && watch->exchange->decided();
+#else
+    return false;
+#endif
+  }
+
+private:
+  void watch_wait(std::chrono::steady_clock::time_point start, const char* what, unsigned n) {
+#if ZB_NCCL_WITH_MPI
+    if (watch->exchange) {
+      try {
+        watch->exchange->watch(start, [&] {
+          // No device number: ranks in the same place must give the same text.
+          return concat(what, " on the ", label, " communicator (comm::nccl)");
+        });
+      } catch (const collective_error& e) {
+        stop_for_verdict(e.reason());
+        throw;
+      }
+      return;
+    }
+#endif
+    const double limit = watch->timeout_s;
+    if (limit > 0 && n % 256 == 0 &&
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > limit)
+      fail(concat("collective watchdog: comm::nccl on rank ", rank, " (device ", device, ") waited ", limit,
+                  " s (collective_timeout) for ", what, " on the ", label,
+                  " communicator to complete on the device, ", watch->caller()->text(),
+                  "; a peer that never issued its part, a stuck kernel or a lost link. The communicator is "
+                  "aborted"));
+  }
+  /// The verdict reached every rank (each raises it): stop NCCL here, tell nobody.
+  void stop_for_verdict(const std::string& verdict) noexcept {
+    if (!failed) {
+      failed = true;
+      try {
+        reason = verdict;
+      } catch (...) {
+      }
+    }
+    abort_nccl();
   }
 };
 
