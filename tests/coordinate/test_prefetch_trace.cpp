@@ -12,6 +12,8 @@
 //  - a step that leaves the trace (a skipped layer, a step that ends early): counted,
 //    served on demand, no gathered memory left behind, re-recorded, and every run's
 //    master weights equal stage 0's and on_demand's bit for bit;
+//  - gather_params between steps and inside one: served aside, the trace neither
+//    followed nor changed, the next acquires still prefetched;
 //  - ranks whose acquire or release order differs fail with the first differing event
 //    and both unit names.
 #include "mpi_test_main.hpp"
@@ -25,6 +27,7 @@
 #include <cmath>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace zb = zeroblocks;
@@ -292,6 +295,36 @@ TEST_CASE("prefetch_across_steps: the next step's first gathers start when step(
   }
   CHECK(eng.coordination_stats().invalidations == 0);
   CHECK(zbt::first_difference(eng.gather_master(), ref) == -1);
+}
+
+TEST_CASE("gather_params between steps or inside one neither follows nor changes the trace") {
+  // A trainer that exports its weights now and then (not every step): the gathers are
+  // served aside, on demand, and the next acquires still follow the trace, prefetched.
+  model m;
+  auto cfg = knobs(6000, big, 0, 0, 2);
+  cfg.prefetch.prefetch_across_steps = true;
+  zb::stage3_on_demand<C, T> ref(m.reg, C(MPI_COMM_WORLD), cfg);
+  zb::stage3<C, T> eng(m.reg, C(MPI_COMM_WORLD), cfg);
+  init(ref, m);
+  init(eng, m);
+  const auto trace = events_of(concat(fwd_all, bwd_all));
+  for (int s = 0; s < 5; ++s) {
+    if (s == 2 || s == 3) CHECK(zbt::first_difference(zbt::params_of(eng), zbt::params_of(ref)) == -1);
+    const auto before = eng.coordination_stats();
+    micro_step(ref, m, fwd_all, bwd_all, s);
+    bool once = s == 4;  // inside a step too, with a unit held
+    micro_step(eng, m, fwd_all, bwd_all, s, [&] {
+      if (!std::exchange(once, false)) return;
+      CHECK(zbt::first_difference(zbt::params_of(eng), zbt::params_of(ref)) == -1);
+    });
+    const auto st = eng.coordination_stats();
+    if (s >= 1 && s <= 3) CHECK(st.misses - before.misses == 0);  // all gathered ahead
+    REQUIRE(ref.step().applied);
+    REQUIRE(eng.step().applied);
+    CHECK(eng.coordinator().trace() == trace);
+  }
+  CHECK(eng.coordination_stats().invalidations == 0);
+  CHECK(zbt::first_difference(eng.gather_master(), ref.gather_master()) == -1);
 }
 
 TEST_CASE("reuse distance and persistence: elements per step are 3Ψ minus what they save") {

@@ -47,6 +47,8 @@
  *    acquires that follow belong to a second trace of their own, agreed by
  *    `trace_agreed` at `end_eval` as the training trace is at `step()`, so evaluation
  *    passes never invalidate the training trace (see `engine::begin_eval`).
+ *    `set_aside(on)`: the engine gathers every unit outside the step's order
+ *    (`gather_params`); those acquires neither follow nor change the trace.
  *  - `params_on_tier` → `attach_param_tier(param_tier_view)`: the rank's 16-bit shard
  *    lives in the master state's tier, which the master must offer
  *    (`master_caps::keeps_param_tier`); `owned_slice` is then never written by the
@@ -159,6 +161,8 @@ consteval bool coordinator_complete() {
                   "coordinator role: caps.follows_trace is declared but impl lacks `params_changed()`");
     static_assert(requires(I& c, bool on) { c.set_eval(on); },
                   "coordinator role: caps.follows_trace is declared but impl lacks `set_eval(bool)`");
+    static_assert(requires(I& c, bool on) { c.set_aside(on); },
+                  "coordinator role: caps.follows_trace is declared but impl lacks `set_aside(bool)`");
   }
   if constexpr (C::caps.params_on_tier)
     static_assert(requires(I& c, param_tier_view v) { c.attach_param_tier(v); },

@@ -388,6 +388,28 @@ struct basic_prefetch_trace {
       if (on) issue_ahead();  // the evaluation's first gathers start now
     }
 
+    /// Enter (`on`) or leave a gather outside the step's order (`engine::gather_params`,
+    /// between steps or inside one): its acquires are served on demand, neither checked
+    /// against the trace nor recorded, and the step's position in the trace is kept.
+    /// On leaving, what those acquires took (a gather issued ahead, a kept copy) is issued
+    /// again from the current position, so the step's next acquires are still ahead.
+    void set_aside(bool on) {
+      if (on == aside_.active) return;
+      if (on) {
+        aside_.mode_ = mode_;
+        aside_.pos = pos_;
+        aside_.last_pos = last_pos_;
+        mode_ = mode::recording;  // on demand, nothing issued ahead
+      } else {
+        mode_ = aside_.mode_;
+        pos_ = aside_.pos;
+        last_pos_.swap(aside_.last_pos);
+        issue_pos_ = pos_;
+        issue_ahead();
+      }
+      aside_.active = on;
+    }
+
     /// The trainer wrote parameters: every gathered copy not in use is dropped.
     void params_changed() {
       drain();
@@ -757,6 +779,13 @@ struct basic_prefetch_trace {
       std::vector<std::size_t> trace_units, prefix, next_same, prev_same;
     } other_;
     bool eval_ = false;
+    /// The position kept while a gather is served aside (`set_aside`).
+    struct aside_state {
+      bool active = false;
+      mode mode_ = mode::recording;
+      std::size_t pos = 0;
+      std::vector<std::size_t> last_pos;
+    } aside_;
     std::size_t pos_ = 0;                   // acquires so far this step
     std::size_t issue_pos_ = 0;             // next trace position to consider for prefetch
     std::size_t ahead_count_ = 0, ahead_numel_ = 0, live_ = 0;

@@ -380,10 +380,12 @@ public:
       if (holds_[u.index] == 0) {
         // Without a verified order to go by, check this acquire against every rank's
         // before its gather exists (see coordinate.hpp).
+        // (Not for `gather_params`' own acquires: every rank makes the same ones.)
         if constexpr (Coordinator::caps.checks_acquire)
-          if (coord_->checks_acquire(u.index)) agree_on_state(detail::call_site::acquire, u.index);
+          if (!aside_ && coord_->checks_acquire(u.index)) agree_on_state(detail::call_site::acquire, u.index);
         bases_[u.index] = coord_->acquire(u.index);  // before counting: exception-safe
-        if constexpr (Coordinator::shards_params) log().log(static_cast<std::uint32_t>(u.index));
+        if constexpr (Coordinator::shards_params)
+          if (!aside_) log().log(static_cast<std::uint32_t>(u.index));
       }
       ++holds_[u.index];
       ++stats_.acquires;
@@ -400,7 +402,8 @@ public:
       if (--holds_[u.index] == 0) {
         coord_->release(u.index);
         bases_[u.index] = nullptr;
-        if constexpr (Coordinator::shards_params) log().log(static_cast<std::uint32_t>(u.index) | release_bit);
+        if constexpr (Coordinator::shards_params)
+          if (!aside_) log().log(static_cast<std::uint32_t>(u.index) | release_bit);
       }
     });
   }
@@ -953,8 +956,23 @@ public:
     }
     return std::move(out);
   }
-  /// @brief The full parameters (type T) in layout order. Collective for stage 3.
+  /// @brief The full parameters (type T) in layout order. Collective for stage 3:
+  /// every rank calls it at the same point, between steps or inside one. Its gathers are
+  /// served aside: they neither follow nor change the stage-3 trace, so exporting the
+  /// weights now and then costs no invalidation and the next acquires are still
+  /// prefetched.
   std::vector<T> gather_params() {
+    struct aside_scope {
+      engine& e;
+      explicit aside_scope(engine& en) : e(en) {
+        if constexpr (Coordinator::caps.follows_trace) e.coord_->set_aside(true);
+        e.aside_ = true;
+      }
+      ~aside_scope() {
+        e.aside_ = false;
+        if constexpr (Coordinator::caps.follows_trace) e.coord_->set_aside(false);
+      }
+    } aside(*this);
     std::vector<T> out(layout_.total_numel());
     for (std::size_t u = 0; u < layout_.unit_count(); ++u) {
       auto g = acquire({u});
@@ -1222,6 +1240,7 @@ private:
   detail::trace_log trace_;  // stage 3: acquires/releases this step, and their hash
   detail::trace_log eval_log_;  // stage 3: the same for the evaluation under way
   bool eval_ = false;           // in evaluation mode (begin_eval .. end_eval)
+  bool aside_ = false;          // inside gather_params: acquires not logged nor checked
   detail::trace_log& log() { return eval_ ? eval_log_ : trace_; }
   detail::initial_values init_;  // hashes of values set since the last agreement
   int exceptions_at_birth_ = std::uncaught_exceptions();
