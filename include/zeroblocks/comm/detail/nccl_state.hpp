@@ -181,8 +181,8 @@ struct nccl_state : std::enable_shared_from_this<nccl_state> {
     aborted = true;
     abort_queued = false;
   }
-  /// @brief Mark failed, tell the peers, abort NCCL; no throw.
-  void fail_quietly(const std::string& message) noexcept {
+  /// @brief Mark failed (the first reason stays), abort NCCL; tell nobody; no throw.
+  void stop(const std::string& message) noexcept {
     if (!failed) {
       failed = true;
       try {
@@ -190,21 +190,18 @@ struct nccl_state : std::enable_shared_from_this<nccl_state> {
       } catch (...) {
       }
     }
-    if (channel) channel->send(message);
     abort_nccl();
+  }
+  /// @brief Mark failed, tell the peers, abort NCCL; no throw.
+  void fail_quietly(const std::string& message) noexcept {
+    if (channel) channel->send(message);
+    stop(message);
   }
   /// @brief Mark failed (telling the peers unless `tell_peers` is false), abort NCCL, throw.
   [[noreturn]] void fail(const std::string& message, bool tell_peers = true,
                          ::zeroblocks::detail::source_location loc = ::zeroblocks::detail::source_location::current()) {
-    if (tell_peers) {
-      fail_quietly(message);
-    } else {
-      if (!failed) {
-        failed = true;
-        reason = message;
-      }
-      abort_nccl();
-    }
+    if (tell_peers) fail_quietly(message);
+    else stop(message);
     throw error(message, location_string(loc));
   }
   void cuda_ok(cudaError_t e, const char* what, ::zeroblocks::detail::source_location loc = ::zeroblocks::detail::source_location::current()) {
@@ -284,7 +281,7 @@ struct nccl_state : std::enable_shared_from_this<nccl_state> {
     try {
       watch->exchange->check([this] { return concat("starting a collective on the ", label, " communicator"); });
     } catch (const collective_error& e) {
-      stop_for_verdict(e.reason());
+      stop(e.reason());  // every rank raises the verdict: tell nobody
       throw;
     }
 #endif
@@ -308,7 +305,7 @@ private:
           return concat(what, " on the ", label, " communicator (comm::nccl)");
         });
       } catch (const collective_error& e) {
-        stop_for_verdict(e.reason());
+        stop(e.reason());  // every rank raises the verdict: tell nobody
         throw;
       }
       return;
@@ -322,17 +319,6 @@ private:
                   " communicator to complete on the device, ", watch->caller()->text(),
                   "; a peer that never issued its part, a stuck kernel or a lost link. The communicator is "
                   "aborted"));
-  }
-  /// The verdict reached every rank (each raises it): stop NCCL here, tell nobody.
-  void stop_for_verdict(const std::string& verdict) noexcept {
-    if (!failed) {
-      failed = true;
-      try {
-        reason = verdict;
-      } catch (...) {
-      }
-    }
-    abort_nccl();
   }
 };
 
