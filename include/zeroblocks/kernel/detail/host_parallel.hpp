@@ -11,6 +11,12 @@
  *
  * Without OpenMP (`_OPENMP` undefined) everything runs on the calling thread; the
  * pragmas are guarded so `-Wall` (`-Wunknown-pragmas`) stays quiet.
+ *
+ * Under ThreadSanitizer the same slices run on `std::thread`s instead of an OpenMP
+ * team: GNU libgomp is not instrumented, so ThreadSanitizer cannot see the barrier
+ * that ends a parallel region and would report every access after it; it does see a
+ * thread's start and join, so this way it checks what matters here — that no two
+ * slices touch the same memory.
  */
 #pragma once
 
@@ -21,6 +27,18 @@
 
 #if defined(_OPENMP)
 #include <omp.h>
+#endif
+
+#if defined(__SANITIZE_THREAD__)
+#define ZB_PARALLEL_STD_THREADS 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define ZB_PARALLEL_STD_THREADS 1
+#endif
+#endif
+#if defined(ZB_PARALLEL_STD_THREADS)
+#include <thread>
+#include <vector>
 #endif
 
 ZB_NAMESPACE_BEGIN
@@ -77,7 +95,18 @@ void parallel_ranges(std::size_t n, int threads, std::size_t min_parallel, std::
     f(std::size_t{0}, n);
     return;
   }
-#if defined(_OPENMP)
+#if defined(ZB_PARALLEL_STD_THREADS)
+  std::vector<std::thread> team;
+  team.reserve(static_cast<std::size_t>(nt - 1));
+  for (int t = 1; t < nt; ++t)
+    team.emplace_back([&, t] {
+      const index_range r = thread_range(n, t, nt, grain);
+      if (r.begin < r.end) f(r.begin, r.end);
+    });
+  const index_range mine = thread_range(n, 0, nt, grain);
+  if (mine.begin < mine.end) f(mine.begin, mine.end);
+  for (auto& t : team) t.join();
+#elif defined(_OPENMP)
 #pragma omp parallel num_threads(nt)
   {
     // The team may be smaller than asked for (OMP_DYNAMIC, limits): split by its real size.
