@@ -253,8 +253,10 @@ TEST_CASE_TEMPLATE("a hung write: waiting on a later read times out and names th
       while (!release.load()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
     return zb::swap_fault{};
   };
-  Swap io(cfg, "hung", 0, 4 * block);
+  // The buffers outlive the backend: its destructor waits for the hung write, which
+  // then reads them.
   zb::staging_pool pool(2, 4 * block, nullptr);
+  Swap io(cfg, "hung", 0, 4 * block);
   fill_random(pool.data(0), 4 * block, 11);
   hang = 1;
   auto w = io.write(0, pool.data(0), block);
